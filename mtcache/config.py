@@ -1,0 +1,197 @@
+"""Settings and their priority.
+
+Every setting is resolved with one rule, highest first:
+
+1. an explicit argument (``Settings.load(redis_url=...)``, a CLI flag);
+2. the process environment (``REDIS_URL``, ``MTCACHE_*``);
+3. a ``.env`` file in the working directory (parsed with python-dotenv, never
+   exported into ``os.environ``);
+4. the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from dotenv import dotenv_values
+
+__all__ = ["DEFAULT_REDIS_URL", "Settings", "default_socket_path", "redact_url", "resolve_redis_url"]
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
+_SCHEMES = ("redis", "rediss", "unix")
+
+
+def default_socket_path() -> str:
+    """``$XDG_RUNTIME_DIR/mtcache/coordinator.sock``, else a per-user folder in the
+    system temporary directory; both are private to the user."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) / "mtcache" if runtime else Path(tempfile.gettempdir()) / f"mtcache-{os.getuid()}"
+    return str(base / "coordinator.sock")
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with its password (if any) replaced by ``***``.
+
+    Use it for every URL that is logged or shown.
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _validate_url(url: str) -> str:
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"Redis URL must be a non-empty string, got {url!r}")
+    scheme = urlsplit(url).scheme
+    if scheme not in _SCHEMES:
+        raise ValueError(
+            f"Redis URL {redact_url(url)!r} has scheme {scheme!r}; expected one of {', '.join(_SCHEMES)}"
+        )
+    return url
+
+
+def _dotenv(cwd: Path | None = None) -> dict[str, str]:
+    path = (cwd or Path.cwd()) / ".env"
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def resolve_redis_url(
+    explicit: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> str:
+    """The Redis URL: ``explicit`` → ``REDIS_URL`` in the environment → ``REDIS_URL``
+    in ``./.env`` → ``redis://127.0.0.1:6379``.
+
+    Accepts ``redis://``, ``rediss://`` and ``unix://`` URLs with user, password
+    and database number.
+
+    :raises ValueError: the chosen URL has another scheme or is empty.
+    """
+    return Settings.load(redis_url=explicit, environ=environ, cwd=cwd).redis_url
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every mtcache setting, resolved once (see the module docstring for priority).
+
+    Sizes are in bytes, durations in seconds.
+    """
+
+    redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
+    socket_path: str = ""
+    namespace: str = "default"
+    l1_capacity: int = 2_000
+    l1_max_bytes: int = 64 * 1024 * 1024
+    l1_ttl: float = 300.0
+    l2_ttl: float = 3600.0
+    stream_maxlen: int = 1_000
+    max_value_bytes: int = 8 * 1024 * 1024
+    redis_timeout: float = 1.0
+    lease_ttl: float = 30.0
+    inval_maxlen: int = 100_000
+    staleness_bound: float = 5.0
+    l1_shm_bytes: int = 64 * 1024 * 1024
+
+    # environment variable for each field; REDIS_URL is the common name
+    _ENV = {
+        "redis_url": "REDIS_URL",
+        "socket_path": "MTCACHE_SOCKET",
+        "namespace": "MTCACHE_NAMESPACE",
+        "l1_capacity": "MTCACHE_L1_CAPACITY",
+        "l1_max_bytes": "MTCACHE_L1_MAX_BYTES",
+        "l1_ttl": "MTCACHE_L1_TTL",
+        "l2_ttl": "MTCACHE_L2_TTL",
+        "stream_maxlen": "MTCACHE_STREAM_MAXLEN",
+        "max_value_bytes": "MTCACHE_MAX_VALUE_BYTES",
+        "redis_timeout": "MTCACHE_REDIS_TIMEOUT",
+        "lease_ttl": "MTCACHE_LEASE_TTL",
+        "inval_maxlen": "MTCACHE_INVAL_MAXLEN",
+        "staleness_bound": "MTCACHE_STALENESS_BOUND",
+        "l1_shm_bytes": "MTCACHE_L1_SHM_BYTES",
+    }
+
+    def __post_init__(self) -> None:
+        _validate_url(self.redis_url)
+        if not self.namespace or not isinstance(self.namespace, str) or ":" in self.namespace:
+            raise ValueError(f"namespace must be a non-empty string without ':', got {self.namespace!r}")
+        for name in ("l1_capacity", "l1_max_bytes", "stream_maxlen", "max_value_bytes", "inval_maxlen", "l1_shm_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("l1_ttl", "l2_ttl", "redis_timeout", "lease_ttl", "staleness_bound"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "redis_url"
+        )
+        return f"Settings(redis_url={self.redacted_redis_url!r}, {shown})"
+
+    @property
+    def redacted_redis_url(self) -> str:
+        """The Redis URL with its password shown as ``***``."""
+        return redact_url(self.redis_url)
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        environ: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        **explicit: Any,
+    ) -> Settings:
+        """Resolve every setting: explicit keyword arguments (``None`` means "not
+        given") → ``environ`` (default ``os.environ``) → ``.env`` in ``cwd``
+        (default the working directory) → defaults.
+
+        :raises TypeError: an unknown setting name was passed.
+        :raises ValueError: a value (given or read) is invalid; the message names it.
+        """
+        names = {f.name: f for f in fields(cls)}
+        unknown = set(explicit) - set(names)
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        env = os.environ if environ is None else environ
+        dotenv = _dotenv(cwd)
+        values: dict[str, Any] = {}
+        for name, f in names.items():
+            if explicit.get(name) is not None:
+                values[name] = explicit[name]
+                continue
+            var = cls._ENV[name]
+            raw = env.get(var) or dotenv.get(var)
+            if raw is None or raw == "":
+                continue
+            values[name] = _convert(name, var, raw, type(f.default))
+        if not values.get("socket_path"):
+            values["socket_path"] = default_socket_path()
+        return cls(**values)
+
+
+def _convert(name: str, var: str, raw: str, kind: type) -> Any:
+    if kind is str:
+        return raw
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{var}={raw!r} is not a valid {kind.__name__} for setting {name}") from None

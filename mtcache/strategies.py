@@ -1,0 +1,69 @@
+"""Cache strategies: named time-to-live presets."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import ClassVar
+
+__all__ = ["CacheStrategy", "validate_ttl"]
+
+
+def validate_ttl(ttl: object, *, what: str = "ttl") -> float:
+    """Return ``ttl`` as a positive, finite number of seconds.
+
+    Accepts an ``int``, a ``float`` or a ``datetime.timedelta``.
+
+    :raises TypeError: ``ttl`` is of another type (``bool`` included).
+    :raises ValueError: ``ttl`` is zero, negative, NaN or infinite.
+    """
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
+        seconds = float(ttl)
+    else:
+        raise TypeError(
+            f"{what} must be seconds (int or float) or a timedelta, "
+            f"not {type(ttl).__name__}: {ttl!r}"
+        )
+    if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0:
+        raise ValueError(f"{what} must be a positive, finite duration, got {ttl!r}")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStrategy:
+    """How long a value lives in the cache.
+
+    Use a preset (``REALTIME`` 10 s, ``SHORT_TERM`` 5 min, ``MEDIUM_TERM`` 1 h,
+    ``LONG_TERM`` 3 h, ``DEFAULT`` 5 min) or :meth:`custom`. ``ttl`` is in seconds.
+    """
+
+    name: str
+    ttl: float
+
+    REALTIME: ClassVar[CacheStrategy]
+    SHORT_TERM: ClassVar[CacheStrategy]
+    MEDIUM_TERM: ClassVar[CacheStrategy]
+    LONG_TERM: ClassVar[CacheStrategy]
+    DEFAULT: ClassVar[CacheStrategy]
+
+    def __post_init__(self) -> None:
+        validate_ttl(self.ttl)
+
+    @classmethod
+    def custom(cls, ttl: float | timedelta) -> CacheStrategy:
+        """A strategy with ``ttl`` seconds (int/float) or a ``timedelta``.
+
+        :raises TypeError: ``ttl`` is not a number or a timedelta.
+        :raises ValueError: ``ttl`` is zero, negative, NaN or infinite.
+        """
+        return cls("custom", validate_ttl(ttl))
+
+
+CacheStrategy.REALTIME = CacheStrategy("realtime", 10.0)
+CacheStrategy.SHORT_TERM = CacheStrategy("short_term", 300.0)
+CacheStrategy.MEDIUM_TERM = CacheStrategy("medium_term", 3600.0)
+CacheStrategy.LONG_TERM = CacheStrategy("long_term", 10800.0)
+CacheStrategy.DEFAULT = CacheStrategy("default", 300.0)
