@@ -139,9 +139,7 @@ class JsonCodec:
         """Encode ``value`` as UTF-8 JSON; see :meth:`Codec.encode`."""
         try:
             text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
-        except TypeError as exc:
-            raise TypeError(f"cannot encode a value of type {type(value).__qualname__} as JSON: {exc}") from exc
-        except ValueError as exc:  # circular reference
+        except (TypeError, ValueError) as exc:  # ValueError: a circular reference
             raise TypeError(f"cannot encode a value of type {type(value).__qualname__} as JSON: {exc}") from exc
         return _check_size(self, text.encode())
 
