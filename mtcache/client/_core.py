@@ -1,0 +1,285 @@
+"""What the sync and async clients share: everything but the I/O.
+
+:class:`ClientCore` holds the settings, the codec, the near cache, the counters
+and the "coordinator unavailable" state, and turns replies into values. The two
+client classes (:mod:`mtcache.client.sync`, :mod:`mtcache.client.aio`) are thin
+twins over it that only move frames (stamina's ``_core.py`` shape).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+from mtcache.codec import Codec, get_codec
+from mtcache.config import Settings
+from mtcache.errors import CacheTimeout, ComputeError, ProtocolError
+from mtcache.protocol import PROTOCOL_VERSION, Op, Status, check_key
+from mtcache.shm import VersionTable
+from mtcache.stats import Health, Stats
+from mtcache.strategies import CacheStrategy, validate_ttl
+
+from .near import NearCache
+
+__all__ = ["MISSING", "ClientCore", "fork_generation"]
+
+log = logging.getLogger("mtcache.client")
+
+MISSING = NearCache.MISSING
+
+_fork_gen = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_gen
+    _fork_gen += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def fork_generation() -> int:
+    """Moves on in every forked child: a client compares it with the value it saw
+    when it connected, instead of calling ``os.getpid()`` on every call."""
+    return _fork_gen
+
+
+#: Back-off between attempts to reach a coordinator that did not answer.
+RETRY_MIN, RETRY_MAX = 0.5, 5.0
+
+
+class ClientCore:
+    """State and rules shared by :class:`~mtcache.Client` and :class:`~mtcache.AsyncClient`."""
+
+    def __init__(
+        self,
+        socket_path: str | None,
+        *,
+        namespace: str | None,
+        redis_url: str | None,
+        spawn: bool,
+        near_capacity: int,
+        near_max_bytes: int,
+        near_max_age: float,
+        codec: str | Codec | None,
+        copy_on_read: bool,
+        request_timeout: float,
+    ) -> None:
+        self.settings = Settings.load(socket_path=socket_path, namespace=namespace, redis_url=redis_url)
+        self.explicit_redis_url = redis_url
+        self.spawn = spawn
+        self.codec = get_codec(codec, max_bytes=self.settings.max_value_bytes)
+        self.near = NearCache(
+            near_capacity, near_max_bytes, near_max_age, copy_on_read=copy_on_read, decode=self.codec.decode
+        )
+        if not isinstance(request_timeout, (int, float)) or not request_timeout > 0:
+            raise ValueError(f"request_timeout must be a positive number of seconds, got {request_timeout!r}")
+        self.request_timeout = float(request_timeout)
+        self.fork_gen = fork_generation()
+        self.counters = dict.fromkeys(
+            ("computes", "local_computes", "local_coalesced", "coordinator_errors", "decode_errors",
+             "skipped_writes"),
+            0,
+        )
+        self.hello_info: dict[str, Any] = {}
+        self._retry_at = 0.0
+        self._retry_delay = RETRY_MIN
+        self._warned = False
+        self._state_lock = threading.Lock()
+
+    @property
+    def socket_path(self) -> str:
+        """The coordinator's socket."""
+        return self.settings.socket_path
+
+    # -- arguments ----------------------------------------------------------
+
+    @staticmethod
+    def check_key(key: object) -> str:
+        """See :func:`mtcache.protocol.check_key`."""
+        return check_key(key)
+
+    @staticmethod
+    def ttl_for(strategy: CacheStrategy | None, ttl: float | timedelta | None) -> float:
+        """The TTL in seconds: ``ttl`` if given, else ``strategy.ttl``, else DEFAULT.
+
+        :raises ValueError: both were given, or ``ttl`` is not positive and finite.
+        :raises TypeError: ``strategy`` is not a CacheStrategy or ``ttl`` not a number/timedelta.
+        """
+        if strategy is not None and ttl is not None:
+            raise ValueError("give either strategy or ttl, not both")
+        if ttl is not None:
+            return validate_ttl(ttl)
+        if strategy is None:
+            return CacheStrategy.DEFAULT.ttl
+        if not isinstance(strategy, CacheStrategy):
+            raise TypeError(f"strategy must be a CacheStrategy, not {type(strategy).__name__}: {strategy!r}")
+        return strategy.ttl
+
+    def lease_wait(self, timeout: float | None) -> float:
+        """How long a lease waiter waits: ``timeout`` or twice the lease TTL."""
+        if timeout is None:
+            return 2 * self.settings.lease_ttl
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout < 1e9:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        return float(timeout)
+
+    # -- connection state ---------------------------------------------------
+
+    def hello(self) -> list[Any]:
+        """The hello request's arguments."""
+        return [Op.HELLO, 0, PROTOCOL_VERSION, self.settings.namespace, os.getpid()]
+
+    def accept_hello(self, reply: list[Any]) -> None:
+        """Check the hello reply and map the coordinator's version table. A new
+        coordinator (another table) invalidates every near copy.
+
+        :raises ProtocolError: the coordinator refused the hello.
+        """
+        if reply[1] != Status.OK:
+            raise ProtocolError(f"coordinator refused the connection: {reply[2]}: {reply[3]}")
+        info = reply[2]
+        with self._state_lock:
+            table = self.near.table
+            if table is None or table.path != info["versions"] or table.generation != info["generation"]:
+                self.near.clear()
+                self.near.table = VersionTable.attach(info["versions"])
+                if table is not None:
+                    table.close()
+            self.hello_info = info
+            self._retry_delay = RETRY_MIN
+            if self._warned:
+                log.warning("mtcache: coordinator on %s answers again", self.socket_path)
+            self._warned = False
+
+    def should_try(self) -> bool:
+        """False while backing off after the coordinator failed to answer."""
+        return not self._retry_at or time.monotonic() >= self._retry_at
+
+    def unavailable(self, exc: BaseException) -> None:
+        """The coordinator did not answer: back off, warn once."""
+        with self._state_lock:
+            self.counters["coordinator_errors"] += 1
+            self._retry_at = time.monotonic() + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+            if not self._warned:
+                self._warned = True
+                level = logging.ERROR if isinstance(exc, ProtocolError) else logging.WARNING
+                log.log(
+                    level,
+                    "mtcache: coordinator on %s unavailable (%s); computing locally and retrying in the background",
+                    self.socket_path, exc,
+                )
+
+    def connected(self) -> None:
+        """A request went through: stop backing off."""
+        self._retry_at = 0.0
+
+    def forked(self) -> bool:
+        """True (once) in a forked child: the caller drops its connections."""
+        gen = fork_generation()
+        if gen == self.fork_gen:
+            return False
+        self.fork_gen = gen
+        self._state_lock = threading.Lock()
+        self.near.reset_after_fork()
+        self._retry_at = 0.0
+        return True
+
+    # -- values -------------------------------------------------------------
+
+    def encode(self, value: Any) -> bytes:
+        """Encode with the client's codec (TypeError / ValueError for bad values)."""
+        return self.codec.encode(value)
+
+    def accept_value(self, key: str, data: bytes, version: int, ttl: float) -> Any:
+        """Decode a value the coordinator sent and keep a near copy. MISSING if it
+        cannot be decoded (another codec wrote it): counted, never raised."""
+        try:
+            value = self.codec.decode(data)
+        except Exception:  # any codec's decode error is a cache miss
+            self.counters["decode_errors"] += 1
+            log.warning("mtcache: value of %r cannot be decoded with the %s codec", key, self.codec.name)
+            return MISSING
+        self.near.put(key, value, data, version, ttl)
+        return value
+
+    def lease_outcome(self, key: str, reply: list[Any]) -> Any:
+        """Interpret a LEASE reply: the value (MISSING if undecodable), or a
+        ``bytes`` token when this caller now holds the lease.
+
+        :raises ComputeError: the holder's function raised.
+        :raises CacheTimeout: the wait passed its deadline.
+        """
+        status = reply[1]
+        if status == Status.OK:
+            return _Value(self.accept_value(key, reply[2], reply[3], reply[4]))
+        if status == Status.GRANTED:
+            return reply[2]
+        if status == Status.COMPUTE_ERROR:
+            raise ComputeError(key, reply[2], reply[3])
+        if status == Status.TIMEOUT:
+            raise CacheTimeout(f"gave up waiting for another worker to compute {key!r}")
+        raise ProtocolError(f"unexpected reply to LEASE: {reply!r}")
+
+    def failure(self, exc: BaseException) -> tuple[str, str]:
+        """``(type name, message)`` of an exception, for a FAIL request."""
+        t = type(exc)
+        name = t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+        return name, str(exc)
+
+    def compute_error(self, key: str, exc: Exception) -> ComputeError:
+        """The ComputeError for ``fn`` raising ``exc`` in this process."""
+        name, message = self.failure(exc)
+        err = ComputeError(key, name, message)
+        err.__cause__ = exc
+        return err
+
+    def filled(self, key: str, value: Any, data: bytes, ttl: float, reply: list[Any] | None) -> None:
+        """After a fill: keep a near copy if the coordinator stored the value."""
+        if reply is not None and reply[1] == Status.OK and reply[3]:
+            self.near.put(key, self.codec.decode(data), data, reply[2], ttl)
+
+    # -- reports ------------------------------------------------------------
+
+    def stats(self, coordinator: dict[str, Any] | None) -> Stats:
+        """A Stats snapshot from this client's counters and the coordinator's."""
+        c = coordinator or {}
+        l1 = c.get("l1", {})
+        return Stats(
+            near_hits=self.near.hits,
+            near_misses=self.near.misses,
+            l1_hits=l1.get("hits", 0),
+            l1_misses=l1.get("misses", 0),
+            l2_hits=c.get("l2_hits", 0),
+            l2_misses=c.get("l2_misses", 0),
+            promotions=c.get("promotions", 0),
+            computes=self.counters["computes"],
+            local_computes=self.counters["local_computes"],
+            coalesced=c.get("coalesced", 0),
+            local_coalesced=self.counters["local_coalesced"],
+            inflight_leases=c.get("inflight_leases", 0),
+            evictions=l1.get("evictions", 0),
+            l2_errors=c.get("l2_errors", 0),
+            coordinator_errors=self.counters["coordinator_errors"],
+            coordinator=c,
+        )
+
+    def health(self, coordinator: dict[str, Any] | None) -> Health:
+        """A Health snapshot; degraded when the coordinator or Redis is not ok."""
+        if coordinator is None:
+            return Health("unavailable", "unknown", "degraded", {"socket": self.socket_path})
+        return Health(coordinator["coordinator"], coordinator["redis"], coordinator["mode"], coordinator)
+
+
+class _Value:
+    """Wraps a value found by a LEASE, to tell it apart from a token."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value

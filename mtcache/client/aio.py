@@ -1,0 +1,349 @@
+"""The asyncio client: one multiplexed connection, many requests in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from mtcache.codec import Codec
+from mtcache.errors import CacheTimeout, CoordinatorUnavailable, ProtocolError
+from mtcache.protocol import FrameDecoder, Op, Status, encode_frame
+from mtcache.stats import Health, Stats
+from mtcache.strategies import CacheStrategy
+
+from . import spawn as _spawn
+from ._core import MISSING, ClientCore
+
+__all__ = ["AsyncClient"]
+
+T = TypeVar("T")
+
+
+class _AsyncConn:
+    """One connection; replies are matched to requests by id, so any number of
+    requests may be in flight."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder()
+        self.rid = 0
+        self.pending: dict[int, asyncio.Future[list[Any]]] = {}
+        self.reader_task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    @classmethod
+    async def open(cls, path: str) -> _AsyncConn:
+        reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
+        return cls(reader, writer)
+
+    async def _read_loop(self) -> None:
+        error: BaseException = CoordinatorUnavailable("the coordinator closed the connection")
+        try:
+            while True:
+                data = await self.reader.read(262_144)
+                if not data:
+                    break
+                for reply in self.decoder.feed(data):
+                    fut = self.pending.pop(reply[0], None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(reply)
+        except (OSError, ProtocolError) as exc:
+            error = CoordinatorUnavailable(f"connection to the coordinator failed: {exc}")
+        finally:
+            for fut in self.pending.values():
+                if not fut.done():
+                    fut.set_exception(error)
+            self.pending.clear()
+
+    @property
+    def alive(self) -> bool:
+        return not self.reader_task.done()
+
+    async def request(self, msg: list[Any], timeout: float) -> list[Any]:
+        if not self.alive:
+            raise CoordinatorUnavailable("the coordinator closed the connection")
+        self.rid += 1
+        rid = msg[1] = self.rid
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.pending[rid] = fut
+        self.writer.write(encode_frame(msg))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise CoordinatorUnavailable(f"no reply from the coordinator within {timeout:.1f}s") from None
+        finally:
+            self.pending.pop(rid, None)
+
+    async def close(self) -> None:
+        self.reader_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.reader_task
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+class AsyncClient:
+    """The asyncio twin of :class:`~mtcache.Client`: the same parameters, the same
+    methods as coroutines, the same promises. Use it from one event loop.
+    ``get_or_compute`` accepts a coroutine function or a plain callable (a plain
+    callable runs on the loop: keep it quick, or make it a coroutine)."""
+
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        *,
+        namespace: str = "default",
+        redis_url: str | None = None,
+        spawn: bool = True,
+        near_capacity: int = 1024,
+        near_max_age: float = 30.0,
+        near_max_bytes: int = 16 * 1024 * 1024,
+        codec: str | Codec | None = None,
+        copy_on_read: bool = False,
+        request_timeout: float = 5.0,
+    ) -> None:
+        self._core = ClientCore(
+            socket_path,
+            namespace=namespace,
+            redis_url=redis_url,
+            spawn=spawn,
+            near_capacity=near_capacity,
+            near_max_bytes=near_max_bytes,
+            near_max_age=near_max_age,
+            codec=codec,
+            copy_on_read=copy_on_read,
+            request_timeout=request_timeout,
+        )
+        self._near = self._core.near
+        self._conn_obj: _AsyncConn | None = None
+        self._connect_lock: asyncio.Lock | None = None
+        self._flights: dict[str, asyncio.Future[Any]] = {}
+        self._closed = False
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _check_fork(self) -> None:
+        if self._core.forked():
+            # the parent's connection belongs to the parent's loop: forget it
+            self._conn_obj = None
+            self._connect_lock = None
+            self._flights = {}
+
+    async def _conn(self) -> _AsyncConn:
+        conn = self._conn_obj
+        if conn is not None and conn.alive:
+            return conn
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            conn = self._conn_obj
+            if conn is not None and conn.alive:
+                return conn
+            core = self._core
+            try:
+                conn = await _AsyncConn.open(core.socket_path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                if not core.spawn or not await asyncio.to_thread(
+                    _spawn.ensure_coordinator,
+                    core.socket_path,
+                    namespace=core.settings.namespace,
+                    redis_url=core.explicit_redis_url,
+                ):
+                    raise
+                conn = await _AsyncConn.open(core.socket_path)
+            try:
+                core.accept_hello(await conn.request(core.hello(), core.request_timeout))
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn_obj = conn
+            return conn
+
+    async def _drop_conn(self) -> None:
+        conn, self._conn_obj = self._conn_obj, None
+        if conn is not None:
+            await conn.close()
+
+    async def _request(self, op: int, *args: Any, timeout: float | None = None) -> list[Any] | None:
+        """Send one request; None if the coordinator is unavailable (never raises for that)."""
+        if self._closed:
+            raise RuntimeError("this mtcache AsyncClient is closed")
+        core = self._core
+        if not core.should_try():
+            return None
+        try:
+            conn = await self._conn()
+            reply = await conn.request([op, 0, *args], timeout or core.request_timeout)
+        except (OSError, ProtocolError) as exc:
+            await self._drop_conn()
+            core.unavailable(exc)
+            return None
+        if reply[1] == Status.ERROR:
+            await self._drop_conn()
+            core.unavailable(ProtocolError(f"coordinator error: {reply[2]}: {reply[3]}"))
+            return None
+        core.connected()
+        return reply
+
+    # -- the API ------------------------------------------------------------
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """See :meth:`mtcache.Client.get`."""
+        self._check_fork()
+        key = self._core.check_key(key)
+        value = self._near.get(key)
+        if value is not MISSING:
+            return value
+        reply = await self._request(Op.GET, key)
+        if reply is None or reply[1] != Status.OK:
+            return default
+        value = self._core.accept_value(key, reply[2], reply[3], reply[4])
+        return default if value is MISSING else value
+
+    async def set(
+        self, key: str, value: Any, *, strategy: CacheStrategy | None = None, ttl: float | timedelta | None = None
+    ) -> None:
+        """See :meth:`mtcache.Client.set`."""
+        self._check_fork()
+        core = self._core
+        key = core.check_key(key)
+        seconds = core.ttl_for(strategy, ttl)
+        data = core.encode(value)
+        self._near.discard(key)
+        reply = await self._request(Op.SET, key, data, seconds)
+        if reply is None:
+            core.counters["skipped_writes"] += 1
+            return
+        self._near.put(key, core.codec.decode(data), data, reply[2], seconds)
+
+    async def delete(self, key: str) -> bool:
+        """See :meth:`mtcache.Client.delete`."""
+        self._check_fork()
+        key = self._core.check_key(key)
+        self._near.discard(key)
+        reply = await self._request(Op.DELETE, key)
+        if reply is None:
+            self._core.counters["skipped_writes"] += 1
+            return False
+        return bool(reply[2])
+
+    async def get_or_compute(
+        self,
+        key: str,
+        fn: Callable[[], Awaitable[T]] | Callable[[], T],
+        *,
+        strategy: CacheStrategy | None = None,
+        ttl: float | timedelta | None = None,
+        timeout: float | None = None,
+    ) -> T:
+        """See :meth:`mtcache.Client.get_or_compute`; tasks of this client share one
+        request per key."""
+        self._check_fork()
+        core = self._core
+        key = core.check_key(key)
+        seconds = core.ttl_for(strategy, ttl)
+        wait = core.lease_wait(timeout)
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+        value = self._near.get(key)
+        if value is not MISSING:
+            return value
+        flight = self._flights.get(key)
+        if flight is not None:
+            core.counters["local_coalesced"] += 1
+            try:
+                return await asyncio.wait_for(asyncio.shield(flight), wait)
+            except TimeoutError:
+                raise CacheTimeout(f"gave up waiting for another task to compute {key!r}") from None
+        flight = self._flights[key] = asyncio.get_running_loop().create_future()
+        try:
+            value = await self._compute(key, fn, seconds, wait)
+        except BaseException as exc:
+            flight.set_exception(exc)
+            flight.exception()  # mark retrieved: followers may be none
+            raise
+        else:
+            flight.set_result(value)
+            return value
+        finally:
+            self._flights.pop(key, None)
+
+    async def _compute(self, key: str, fn: Callable[[], Any], seconds: float, wait: float) -> Any:
+        core = self._core
+        reply = await self._request(Op.LEASE, key, wait, timeout=wait + core.request_timeout)
+        if reply is None:
+            return await self._compute_locally(key, fn)
+        outcome = core.lease_outcome(key, reply)
+        if not isinstance(outcome, bytes):
+            if outcome.value is not MISSING:
+                return outcome.value
+            return await self._compute_locally(key, fn)
+        token = outcome
+        core.counters["computes"] += 1
+        try:
+            value = await _call(fn)
+        except Exception as exc:
+            await self._request(Op.FAIL, key, token, *core.failure(exc))
+            raise core.compute_error(key, exc) from exc
+        except BaseException as exc:  # cancelled or interrupted: free the lease for the next waiter
+            await asyncio.shield(self._request(Op.FAIL, key, token, *core.failure(exc)))
+            raise
+        try:
+            data = core.encode(value)
+        except (TypeError, ValueError) as exc:
+            await self._request(Op.FAIL, key, token, *core.failure(exc))
+            raise
+        core.filled(key, value, data, seconds, await self._request(Op.FILL, key, token, data, seconds))
+        return value
+
+    async def _compute_locally(self, key: str, fn: Callable[[], Any]) -> Any:
+        self._core.counters["local_computes"] += 1
+        try:
+            return await _call(fn)
+        except Exception as exc:
+            raise self._core.compute_error(key, exc) from exc
+
+    async def clear(self) -> None:
+        """See :meth:`mtcache.Client.clear`."""
+        self._check_fork()
+        self._near.clear()
+        await self._request(Op.CLEAR)
+
+    async def stats(self) -> Stats:
+        """See :meth:`mtcache.Client.stats`."""
+        self._check_fork()
+        reply = await self._request(Op.STATS)
+        return self._core.stats(reply[2] if reply else None)
+
+    async def health(self) -> Health:
+        """See :meth:`mtcache.Client.health`."""
+        self._check_fork()
+        reply = await self._request(Op.HEALTH)
+        return self._core.health(reply[2] if reply else None)
+
+    async def close(self) -> None:
+        """Close the connection. Safe to call twice."""
+        self._closed = True
+        await self._drop_conn()
+        table = self._near.table
+        self._near.table = None
+        if table is not None:
+            table.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def _call(fn: Callable[[], Any]) -> Any:
+    result = fn()
+    if inspect.isawaitable(result):
+        result = await result
+    return result

@@ -1,0 +1,357 @@
+"""The synchronous client, thread-safe: one blocking socket per thread."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import socket
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from mtcache.codec import Codec
+from mtcache.errors import CacheTimeout, CoordinatorUnavailable, ProtocolError
+from mtcache.protocol import FrameDecoder, Op, Status, encode_frame
+from mtcache.stats import Health, Stats
+from mtcache.strategies import CacheStrategy
+
+from . import spawn as _spawn
+from ._core import MISSING, ClientCore
+
+__all__ = ["Client"]
+
+T = TypeVar("T")
+
+
+class _Conn:
+    """One blocking connection to the coordinator (used by one thread)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.timeout = timeout
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except OSError:
+            self.sock.close()
+            raise
+        self.decoder = FrameDecoder()
+        self.rid = 0
+        self.ready: list[list[Any]] = []
+
+    def request(self, msg: list[Any], timeout: float | None = None) -> list[Any]:
+        self.rid += 1
+        rid = msg[1] = self.rid
+        self.sock.settimeout(timeout or self.timeout)
+        self.sock.sendall(encode_frame(msg))
+        while True:
+            while self.ready:
+                reply = self.ready.pop(0)
+                if reply[0] == rid:
+                    return reply
+            data = self.sock.recv(262_144)
+            if not data:
+                raise CoordinatorUnavailable("the coordinator closed the connection")
+            self.ready.extend(self.decoder.feed(data))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Client:
+    """A worker's handle on the host's coordinator. Thread-safe and fork-safe.
+
+    :param socket_path: the coordinator's socket (default: ``MTCACHE_SOCKET`` or a
+        per-user path).
+    :param namespace: keys of different namespaces never meet; one coordinator
+        serves one namespace.
+    :param redis_url: passed to a coordinator this client starts.
+    :param spawn: start a coordinator when none answers.
+    :param near_capacity: near cache entries (0 disables the near cache).
+    :param near_max_age: seconds a near copy may be served without asking.
+    :param near_max_bytes: near cache bytes (encoded sizes).
+    :param codec: ``"msgpack"`` (default), ``"json"``, ``"pickle"`` or a codec object.
+    :param copy_on_read: decode a fresh copy on every near hit.
+    :param request_timeout: seconds to wait for a reply (lease waits excepted).
+
+    A coordinator that is missing, or dies, never raises into the application:
+    ``get`` returns the default, ``set``/``delete`` are skipped, ``get_or_compute``
+    calls ``fn`` itself; one warning is logged and the client retries with back-off.
+    """
+
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        *,
+        namespace: str = "default",
+        redis_url: str | None = None,
+        spawn: bool = True,
+        near_capacity: int = 1024,
+        near_max_age: float = 30.0,
+        near_max_bytes: int = 16 * 1024 * 1024,
+        codec: str | Codec | None = None,
+        copy_on_read: bool = False,
+        request_timeout: float = 5.0,
+    ) -> None:
+        self._core = ClientCore(
+            socket_path,
+            namespace=namespace,
+            redis_url=redis_url,
+            spawn=spawn,
+            near_capacity=near_capacity,
+            near_max_bytes=near_max_bytes,
+            near_max_age=near_max_age,
+            codec=codec,
+            copy_on_read=copy_on_read,
+            request_timeout=request_timeout,
+        )
+        self._near = self._core.near
+        self._local = threading.local()
+        self._conns: set[_Conn] = set()
+        self._lock = threading.Lock()
+        self._flights: dict[str, concurrent.futures.Future[Any]] = {}
+        self._closed = False
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _check_fork(self) -> None:
+        if self._core.forked():
+            # the parent's sockets are the parent's: close our copies of the fds
+            # (no shutdown(), which would cut the parent's connection too)
+            for conn in self._conns:
+                conn.close()
+            self._conns = set()
+            self._local = threading.local()
+            self._lock = threading.Lock()
+            self._flights = {}
+
+    def _conn(self) -> _Conn:
+        conn: _Conn | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        core = self._core
+        try:
+            conn = _Conn(core.socket_path, core.request_timeout)
+        except (FileNotFoundError, ConnectionRefusedError):
+            if not core.spawn or not _spawn.ensure_coordinator(
+                core.socket_path, namespace=core.settings.namespace, redis_url=core.explicit_redis_url
+            ):
+                raise
+            conn = _Conn(core.socket_path, core.request_timeout)
+        try:
+            core.accept_hello(conn.request(core.hello()))
+        except BaseException:
+            conn.close()
+            raise
+        self._local.conn = conn
+        with self._lock:
+            self._conns.add(conn)
+        return conn
+
+    def _drop_conn(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def _request(self, op: int, *args: Any, timeout: float | None = None) -> list[Any] | None:
+        """Send one request; None if the coordinator is unavailable (never raises for that)."""
+        if self._closed:
+            raise RuntimeError("this mtcache Client is closed")
+        core = self._core
+        if not core.should_try():
+            return None
+        try:
+            reply = self._conn().request([op, 0, *args], timeout)
+        except (OSError, ProtocolError) as exc:
+            self._drop_conn()
+            core.unavailable(exc)
+            return None
+        if reply[1] == Status.ERROR:
+            self._drop_conn()
+            core.unavailable(ProtocolError(f"coordinator error: {reply[2]}: {reply[3]}"))
+            return None
+        core.connected()
+        return reply
+
+    # -- the API ------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The cached value of ``key``, or ``default``.
+
+        :raises TypeError, ValueError: ``key`` is not a valid key.
+        """
+        self._check_fork()
+        key = self._core.check_key(key)
+        value = self._near.get(key)
+        if value is not MISSING:
+            return value
+        reply = self._request(Op.GET, key)
+        if reply is None or reply[1] != Status.OK:
+            return default
+        value = self._core.accept_value(key, reply[2], reply[3], reply[4])
+        return default if value is MISSING else value
+
+    def set(
+        self, key: str, value: Any, *, strategy: CacheStrategy | None = None, ttl: float | timedelta | None = None
+    ) -> None:
+        """Store ``value`` for ``ttl`` seconds (or ``strategy.ttl``, else DEFAULT's
+        5 min) in L1 and L2. Every worker on this host sees it from the moment this
+        returns.
+
+        :raises TypeError: ``value`` cannot be encoded (the message names its type).
+        :raises ValueError: the encoding is too large, or key/ttl are invalid.
+        """
+        self._check_fork()
+        core = self._core
+        key = core.check_key(key)
+        seconds = core.ttl_for(strategy, ttl)
+        data = core.encode(value)
+        self._near.discard(key)
+        reply = self._request(Op.SET, key, data, seconds)
+        if reply is None:
+            core.counters["skipped_writes"] += 1
+            return
+        self._near.put(key, core.codec.decode(data), data, reply[2], seconds)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key`` from every tier; True if some tier held it."""
+        self._check_fork()
+        key = self._core.check_key(key)
+        self._near.discard(key)
+        reply = self._request(Op.DELETE, key)
+        if reply is None:
+            self._core.counters["skipped_writes"] += 1
+            return False
+        return bool(reply[2])
+
+    def get_or_compute(
+        self,
+        key: str,
+        fn: Callable[[], T],
+        *,
+        strategy: CacheStrategy | None = None,
+        ttl: float | timedelta | None = None,
+        timeout: float | None = None,
+    ) -> T:
+        """The cached value of ``key``; on a miss, ``fn()`` computed exactly once per
+        key across every worker of the host (threads of this process share one
+        request; other callers wait for the value).
+
+        :param timeout: longest wait for another caller's computation (default
+            twice the lease TTL). A holder that dies passes the lease on first.
+        :raises ComputeError: ``fn`` raised, here or in the worker computing it;
+            nothing was cached.
+        :raises CacheTimeout: the wait passed ``timeout``.
+        :raises TypeError: ``fn`` is not callable or its value cannot be encoded.
+        """
+        self._check_fork()
+        core = self._core
+        key = core.check_key(key)
+        seconds = core.ttl_for(strategy, ttl)
+        wait = core.lease_wait(timeout)
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+        value = self._near.get(key)
+        if value is not MISSING:
+            return value
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if leader:
+                flight = self._flights[key] = concurrent.futures.Future()
+            else:
+                core.counters["local_coalesced"] += 1
+        assert flight is not None
+        if not leader:
+            try:
+                return flight.result(timeout=wait)
+            except concurrent.futures.TimeoutError:
+                raise CacheTimeout(f"gave up waiting for another thread to compute {key!r}") from None
+        try:
+            value = self._compute(key, fn, seconds, wait)
+        except BaseException as exc:
+            flight.set_exception(exc)
+            raise
+        else:
+            flight.set_result(value)
+            return value
+        finally:
+            with self._lock:
+                self._flights.pop(key, None)
+
+    def _compute(self, key: str, fn: Callable[[], T], seconds: float, wait: float) -> T:
+        core = self._core
+        reply = self._request(Op.LEASE, key, wait, timeout=wait + core.request_timeout)
+        if reply is None:
+            return self._compute_locally(key, fn)
+        outcome = core.lease_outcome(key, reply)
+        if not isinstance(outcome, bytes):
+            if outcome.value is not MISSING:
+                return outcome.value
+            return self._compute_locally(key, fn)
+        token = outcome
+        core.counters["computes"] += 1
+        try:
+            value = fn()
+        except Exception as exc:
+            self._request(Op.FAIL, key, token, *core.failure(exc))
+            raise core.compute_error(key, exc) from exc
+        except BaseException as exc:
+            self._request(Op.FAIL, key, token, *core.failure(exc))
+            raise
+        try:
+            data = core.encode(value)
+        except (TypeError, ValueError) as exc:
+            self._request(Op.FAIL, key, token, *core.failure(exc))
+            raise
+        core.filled(key, value, data, seconds, self._request(Op.FILL, key, token, data, seconds))
+        return value
+
+    def _compute_locally(self, key: str, fn: Callable[[], T]) -> T:
+        self._core.counters["local_computes"] += 1
+        try:
+            return fn()
+        except Exception as exc:
+            raise self._core.compute_error(key, exc) from exc
+
+    def clear(self) -> None:
+        """Empty this namespace in every tier (this host's L1 and Redis)."""
+        self._check_fork()
+        self._near.clear()
+        self._request(Op.CLEAR)
+
+    def stats(self) -> Stats:
+        """Counters of this client and of its coordinator."""
+        self._check_fork()
+        reply = self._request(Op.STATS)
+        return self._core.stats(reply[2] if reply else None)
+
+    def health(self) -> Health:
+        """Whether the coordinator and Redis answer; ``mode`` is ``"degraded"`` if not."""
+        self._check_fork()
+        reply = self._request(Op.HEALTH)
+        return self._core.health(reply[2] if reply else None)
+
+    def close(self) -> None:
+        """Close every connection of this client. Safe to call twice."""
+        self._closed = True
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.close()
+        table = self._near.table
+        self._near.table = None
+        if table is not None:
+            table.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

@@ -1,0 +1,152 @@
+"""Shared memory between the coordinator (the only writer) and its workers.
+
+:class:`VersionTable` is the per-host coherence mechanism of the design: N
+unsigned 64-bit counters; ``slot = crc32(key) % N`` (the same in every process,
+unlike Python's randomized ``hash()``). The coordinator bumps a key's slot on every
+set, delete, invalidation, eviction and expiry of that key before it acknowledges
+the request; every reply that carries a value carries the slot's counter too.
+A worker's near copy is valid while the counter is unchanged.
+
+Counters are read and written through ``memoryview.cast("Q")``: aligned 8-byte
+loads and stores, which a reader never sees half-written (``struct.pack_into``
+zeroes before writing, and a torn value was measured with it).
+
+The segment is a file in ``/dev/shm`` (a tmpfs) mapped with ``mmap``, created
+with mode 0600. We do not use ``multiprocessing.shared_memory`` because before
+Python 3.13 every process that attaches registers the segment with its own
+resource tracker, which unlinks it when that worker exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import secrets
+import tempfile
+import zlib
+from pathlib import Path
+
+__all__ = ["DEFAULT_SLOTS", "VersionTable", "shm_dir", "slot_of"]
+
+DEFAULT_SLOTS = 65_536
+_HEADER_WORDS = 8  # magic, slots, generation, reserved...
+_MAGIC = 0x4D54_4341_4348_0001  # "MTCACH" + layout 1
+
+
+def shm_dir() -> Path:
+    """Where segments live: ``/dev/shm`` when it is a writable folder, else the
+    system temporary folder."""
+    dev = Path("/dev/shm")
+    if dev.is_dir() and os.access(dev, os.W_OK):
+        return dev
+    return Path(tempfile.gettempdir())
+
+
+def slot_of(key: str, slots: int) -> int:
+    """The version slot of ``key`` in a table of ``slots`` counters."""
+    return zlib.crc32(key.encode("utf-8")) % slots
+
+
+class VersionTable:
+    """A table of 64-bit version counters in shared memory.
+
+    Create it in the coordinator with :meth:`create`, attach in workers with
+    :meth:`attach` by the path the coordinator handed over.
+    """
+
+    def __init__(self, path: str, mm: mmap.mmap, slots: int, *, owner: bool) -> None:
+        self.path = path
+        self.slots = slots
+        self.owner = owner
+        self._mm = mm
+        self._words = memoryview(mm).cast("Q")
+        self._counters = self._words[_HEADER_WORDS:]
+
+    @classmethod
+    def create(
+        cls, slots: int = DEFAULT_SLOTS, *, prefix: str = "mtcache", directory: Path | None = None
+    ) -> VersionTable:
+        """Create a zeroed table of ``slots`` counters in a new segment (mode 0600).
+
+        :raises ValueError: ``slots`` is not a positive integer.
+        """
+        if not isinstance(slots, int) or isinstance(slots, bool) or slots <= 0:
+            raise ValueError(f"slots must be a positive integer, got {slots!r}")
+        folder = directory or shm_dir()
+        path = str(folder / f"{prefix}-{os.getpid()}-{secrets.token_hex(4)}.ver")
+        size = (slots + _HEADER_WORDS) * 8
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        table = cls(path, mm, slots, owner=True)
+        table._words[1] = slots
+        table._words[2] = int.from_bytes(secrets.token_bytes(7), "little")
+        table._words[0] = _MAGIC
+        return table
+
+    @classmethod
+    def attach(cls, path: str) -> VersionTable:
+        """Map an existing table read-only.
+
+        :raises OSError: the segment does not exist or cannot be mapped.
+        :raises ValueError: the segment is not a version table of this layout.
+        """
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            if size < _HEADER_WORDS * 8:
+                raise ValueError(f"{path} is too small to be an mtcache version table")
+            mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        words = memoryview(mm).cast("Q")
+        magic, slots = words[0], words[1]
+        words.release()
+        if magic != _MAGIC or (slots + _HEADER_WORDS) * 8 != size:
+            mm.close()
+            raise ValueError(f"{path} is not an mtcache version table of this layout")
+        return cls(path, mm, slots, owner=False)
+
+    @property
+    def generation(self) -> int:
+        """A random number fixed at creation: tells two tables at one path apart."""
+        return self._words[2]
+
+    def slot(self, key: str) -> int:
+        """The slot of ``key``."""
+        return zlib.crc32(key.encode("utf-8")) % self.slots
+
+    def get(self, slot: int) -> int:
+        """The counter of ``slot``."""
+        return self._counters[slot]
+
+    def bump(self, slot: int) -> int:
+        """Increment the counter of ``slot`` (coordinator only); return its new value."""
+        value = (self._counters[slot] + 1) & 0xFFFF_FFFF_FFFF_FFFF
+        self._counters[slot] = value
+        return value
+
+    def bump_key(self, key: str) -> int:
+        """Increment the counter of ``key``'s slot; return its new value."""
+        return self.bump(self.slot(key))
+
+    def bump_all(self) -> None:
+        """Increment every counter (after a clear, or a gap in the invalidation stream)."""
+        counters = self._counters
+        for i in range(self.slots):
+            counters[i] = (counters[i] + 1) & 0xFFFF_FFFF_FFFF_FFFF
+
+    def close(self) -> None:
+        """Unmap; the owner also removes the segment. Safe to call twice."""
+        if self._mm.closed:
+            return
+        self._counters.release()
+        self._words.release()
+        self._mm.close()
+        if self.owner:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
