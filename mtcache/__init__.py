@@ -1,5 +1,7 @@
 """mtcache: a multi-tier cache for multi-process Python servers."""
 
+from mtcache.client.aio import AsyncClient
+from mtcache.client.sync import Client
 from mtcache.codec import Codec, JsonCodec, MsgpackCodec, PickleCodec
 from mtcache.config import Settings
 from mtcache.errors import (
@@ -10,22 +12,27 @@ from mtcache.errors import (
     L2Error,
     ProtocolError,
 )
+from mtcache.stats import Health, Stats
 from mtcache.strategies import CacheStrategy
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
     "CacheError",
     "CacheStrategy",
     "CacheTimeout",
+    "Client",
     "Codec",
     "ComputeError",
     "CoordinatorUnavailable",
+    "Health",
     "JsonCodec",
     "L2Error",
     "MsgpackCodec",
     "PickleCodec",
     "ProtocolError",
     "Settings",
+    "Stats",
     "__version__",
 ]

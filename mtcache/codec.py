@@ -103,6 +103,14 @@ def _msgpack_ext(code: int, data: bytes) -> Any:
     return msgpack.ExtType(code, data)
 
 
+def _frozen(key: Any) -> Any:
+    return tuple(_frozen(k) for k in key) if isinstance(key, list) else key
+
+
+def _tuple_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    return {_frozen(k): v for k, v in pairs}
+
+
 class MsgpackCodec:
     """The default codec (see the module docstring for the types it carries)."""
 
@@ -112,7 +120,10 @@ class MsgpackCodec:
         self.max_bytes = _check_max(max_bytes)
 
     def encode(self, value: Any) -> bytes:
-        """Encode ``value`` with msgpack; see :meth:`Codec.encode`."""
+        """Encode ``value`` with msgpack; see :meth:`Codec.encode`.
+
+        A tuple used as a dict key comes back as a tuple (see :meth:`decode`).
+        """
         try:
             data = msgpack.packb(value, default=_msgpack_default, use_bin_type=True)
         except TypeError:
@@ -122,8 +133,18 @@ class MsgpackCodec:
         return _check_size(self, data)
 
     def decode(self, data: bytes) -> Any:
-        """Decode msgpack bytes; see :meth:`Codec.decode`."""
-        return msgpack.unpackb(data, ext_hook=_msgpack_ext, raw=False, strict_map_key=False)
+        """Decode msgpack bytes; see :meth:`Codec.decode`.
+
+        msgpack has one array type, so a tuple dict key arrives as an (unhashable)
+        list; only then is the value decoded again turning such keys into tuples,
+        so ordinary values pay nothing for it.
+        """
+        try:
+            return msgpack.unpackb(data, ext_hook=_msgpack_ext, raw=False, strict_map_key=False)
+        except TypeError:
+            return msgpack.unpackb(
+                data, ext_hook=_msgpack_ext, raw=False, strict_map_key=False, object_pairs_hook=_tuple_keys
+            )
 
 
 class JsonCodec:
@@ -139,7 +160,7 @@ class JsonCodec:
         """Encode ``value`` as UTF-8 JSON; see :meth:`Codec.encode`."""
         try:
             text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
-        except (TypeError, ValueError) as exc:  # ValueError: a circular reference
+        except (TypeError, ValueError, RecursionError) as exc:  # ValueError: a circular reference
             raise TypeError(f"cannot encode a value of type {type(value).__qualname__} as JSON: {exc}") from exc
         return _check_size(self, text.encode())
 
@@ -161,7 +182,7 @@ class PickleCodec:
         """Pickle ``value``; see :meth:`Codec.encode`."""
         try:
             data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as exc:
             raise TypeError(f"cannot pickle a value of type {type(value).__qualname__}: {exc}") from exc
         return _check_size(self, data)
 

@@ -12,6 +12,7 @@ Every setting is resolved with one rule, highest first:
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -24,6 +25,7 @@ from dotenv import dotenv_values
 __all__ = ["DEFAULT_REDIS_URL", "Settings", "default_socket_path", "redact_url", "resolve_redis_url"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
+_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*")
 _SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -36,31 +38,35 @@ def default_socket_path() -> str:
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with its password (if any) replaced by ``***``.
+    """Return ``url`` with its password replaced by ``***``: the one in the user
+    part and a ``password=`` query parameter (which redis-py also reads).
 
-    Use it for every URL that is logged or shown.
+    Use it for every URL that is logged or shown. Never raises.
     """
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
+    if netloc == parts.netloc and query == parts.query:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _validate_url(url: str) -> str:
     if not isinstance(url, str) or not url:
         raise ValueError(f"Redis URL must be a non-empty string, got {url!r}")
-    scheme = urlsplit(url).scheme
-    if scheme not in _SCHEMES:
+    parts = urlsplit(url)
+    if parts.scheme not in _SCHEMES:
         raise ValueError(
-            f"Redis URL {redact_url(url)!r} has scheme {scheme!r}; expected one of {', '.join(_SCHEMES)}"
+            f"Redis URL {redact_url(url)!r} has scheme {parts.scheme!r}; expected one of {', '.join(_SCHEMES)}"
         )
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise ValueError(f"Redis URL {redact_url(url)!r} has an invalid port: {exc}") from None
     return url
 
 
@@ -174,6 +180,7 @@ class Settings:
         env = os.environ if environ is None else environ
         dotenv = _dotenv(cwd)
         values: dict[str, Any] = {}
+        from_env: dict[str, str] = {}
         for name, f in names.items():
             if explicit.get(name) is not None:
                 values[name] = explicit[name]
@@ -183,9 +190,16 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[name] = _convert(name, var, raw, type(f.default))
+            from_env[name] = var
         if not values.get("socket_path"):
             values["socket_path"] = default_socket_path()
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            named = [var for name, var in from_env.items() if name in str(exc)]
+            if named:
+                raise ValueError(f"{exc} (from {', '.join(named)})") from None
+            raise
 
 
 def _convert(name: str, var: str, raw: str, kind: type) -> Any:

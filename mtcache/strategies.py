@@ -21,7 +21,10 @@ def validate_ttl(ttl: object, *, what: str = "ttl") -> float:
     if isinstance(ttl, timedelta):
         seconds = ttl.total_seconds()
     elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
-        seconds = float(ttl)
+        try:
+            seconds = float(ttl)
+        except OverflowError:
+            raise ValueError(f"{what} must be a positive, finite duration, got {ttl!r}") from None
     else:
         raise TypeError(
             f"{what} must be seconds (int or float) or a timedelta, "
@@ -50,7 +53,8 @@ class CacheStrategy:
     DEFAULT: ClassVar[CacheStrategy]
 
     def __post_init__(self) -> None:
-        validate_ttl(self.ttl)
+        # frozen: normalise through object.__setattr__ (a timedelta becomes seconds)
+        object.__setattr__(self, "ttl", validate_ttl(self.ttl))
 
     @classmethod
     def custom(cls, ttl: float | timedelta) -> CacheStrategy:

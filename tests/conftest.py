@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.coordinator_proc import CoordinatorProcess
 from tests.redis_server import RedisServer, redis_binary
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -49,3 +50,39 @@ def redis_server_aof(tmp_path: Path) -> Iterator[RedisServer]:
 def redis_url(redis_server: RedisServer) -> str:
     """The URL of a fresh redis-server for this test."""
     return redis_server.url
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short temporary folder: Unix socket paths are limited to ~107 bytes, and
+    pytest's tmp_path can be longer."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="mtc-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def coordinator(short_tmp: Path, redis_server: RedisServer) -> Iterator[CoordinatorProcess]:
+    """A coordinator process on a fresh socket, backed by a fresh redis-server."""
+    proc = CoordinatorProcess(short_tmp / "c.sock", redis_url=redis_server.url)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def coordinator_no_redis(short_tmp: Path) -> Iterator[CoordinatorProcess]:
+    """A coordinator process serving L1 alone (``--no-redis``)."""
+    proc = CoordinatorProcess(short_tmp / "c.sock", redis_url=None)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

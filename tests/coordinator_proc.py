@@ -1,0 +1,99 @@
+"""A real ``mtcache-coordinator`` process for tests, on a socket under tmp_path."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mtcache.client.spawn import can_connect
+
+START_DEADLINE = 15.0
+
+
+class CoordinatorProcess:
+    """``python -m mtcache.coordinator`` in the foreground of a test; ``redis_url``
+    None means ``--no-redis``. Extra CLI arguments go in ``args``."""
+
+    def __init__(self, socket_path: Path, *, redis_url: str | None, namespace: str = "default",
+                 args: tuple[str, ...] = ()) -> None:
+        self.socket_path = str(socket_path)
+        self.redis_url = redis_url
+        self.namespace = namespace
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(f"{socket_path}.test.log")
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "mtcache.coordinator", "--socket", self.socket_path,
+               "--namespace", self.namespace, "--log-level", "INFO"]
+        cmd += ["--redis-url", self.redis_url] if self.redis_url else ["--no-redis"]
+        return cmd + list(self.args)
+
+    def start(self) -> None:
+        """Start and return once the socket accepts connections."""
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        finally:
+            log.close()
+        deadline = time.monotonic() + START_DEADLINE
+        while not can_connect(self.socket_path):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"coordinator exited with {self.proc.returncode}: {self.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"coordinator did not answer within {START_DEADLINE}s: {self.log()}")
+            time.sleep(0.01)  # readiness poll with a deadline
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> int | None:
+        """SIGTERM, wait (SIGKILL after 10 s); return the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+def kill_spawned(socket_path: str) -> None:
+    """Kill a coordinator that a client spawned (detached) on ``socket_path``: its pid
+    is found by the lock it holds (``<socket>.lock``), via /proc."""
+    target = os.path.realpath(f"{socket_path}.lock")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == target:
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    break
+            except OSError:
+                continue
