@@ -1,0 +1,40 @@
+"""The README's first command runs workers/demo.py: it must finish by itself, with and
+without Redis, and stop everything it started."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.redis_server import RedisServer, free_port
+
+DEMO = Path(__file__).resolve().parent.parent / "workers" / "demo.py"
+
+
+def _run(redis_url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REDIS_URL": redis_url}
+    return subprocess.run(
+        [sys.executable, str(DEMO), "--workers", "2", "--seconds", "2"],
+        capture_output=True, text=True, timeout=90, env=env, check=False,
+    )
+
+
+@pytest.mark.slow
+def test_demo_with_redis(redis_server: RedisServer) -> None:
+    result = _run(redis_server.url)
+    assert result.returncode == 0, result.stderr
+    assert "answers, using it as L2" in result.stdout
+    assert "Summary" in result.stdout
+    assert "calls to the price service" in result.stdout
+
+
+@pytest.mark.slow
+def test_demo_without_redis() -> None:
+    result = _run(f"redis://127.0.0.1:{free_port()}")
+    assert result.returncode == 0, result.stderr
+    assert "L1 only" in result.stdout
+    assert "Summary" in result.stdout
