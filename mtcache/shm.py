@@ -61,7 +61,8 @@ class VersionTable:
         self.owner = owner
         self._mm = mm
         self._words = memoryview(mm).cast("Q")
-        self._counters = self._words[_HEADER_WORDS:]
+        #: the counters themselves, for readers on a hot path (``counters[slot]``)
+        self.counters = self._words[_HEADER_WORDS:]
 
     @classmethod
     def create(
@@ -122,12 +123,12 @@ class VersionTable:
 
     def get(self, slot: int) -> int:
         """The counter of ``slot``."""
-        return self._counters[slot]
+        return self.counters[slot]
 
     def bump(self, slot: int) -> int:
         """Increment the counter of ``slot`` (coordinator only); return its new value."""
-        value = (self._counters[slot] + 1) & 0xFFFF_FFFF_FFFF_FFFF
-        self._counters[slot] = value
+        value = (self.counters[slot] + 1) & 0xFFFF_FFFF_FFFF_FFFF
+        self.counters[slot] = value
         return value
 
     def bump_key(self, key: str) -> int:
@@ -136,7 +137,7 @@ class VersionTable:
 
     def bump_all(self) -> None:
         """Increment every counter (after a clear, or a gap in the invalidation stream)."""
-        counters = self._counters
+        counters = self.counters
         for i in range(self.slots):
             counters[i] = (counters[i] + 1) & 0xFFFF_FFFF_FFFF_FFFF
 
@@ -144,7 +145,7 @@ class VersionTable:
         """Unmap; the owner also removes the segment. Safe to call twice."""
         if self._mm.closed:
             return
-        self._counters.release()
+        self.counters.release()
         self._words.release()
         self._mm.close()
         if self.owner:

@@ -31,12 +31,14 @@ log = logging.getLogger("mtcache.client")
 
 MISSING = NearCache.MISSING
 
-_fork_gen = 0
+#: Moves on in every forked child; hot paths compare ``_core.FORK_GEN`` with the
+#: value their client saw (a module attribute read, cheaper than a call).
+FORK_GEN = 0
 
 
 def _after_fork_in_child() -> None:
-    global _fork_gen
-    _fork_gen += 1
+    global FORK_GEN
+    FORK_GEN += 1
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -45,7 +47,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def fork_generation() -> int:
     """Moves on in every forked child: a client compares it with the value it saw
     when it connected, instead of calling ``os.getpid()`` on every call."""
-    return _fork_gen
+    return FORK_GEN
 
 
 #: Back-off between attempts to reach a coordinator that did not answer.

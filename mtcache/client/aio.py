@@ -15,6 +15,7 @@ from mtcache.protocol import FrameDecoder, Op, Status, encode_frame
 from mtcache.stats import Health, Stats
 from mtcache.strategies import CacheStrategy
 
+from . import _core
 from . import spawn as _spawn
 from ._core import MISSING, ClientCore
 
@@ -194,11 +195,15 @@ class AsyncClient:
 
     async def get(self, key: str, default: Any = None) -> Any:
         """See :meth:`mtcache.Client.get`."""
-        self._check_fork()
-        key = self._core.check_key(key)
-        value = self._near.get(key)
+        if self._core.fork_gen != _core.FORK_GEN:
+            self._check_fork()
+        try:
+            value = self._near.get(key)
+        except TypeError:  # unhashable: check_key below says what is wrong
+            value = MISSING
         if value is not MISSING:
             return value
+        key = self._core.check_key(key)
         reply = await self._request(Op.GET, key)
         if reply is None or reply[1] != Status.OK:
             return default

@@ -70,13 +70,16 @@ class NearCache:
         return self.capacity > 0 and self.max_bytes > 0 and self.max_age > 0
 
     def get(self, key: str) -> Any:
-        """The held value, or :attr:`MISSING` (absent, too old, or changed since)."""
+        """The held value, or :attr:`MISSING` (absent, too old, or changed since).
+
+        :raises TypeError: ``key`` is unhashable.
+        """
         table = self.table
         with self._lock:
             item = self._data.get(key)
             if item is not None:
                 value, slot, version, expires_at, size = item
-                if table is not None and table.get(slot) == version and self._clock() < expires_at:
+                if table is not None and table.counters[slot] == version and self._clock() < expires_at:
                     self._data.move_to_end(key)
                     self.hits += 1
                     return self._decode(value) if self.copy_on_read else value  # type: ignore[misc]

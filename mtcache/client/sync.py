@@ -16,6 +16,7 @@ from mtcache.protocol import FrameDecoder, Op, Status, encode_frame
 from mtcache.stats import Health, Stats
 from mtcache.strategies import CacheStrategy
 
+from . import _core
 from . import spawn as _spawn
 from ._core import MISSING, ClientCore
 
@@ -184,11 +185,15 @@ class Client:
 
         :raises TypeError, ValueError: ``key`` is not a valid key.
         """
-        self._check_fork()
-        key = self._core.check_key(key)
-        value = self._near.get(key)
+        if self._core.fork_gen != _core.FORK_GEN:
+            self._check_fork()
+        try:
+            value = self._near.get(key)
+        except TypeError:  # unhashable: check_key below says what is wrong
+            value = MISSING
         if value is not MISSING:
             return value
+        key = self._core.check_key(key)
         reply = self._request(Op.GET, key)
         if reply is None or reply[1] != Status.OK:
             return default

@@ -1,0 +1,125 @@
+"""Shared helpers for the benchmarks: timing, percentiles, throwaway servers."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import redis
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A throwaway redis-server on a free port; yields its URL."""
+    port = free_port()
+    folder = tempfile.mkdtemp(prefix="mtcache-bench-redis-")
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", folder],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with redis.Redis.from_url(url) as r:
+                    r.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def coordinator(redis_url: str | None, *extra: str) -> Iterator[str]:
+    """A coordinator process on a temporary socket; yields the socket path."""
+    from mtcache.client.spawn import can_connect
+
+    folder = Path(tempfile.mkdtemp(prefix="mtc-bench-"))
+    sock = str(folder / "c.sock")
+    cmd = [sys.executable, "-m", "mtcache.coordinator", "--socket", sock, "--log-level", "WARNING", *extra]
+    cmd += ["--redis-url", redis_url] if redis_url else ["--no-redis"]
+    proc = subprocess.Popen(cmd)
+    try:
+        deadline = time.monotonic() + 15
+        while not can_connect(sock):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("coordinator did not start")
+            time.sleep(0.01)
+        yield sock
+    finally:
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def measure(fn: Callable[[], object], *, n: int, batch: int = 1, warmup: int = 200) -> dict[str, float]:
+    """Time ``fn`` ``n`` times (in batches of ``batch`` calls for sub-microsecond
+    operations); return p50/p90/p99/max in µs per call and ops/s."""
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    clock = time.perf_counter_ns
+    total_start = clock()
+    for _ in range(max(1, n // batch)):
+        t0 = clock()
+        for _ in range(batch):
+            fn()
+        samples.append((clock() - t0) / batch / 1000)
+    total = (clock() - total_start) / 1e9
+    samples.sort()
+    return {
+        "p50": percentile(samples, 0.50),
+        "p90": percentile(samples, 0.90),
+        "p99": percentile(samples, 0.99),
+        "max": samples[-1],
+        "ops": (len(samples) * batch) / total,
+    }
+
+
+def machine() -> str:
+    import os
+
+    return (f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}")
+
+
+def table(rows: list[tuple[str, dict[str, float]]], baseline: str | None = None) -> str:
+    """A Markdown table of results; a ratio column against ``baseline`` if given."""
+    base = dict(rows).get(baseline) if baseline else None
+    head = "| what | p50 µs | p90 µs | p99 µs | ops/s |" + (f" p50 vs {baseline} |" if base else "")
+    sep = "|---|---:|---:|---:|---:|" + ("---:|" if base else "")
+    out = [head, sep]
+    for name, r in rows:
+        line = f"| {name} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['ops']:,.0f} |"
+        if base:
+            line += f" {r['p50'] / base['p50']:.2f}x |"
+        out.append(line)
+    return "\n".join(out)
