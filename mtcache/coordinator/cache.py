@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
 from mtcache.config import Settings
+from mtcache.coordinator.invalidation import InvalidationStream, new_origin
 from mtcache.coordinator.l2 import Envelope, L2Tier
-from mtcache.coordinator.leases import LeaseRegistry
+from mtcache.coordinator.leases import DistributedLeases, LeaseRegistry
 from mtcache.coordinator.store import L1Store
 from mtcache.errors import L2Error
 from mtcache.protocol import Status
@@ -49,7 +50,28 @@ class CacheEngine:
             default_ttl=settings.l1_ttl,
             on_remove=self._on_remove,
         )
-        self.leases = LeaseRegistry(settings.lease_ttl, self.version_of)
+        self.leases = LeaseRegistry(settings.lease_ttl, self.version_of, on_end=self._lease_ended)
+        self.origin = new_origin()
+        self.inval: InvalidationStream | None = None
+        self.dist: DistributedLeases | None = None
+        if l2 is not None:
+            self.inval = InvalidationStream(
+                l2.redis,
+                l2.prefix,
+                reader_url=settings.redis_url,
+                maxlen=settings.inval_maxlen,
+                timeout=settings.redis_timeout,
+                origin=self.origin,
+                on_invalidate=self._invalidated,
+                on_clear=self._cleared,
+                on_fill=self._filled_elsewhere,
+            )
+            self.dist = DistributedLeases(l2.prefix, self.origin, settings.lease_ttl)
+        # keys whose Redis lease this host holds, and keys other hosts are filling
+        self._redis_leases: set[str] = set()
+        self._fill_events: dict[str, asyncio.Event] = {}
+        self._stale_dropped = False
+        self._tasks: set[asyncio.Task[Any]] = set()
         # L2 writes go one at a time so that two sets of one key reach Redis in the
         # order they reached L1 (a connection pool would otherwise reorder them).
         self._l2_write_lock = asyncio.Lock()
@@ -57,7 +79,8 @@ class CacheEngine:
         self._started = time.monotonic()
         self.counters: dict[str, int] = dict.fromkeys(
             ("l2_hits", "l2_misses", "promotions", "l2_errors", "l2_skipped", "sets", "deletes", "clears",
-             "fills", "fills_discarded", "compute_errors", "lease_timeouts"),
+             "fills", "fills_discarded", "compute_errors", "lease_timeouts", "cross_host_lease_waits",
+             "redis_leases_taken", "staleness_drops"),
             0,
         )
 
@@ -67,6 +90,8 @@ class CacheEngine:
         """Check Redis once; if it does not answer, start degraded and keep trying."""
         if self.l2 is None:
             return
+        assert self.inval is not None
+        self.inval.start()
         if await self.l2.ping():
             self.l2_up = True
         else:
@@ -79,12 +104,53 @@ class CacheEngine:
             self._reconnect_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reconnect_task
+        for task in list(self._tasks):
+            task.cancel()
+        if self.inval is not None:
+            await self.inval.close()
         if self.l2 is not None:
             await self.l2.aclose()
 
     def sweep(self) -> int:
-        """Drop expired L1 entries (called periodically by the server)."""
+        """Drop expired L1 entries and enforce the staleness bound (called
+        periodically by the server).
+
+        Staleness bound: once the invalidation reader has been cut off from Redis
+        for longer than ``staleness_bound`` seconds, L1 is dropped once, so it holds
+        only what this host wrote or computed since; when the reader is back, the
+        stream is replayed (or L1 dropped again on a gap).
+        """
+        inval = self.inval
+        bound = self.settings.staleness_bound
+        if inval is not None and inval.ever_connected and inval.disconnected_since is not None:
+            if not self._stale_dropped and time.monotonic() - inval.disconnected_since > bound:
+                log.warning("invalidation stream unreachable for over %.1fs: dropping L1", bound)
+                self.counters["staleness_drops"] += 1
+                self._cleared(False)
+                self._stale_dropped = True
+        else:
+            self._stale_dropped = False
         return self.store.sweep()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- invalidation from other hosts ------------------------------------------
+
+    def _invalidated(self, key: str) -> None:
+        self.store.delete(key)
+        self.table.bump_key(key)
+
+    def _cleared(self, is_gap: bool) -> None:
+        self.store.clear()
+        self.table.bump_all()
+
+    def _filled_elsewhere(self, key: str) -> None:
+        event = self._fill_events.pop(key, None)
+        if event is not None:
+            event.set()
 
     # -- versions -----------------------------------------------------------
 
@@ -175,31 +241,51 @@ class CacheEngine:
 
     # -- writes -------------------------------------------------------------
 
+    def _publish(self, pipe: Any, op: str, key: str = "") -> None:
+        if self.inval is not None:
+            self.inval.publish(pipe, op, key)
+
     async def set(self, key: str, value: bytes, ttl: float) -> Reply:
-        """Store in L1 (bumping the version before the ack) and in L2."""
+        """Store in L1 (bumping the version before the ack) and in L2, and tell
+        the other hosts, in one round trip."""
         self.counters["sets"] += 1
         self.store.set(key, value, min(ttl, self.settings.l1_ttl))
         version = self.table.bump_key(key)
+
+        def build(pipe: Any) -> None:
+            assert self.l2 is not None
+            self.l2.queue_set(pipe, key, value, ttl)
+            self._publish(pipe, "set", key)
+
         async with self._l2_write_lock:
-            await self._l2(lambda l2: l2.set(key, value, ttl))
+            await self._l2(lambda l2: l2.pipeline("set", build))
         return [Status.OK, version]
 
     async def delete(self, key: str) -> Reply:
-        """Remove from L1 and L2; the reply says whether either held the key."""
+        """Remove from L1 and L2 and tell the other hosts; the reply says whether
+        either tier held the key."""
         self.counters["deletes"] += 1
         existed = self.store.delete(key)
         self.table.bump_key(key)
+
+        def build(pipe: Any) -> None:
+            assert self.l2 is not None
+            self.l2.queue_delete(pipe, key)
+            self._publish(pipe, "del", key)
+
         async with self._l2_write_lock:
-            removed = await self._l2(lambda l2: l2.delete(key))
-        return [Status.OK, bool(existed or removed)]
+            replies = await self._l2(lambda l2: l2.pipeline("delete", build))
+        return [Status.OK, bool(existed or (replies and replies[0]))]
 
     async def clear(self) -> Reply:
-        """Empty L1 and this namespace in L2; every version moves on."""
+        """Empty L1 and this namespace in L2, tell the other hosts; every version
+        moves on."""
         self.counters["clears"] += 1
         removed = self.store.clear()
         self.table.bump_all()
         async with self._l2_write_lock:
             removed += await self._l2(lambda l2: l2.clear()) or 0
+            await self._l2(lambda l2: l2.pipeline("clear", lambda pipe: self._publish(pipe, "clear")))
         return [Status.OK, removed]
 
     # -- leases -------------------------------------------------------------
@@ -207,14 +293,15 @@ class CacheEngine:
     async def lease_miss(self, holder: Hashable, key: str, wait: float) -> Reply:
         """After an L1 miss (see :meth:`get_l1`): take the key's lease (and read L2
         as its holder, so one L2 read serves every waiter) or wait for its holder."""
+        deadline = time.monotonic() + wait
         start = self.version_of(key)
         got = self.leases.acquire(key, holder, start)
         if isinstance(got, bytes):
             reply = await self._read_l2(key)
-            if reply is None:
-                return [Status.GRANTED, got, start]
-            self.leases.finish(key, got, ("value", *reply[1:]))
-            return reply
+            if reply is not None:
+                self.leases.finish(key, got, ("value", *reply[1:]))
+                return reply
+            return await self._granted(key, got, start, deadline)
         try:
             outcome = await asyncio.wait_for(got, wait)
         except TimeoutError:
@@ -223,9 +310,58 @@ class CacheEngine:
         kind = outcome[0]
         if kind == "value":
             return [Status.OK, *outcome[1:]]
-        if kind == "granted":
-            return [Status.GRANTED, *outcome[1:]]
+        if kind == "granted":  # handed over: the holder died or ran out of time
+            return await self._granted(key, outcome[1], outcome[2], deadline)
+        if kind == "timeout":
+            return [Status.TIMEOUT]
         return [Status.COMPUTE_ERROR, *outcome[1:]]
+
+    async def _granted(self, key: str, token: bytes, version: int, deadline: float) -> Reply:
+        """This host's lease on ``key`` is ours: take the Redis lease too (when
+        Redis is up), or wait for the host that holds it to fill L2."""
+        if self.dist is None or key in self._redis_leases:
+            return [Status.GRANTED, token, version]
+        dist = self.dist
+        delay = 0.02
+        waited = False
+        while True:
+            taken = await self._l2(lambda l2: dist.try_take(l2.redis, key))
+            if not self.leases.is_holder(key, token):
+                return [Status.TIMEOUT]  # our caller went away meanwhile; nobody reads this
+            if taken is None or taken:  # Redis down: per-host lease only (degraded)
+                if taken:
+                    self.counters["redis_leases_taken"] += 1
+                    self._redis_leases.add(key)
+                return [Status.GRANTED, token, self.version_of(key)]
+            if not waited:
+                waited = True
+                self.counters["cross_host_lease_waits"] += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.counters["lease_timeouts"] += 1
+                self.leases.finish(key, token, ("timeout",))
+                return [Status.TIMEOUT]
+            # another host computes: woken by its fill notice, or poll as a back-up
+            event = self._fill_events.setdefault(key, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(delay, remaining))
+            delay = min(delay * 2, 0.5)
+            reply = await self._read_l2(key)
+            if reply is not None:
+                self.leases.finish(key, token, ("value", *reply[1:]))
+                return reply
+
+    def _lease_ended(self, key: str) -> None:
+        # the local lease ended without a fill (failure, or nobody left to take it
+        # over): free the Redis lease so another host need not wait for its TTL
+        if key in self._redis_leases:
+            self._redis_leases.discard(key)
+            self._spawn(self._release_redis_lease(key))
+
+    async def _release_redis_lease(self, key: str) -> None:
+        dist = self.dist
+        assert dist is not None
+        await self._l2(lambda l2: l2.pipeline("release", lambda pipe: dist.queue_release(pipe, key)))
 
     async def fill(self, key: str, token: bytes, value: bytes, ttl: float) -> Reply:
         """The lease holder's computed value: stored in L1 only if the key's version
@@ -241,9 +377,19 @@ class CacheEngine:
             self.leases.finish(key, token, outcome)
             return [Status.OK, current, False]
         self.store.set(key, value, min(ttl, self.settings.l1_ttl))
+        cross_host = key in self._redis_leases
+        self._redis_leases.discard(key)  # released below, with the write
         self.leases.finish(key, token, ("value", value, current, ttl))
+
+        def build(pipe: Any) -> None:
+            assert self.l2 is not None
+            self.l2.queue_set(pipe, key, value, ttl, nx=True)
+            if cross_host and self.dist is not None:
+                self.dist.queue_release(pipe, key)
+                self._publish(pipe, "fill", key)
+
         async with self._l2_write_lock:
-            await self._l2(lambda l2: l2.set_nx(key, value, ttl))
+            await self._l2(lambda l2: l2.pipeline("fill", build))
         return [Status.OK, current, True]
 
     def fail(self, key: str, token: bytes, exc_type: str, message: str) -> Reply:
@@ -277,6 +423,7 @@ class CacheEngine:
             "leases_expired": leases.expired,
             "inflight_leases": leases.inflight,
             "l2": self.l2.stats() if self.l2 is not None else {},
+            **(self.inval.stats() if self.inval is not None else {}),
         }
 
     def health(self) -> dict[str, Any]:

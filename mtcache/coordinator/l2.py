@@ -21,12 +21,13 @@ import math
 import re
 import sys
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 import msgpack
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -208,7 +209,9 @@ class L2Tier:
             raise TypeError(f"client must be a redis.asyncio.Redis, got {type(client).__name__}")
         self.redis = client
         self._bound = 2 * timeout
-        self._match = _GLOB_SPECIAL.sub(r"\\\1", self.prefix) + "*"
+        # clear() removes values only: the invalidation stream and leases under the same
+        # prefix must survive it (a clear is itself published on the stream)
+        self._match = _GLOB_SPECIAL.sub(r"\\\1", self.prefix) + "k:*"
         self._gets = self._hits = self._misses = self._sets = self._errors = self._corrupt = 0
 
     def __repr__(self) -> str:
@@ -311,6 +314,24 @@ class L2Tier:
         self._sets += 1
         return bool(stored)
 
+    def queue_set(self, pipe: Pipeline, key: str, value: bytes, ttl: float, *, nx: bool = False) -> None:
+        """Queue what :meth:`set` (or :meth:`set_nx` with ``nx``) sends into ``pipe``,
+        so it can travel with other commands in one round trip (see :meth:`pipeline`)."""
+        rkey, data, ttl_ms = self._envelope(key, value, ttl, ())
+        pipe.set(rkey, data, px=ttl_ms, nx=nx)
+        self._sets += 1
+
+    def queue_delete(self, pipe: Pipeline, key: str) -> None:
+        """Queue what :meth:`delete` sends for one key into ``pipe``."""
+        pipe.unlink(self.key(key))
+
+    async def pipeline(self, op: str, build: Callable[[Pipeline], None]) -> list[Any]:
+        """Run the commands ``build(pipe)`` queues in one non-transactional round
+        trip, under the deadline, failures translated into :class:`L2Error`."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            build(pipe)
+            return await self._run(op, pipe.execute())
+
     async def delete(self, *keys: str) -> int:
         """Remove ``keys`` (``UNLINK``); the number that existed.
 
@@ -323,7 +344,8 @@ class L2Tier:
         return int(await self._run("delete", self.redis.unlink(*rkeys)))
 
     async def clear(self) -> int:
-        """Remove every Redis key of this namespace (values, and whatever else lives under :attr:`prefix`) with
+        """Remove every value of this namespace (the keys under ``prefix + "k:"``; leases and the invalidation
+        stream stay) with
         ``SCAN MATCH`` and ``UNLINK`` in batches; the number removed. Each round trip is bounded on its own.
 
         :raises L2Error: Redis failed; the keys removed so far stay removed.
@@ -361,6 +383,12 @@ class L2Tier:
             "errors": self._errors,
             "corrupt": self._corrupt,
         }
+
+    async def run(self, op: str, call: Awaitable[_T]) -> _T:
+        """Await one Redis call (``call``, made on :attr:`redis` or a pipeline of it) under the deadline,
+        translating its failure into :class:`L2Error` named after ``op``. For the modules that share this
+        connection (leases, invalidation)."""
+        return await self._run(op, call)
 
     async def _run(self, op: str, call: Awaitable[_T]) -> _T:
         """Await one Redis call under the deadline, translating its failure into :class:`L2Error`."""

@@ -12,6 +12,7 @@ Outcomes delivered to waiters (the result of their future):
 * ``("value", value_bytes, version, ttl)``
 * ``("granted", token, version)`` — the waiter now holds the lease
 * ``("error", exc_type, message)``
+* ``("timeout",)`` — the holder's host gave up waiting for another host
 """
 
 from __future__ import annotations
@@ -55,14 +56,21 @@ class LeaseRegistry:
     """Per-host lease registry (single-threaded: used from the event loop only).
 
     ``version_of(key)`` gives a key's current version; a lease handed over starts
-    from the version current at the handover.
+    from the version current at the handover. ``on_end(key)`` is called whenever
+    a key's lease ends (filled, failed, or nobody left to hand it to).
     """
 
-    def __init__(self, lease_ttl: float, version_of: Callable[[str], int]) -> None:
+    def __init__(
+        self,
+        lease_ttl: float,
+        version_of: Callable[[str], int],
+        on_end: Callable[[str], None] | None = None,
+    ) -> None:
         if not lease_ttl > 0:
             raise ValueError(f"lease_ttl must be positive, got {lease_ttl!r}")
         self.lease_ttl = lease_ttl
         self._version_of = version_of
+        self._on_end = on_end
         self._leases: dict[str, Lease] = {}
         self._by_holder: dict[Hashable, set[str]] = {}
         self._granted = 0
@@ -160,7 +168,43 @@ class LeaseRegistry:
         self._release(lease)
         if self._leases.get(lease.key) is lease:
             del self._leases[lease.key]
+            if self._on_end is not None:
+                self._on_end(lease.key)
 
     def stats(self) -> LeaseStats:
         """A snapshot of the counters."""
         return LeaseStats(self._granted, self._coalesced, self._handovers, self._expired, len(self._leases))
+
+
+# KEYS: lease key; ARGV: owner. Deletes the lease only if this owner still holds it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class DistributedLeases:
+    """The cross-host half: ``SET <prefix>lease:<key> <owner> NX PX <ttl>``.
+
+    The owner is the coordinator's origin id: the host holds the Redis lease on
+    behalf of whichever local caller holds the local lease, so a local handover
+    (a worker died) keeps it. Release is a compare-and-delete script, so a
+    coordinator never deletes a lease that expired and was taken by another host.
+    """
+
+    def __init__(self, prefix: str, owner: str, ttl: float) -> None:
+        self.prefix = prefix + "lease:"
+        self.owner = owner
+        self.ttl_ms = max(1, round(ttl * 1000))
+
+    def key(self, key: str) -> str:
+        """The Redis key of ``key``'s lease."""
+        return self.prefix + key
+
+    async def try_take(self, redis: Any, key: str) -> bool:
+        """Take the lease if nobody holds it (one round trip on ``redis``)."""
+        return bool(await redis.set(self.key(key), self.owner, nx=True, px=self.ttl_ms))
+
+    def queue_release(self, pipe: Any, key: str) -> None:
+        """Queue the release of ``key``'s lease (if still ours) into ``pipe``."""
+        pipe.eval(_RELEASE, 1, self.key(key), self.owner)

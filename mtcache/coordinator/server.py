@@ -36,7 +36,7 @@ __all__ = ["AlreadyRunning", "Coordinator"]
 log = logging.getLogger("mtcache.coordinator")
 
 _PEERCRED = struct.Struct("3i")
-SWEEP_INTERVAL = 1.0
+SWEEP_INTERVAL = 0.25
 
 
 class AlreadyRunning(RuntimeError):
