@@ -18,9 +18,10 @@ redis-py's response callbacks, whose shapes differ between versions and
 protocols.
 
 Blocking waits are cut into chunks of at most :data:`BLOCK_CHUNK_MS`, and the
-blocking pool's socket timeout is ``timeout`` plus one chunk. So a wait of any
-length never trips the socket timeout, yet a Redis that stops answering
-(paused, network gone) is noticed within one chunk plus ``timeout`` instead of
+blocking pool's socket timeout is ``timeout`` plus one chunk plus a slack for
+Redis's timer (it ends a block at its next event-loop tick, up to 1/hz late).
+So a wait of any length never trips the socket timeout, yet a Redis that stops
+answering (paused, network gone) is noticed within that time instead of
 hanging the reader for good.
 """
 
@@ -65,6 +66,8 @@ Entry = tuple[str, dict[str, Any]]
 #: are several of these in a row.
 BLOCK_CHUNK_MS = 1000
 
+# Redis ends a BLOCK at an event-loop tick, up to 1/hz late (100 ms at the default hz 10).
+_BLOCK_SLACK = 0.5
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
 _FOLLOW_BATCH = 100
@@ -104,7 +107,7 @@ class _Emit:
 
 
 _Plan = Generator[_Command, Any, T]
-_Follow = Generator["_Command | _Pause | _Emit", Any, NoReturn]
+_Follow = Generator[_Command | _Pause | _Emit, Any, NoReturn]
 
 
 def _name(what: str, value: object) -> str:
@@ -196,7 +199,7 @@ def _parse(raw_entries: list[Any] | None, decode: bool) -> list[tuple[str, dict[
             parsed.append((entry_id, None))
             continue
         names = [_text(n) for n in flat[::2]]
-        parsed.append((entry_id, {n: _value(entry_id, n, v, decode) for n, v in zip(names, flat[1::2])}))
+        parsed.append((entry_id, {n: _value(entry_id, n, v, decode) for n, v in zip(names, flat[1::2], strict=True)}))
     return parsed
 
 
@@ -375,7 +378,9 @@ def _follow_group(key: str, group: str, consumer: str, start_id: str, decode: bo
             after = "0"  # this consumer's pending entries first (delivered before a reconnect), then ">"
             while True:
                 block = BLOCK_CHUNK_MS if after == ">" else None
-                batch = _parse(_one_stream((yield _group_read(key, group, consumer, _FOLLOW_BATCH, after, block))), decode)
+                batch = _parse(
+                    _one_stream((yield _group_read(key, group, consumer, _FOLLOW_BATCH, after, block))), decode
+                )
                 backoff.reset()
                 if not batch and after != ">":
                     after = ">"
@@ -396,9 +401,7 @@ def _follow_group(key: str, group: str, consumer: str, start_id: str, decode: bo
             yield backoff.pause()
 
 
-def _subscribe(
-    key: str, last_id: object, group: object, consumer: object, decode: bool
-) -> _Follow:
+def _subscribe(key: str, last_id: object, group: object, consumer: object, decode: bool) -> _Follow:
     start = _entry_id("last_id", last_id, allow_dollar=True)
     if group is None and consumer is None:
         return _follow(key, start, decode)
@@ -427,9 +430,12 @@ class _StreamsBase:
         self._prefix = prefix
         self._timeout = float(timeout)
 
-    def _options(self, socket_timeout: float, retry: Any) -> dict[str, Any]:
-        # No retries inside redis-py: a retried XADD could add an entry twice, and subscribe()
-        # has its own reconnect loop. The pool replaces a dead connection when it hands it out.
+    def _options(self, socket_timeout: float, retry_class: type[Any]) -> dict[str, Any]:
+        # One immediate retry on a broken connection, as the L2 tier does: a pooled connection
+        # that Redis closed (restart, idle timeout) fails on first use, before any server saw
+        # the command. No retry on a timeout: Redis may have run the command (an XADD twice).
+        # redis-py's default (10 retries with back-off) would stall every call on a dead Redis.
+        retry = retry_class(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
         return {
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": self._timeout,
@@ -473,12 +479,10 @@ class Streams(_StreamsBase):
     def __init__(self, redis_url: str, prefix: str, *, timeout: float = 2.0) -> None:
         super().__init__(redis_url, prefix, timeout)
         self._client = self._open(self._timeout)
-        self._blocking = self._open(self._timeout + BLOCK_CHUNK_MS / 1000)
+        self._blocking = self._open(self._timeout + BLOCK_CHUNK_MS / 1000 + _BLOCK_SLACK)
 
     def _open(self, socket_timeout: float) -> redis.Redis:
-        client = redis.Redis.from_url(
-            self._url, **self._options(socket_timeout, redis.retry.Retry(NoBackoff(), 0))
-        )
+        client = redis.Redis.from_url(self._url, **self._options(socket_timeout, redis.retry.Retry))
         self._raw_replies(client)
         return client
 
@@ -665,12 +669,10 @@ class AsyncStreams(_StreamsBase):
     def __init__(self, redis_url: str, prefix: str, *, timeout: float = 2.0) -> None:
         super().__init__(redis_url, prefix, timeout)
         self._client = self._open(self._timeout)
-        self._blocking = self._open(self._timeout + BLOCK_CHUNK_MS / 1000)
+        self._blocking = self._open(self._timeout + BLOCK_CHUNK_MS / 1000 + _BLOCK_SLACK)
 
     def _open(self, socket_timeout: float) -> redis.asyncio.Redis:
-        client = redis.asyncio.Redis.from_url(
-            self._url, **self._options(socket_timeout, redis.asyncio.retry.Retry(NoBackoff(), 0))
-        )
+        client = redis.asyncio.Redis.from_url(self._url, **self._options(socket_timeout, redis.asyncio.retry.Retry))
         self._raw_replies(client)
         return client
 
