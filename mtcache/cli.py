@@ -124,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
         print("\n".join(_format(f"mtcache {args.command} ({settings.socket_path})", data)))
-    if args.command == "health" and data.get("coordinator") != "ok":
+    answered = data.get("coordinator") == "ok" if args.command == "health" else bool(data.get("coordinator"))
+    if not answered:
+        print(f"mtcache: no coordinator answers on {settings.socket_path}", file=sys.stderr)
         return 1
     return 0

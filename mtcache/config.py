@@ -25,6 +25,7 @@ from dotenv import dotenv_values
 __all__ = ["DEFAULT_REDIS_URL", "Settings", "default_socket_path", "redact_url", "resolve_redis_url"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*")
 _SCHEMES = ("redis", "rediss", "unix")
 
@@ -136,8 +137,11 @@ class Settings:
 
     def __post_init__(self) -> None:
         _validate_url(self.redis_url)
-        if not self.namespace or not isinstance(self.namespace, str) or ":" in self.namespace:
-            raise ValueError(f"namespace must be a non-empty string without ':', got {self.namespace!r}")
+        if not isinstance(self.namespace, str) or not _NAMESPACE.fullmatch(self.namespace):
+            raise ValueError(
+                f"namespace must be 1-64 letters, digits, '_', '-' or '.' (it names Redis keys and files), "
+                f"got {self.namespace!r}"
+            )
         for name in ("l1_capacity", "l1_max_bytes", "stream_maxlen", "max_value_bytes", "inval_maxlen", "l1_shm_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -398,8 +398,10 @@ class CacheEngine:
         self.leases.finish(key, token, ("error", exc_type, message))
         return [Status.OK]
 
-    def drop_holder(self, holder: Hashable) -> None:
-        """A connection closed: pass on the leases it held."""
+    def drop_connection(self, holder: Hashable) -> None:
+        """A connection closed: forget its waits (so no lease is handed to it) and
+        pass on the leases it held."""
+        self.leases.drop_waiter(holder)
         self.leases.drop_holder(holder)
 
     # -- introspection ------------------------------------------------------

@@ -119,6 +119,14 @@ class LeaseRegistry:
                 fut.set_result(outcome)
         return lease
 
+    def drop_waiter(self, holder: Hashable) -> None:
+        """``holder`` went away: cancel its waits at once, so that a handover in the
+        same loop step cannot grant it a lease it will never fill."""
+        for lease in self._leases.values():
+            for waiter, fut in lease.waiters:
+                if waiter == holder and not fut.done():
+                    fut.cancel()
+
     def drop_holder(self, holder: Hashable) -> None:
         """``holder`` went away: pass each lease it holds to the next waiter."""
         for key in list(self._by_holder.get(holder, ())):

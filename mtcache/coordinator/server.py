@@ -69,7 +69,7 @@ class _Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         for task in self.tasks:
             task.cancel()
-        self.engine.drop_holder(self)
+        self.engine.drop_connection(self)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -262,8 +262,9 @@ class Coordinator:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        if self._server is not None:  # only the instance that bound the socket removes it
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
         if hasattr(self, "engine"):
             await self.engine.close()
         if self.table is not None:

@@ -1,0 +1,176 @@
+"""The ``mtcache`` and ``mtcache-coordinator`` commands."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mtcache import Client
+from mtcache.cli import coordinator_main, main
+from tests.coordinator_proc import CoordinatorProcess
+
+BIN = Path(sys.executable).parent
+STATS_KEYS = {
+    "near_hits", "near_misses", "l1_hits", "l1_misses", "l2_hits", "l2_misses", "promotions", "computes",
+    "local_computes", "coalesced", "local_coalesced", "inflight_leases", "evictions", "l2_errors",
+    "coordinator_errors", "coordinator", "near_hit_rate", "l1_hit_rate", "l2_hit_rate",
+}
+HEALTH_KEYS = {"coordinator", "redis", "mode", "details"}
+
+
+@pytest.fixture(autouse=True)
+def _plain_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # the commands read MTCACHE_* and a .env in the working directory: neither may leak in
+    for var in ("MTCACHE_SOCKET", "MTCACHE_NAMESPACE", "REDIS_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def _script(name: str) -> Path:
+    path = BIN / name
+    if not path.exists():
+        pytest.skip(f"console script {name} is not installed next to {sys.executable}")
+    return path
+
+
+def _line(out: str, key: str, value: str) -> bool:
+    return re.search(rf"^\s+{re.escape(key)}\s+{re.escape(value)}$", out, re.MULTILINE) is not None
+
+
+# -- mtcache stats ------------------------------------------------------------------
+
+
+def test_stats_human(coordinator_no_redis: CoordinatorProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    with Client(coordinator_no_redis.socket_path, spawn=False) as client:
+        client.set("k", 1)
+    assert main(["stats", "--socket", coordinator_no_redis.socket_path]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"mtcache stats ({coordinator_no_redis.socket_path})")
+    assert _line(out, "sets", "1")
+    assert _line(out, "protocol_errors", "0")
+    assert "coordinator:" in out
+
+
+def test_stats_json(coordinator_no_redis: CoordinatorProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    with Client(coordinator_no_redis.socket_path, spawn=False) as client:
+        client.set("k", 1)
+        client.set("k", 2)
+    assert main(["stats", "--socket", coordinator_no_redis.socket_path, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == STATS_KEYS
+    assert data["coordinator"]["sets"] == 2
+    assert data["coordinator"]["connections"] == 1  # the command's own connection
+    assert data["coordinator_errors"] == 0
+
+
+# -- mtcache health ------------------------------------------------------------------
+
+
+def test_health_human_with_redis(coordinator: CoordinatorProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["health", "--socket", coordinator.socket_path]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"mtcache health ({coordinator.socket_path})")
+    assert _line(out, "mode", "ok")
+    assert _line(out, "coordinator", "ok")
+    assert _line(out, "redis", "ok")
+
+
+def test_health_human_without_redis(
+    coordinator_no_redis: CoordinatorProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the coordinator answers, so the command succeeds; the mode says what is missing
+    assert main(["health", "--socket", coordinator_no_redis.socket_path]) == 0
+    out = capsys.readouterr().out
+    assert _line(out, "mode", "degraded")
+    assert _line(out, "redis", "disabled")
+
+
+def test_health_json(coordinator: CoordinatorProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["health", "--socket", coordinator.socket_path, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == HEALTH_KEYS
+    assert (data["coordinator"], data["redis"], data["mode"]) == ("ok", "ok", "ok")
+    assert data["details"]["pid"] == coordinator.pid
+    assert data["details"]["namespace"] == "default"
+
+
+def test_health_without_coordinator(short_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(short_tmp / "none.sock")
+    assert main(["health", "--socket", path]) == 1
+    out = capsys.readouterr().out
+    assert _line(out, "coordinator", "unavailable")
+    assert _line(out, "mode", "degraded")
+
+
+def test_health_json_without_coordinator(short_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(short_tmp / "none.sock")
+    assert main(["health", "--socket", path, "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert (data["coordinator"], data["redis"], data["mode"]) == ("unavailable", "unknown", "degraded")
+    assert data["details"]["socket"] == path
+
+
+def test_health_console_script_without_coordinator(short_tmp: Path) -> None:
+    run = subprocess.run(
+        [str(_script("mtcache")), "health", "--socket", str(short_tmp / "none.sock")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert run.returncode == 1
+    assert "unavailable" in run.stdout
+
+
+def test_stats_without_coordinator_exits_1(short_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stats", "--socket", str(short_tmp / "none.sock")]) == 1
+
+
+@pytest.mark.parametrize("argv", [[], ["bogus"], ["stats", "--no-such-flag"]])
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "usage: mtcache" in capsys.readouterr().err
+
+
+# -- mtcache-coordinator ---------------------------------------------------------------
+
+
+def test_coordinator_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        coordinator_main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: mtcache-coordinator")
+    assert "--socket" in out and "--no-redis" in out
+
+
+def test_coordinator_console_script_help() -> None:
+    run = subprocess.run(
+        [str(_script("mtcache-coordinator")), "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 0
+    assert "usage: mtcache-coordinator" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "named"),
+    [
+        ("--l1-capacity", "0", "l1_capacity"),
+        ("--lease-ttl", "-1", "lease_ttl"),
+        ("--namespace", "a:b", "namespace"),
+    ],
+)
+def test_coordinator_bad_setting_exits_2(short_tmp: Path, flag: str, value: str, named: str) -> None:
+    # a subprocess: coordinator_main configures the root logger, which must not leak into this process
+    sock = short_tmp / "c.sock"
+    run = subprocess.run(
+        [sys.executable, "-m", "mtcache.coordinator", "--socket", str(sock), "--no-redis", flag, value],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert run.returncode == 2, run.stderr
+    assert named in run.stderr
+    assert not sock.exists()
