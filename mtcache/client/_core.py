@@ -98,6 +98,11 @@ class ClientCore:
         """The coordinator's socket."""
         return self.settings.socket_path
 
+    @property
+    def stream_prefix(self) -> str:
+        """Where this namespace's application streams live in Redis."""
+        return f"mtcache:{self.settings.namespace}:"
+
     # -- arguments ----------------------------------------------------------
 
     @staticmethod

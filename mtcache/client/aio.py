@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -18,6 +18,7 @@ from mtcache.strategies import CacheStrategy
 from . import _core
 from . import spawn as _spawn
 from ._core import MISSING, ClientCore
+from .streams import AsyncStreams, Entry
 
 __all__ = ["AsyncClient"]
 
@@ -125,6 +126,7 @@ class AsyncClient:
         self._connect_lock: asyncio.Lock | None = None
         self._flights: dict[str, asyncio.Future[Any]] = {}
         self._closed = False
+        self._streams: AsyncStreams | None = None
 
     # -- plumbing -----------------------------------------------------------
 
@@ -331,9 +333,82 @@ class AsyncClient:
         reply = await self._request(Op.HEALTH)
         return self._core.health(reply[2] if reply else None)
 
+    # -- Redis Streams (own connections, straight to Redis) -------------------
+
+    @property
+    def streams(self) -> AsyncStreams:
+        """The Redis Streams helpers of this client (created on first use, on
+        connections of their own so a blocking read never holds up a cache call)."""
+        if self._streams is None:
+            self._streams = AsyncStreams(self._core.settings.redis_url, self._core.stream_prefix)
+        return self._streams
+
+    async def publish_to_stream(
+        self,
+        stream: str,
+        fields: Mapping[str, str | bytes | int | float],
+        *,
+        maxlen: int | None = None,
+        approximate: bool = True,
+        raw: bool = False,
+    ) -> str:
+        """See :meth:`mtcache.Client.publish_to_stream`."""
+        maxlen = self._core.settings.stream_maxlen if maxlen is None else maxlen
+        return await self.streams.publish_to_stream(stream, fields, maxlen=maxlen, approximate=approximate, raw=raw)
+
+    async def read_stream_latest(
+        self, stream: str, count: int = 10, *, raw: bool = False, decode: bool = True
+    ) -> list[Entry]:
+        """See :meth:`mtcache.Client.read_stream_latest`."""
+        return await self.streams.read_stream_latest(stream, count, raw=raw, decode=decode)
+
+    async def read_stream(
+        self, stream: str, last_id: str = "$", count: int = 10, block_ms: int | None = None,
+        *, raw: bool = False, decode: bool = True,
+    ) -> list[Entry]:
+        """See :meth:`mtcache.Client.read_stream`."""
+        return await self.streams.read_stream(stream, last_id, count, block_ms, raw=raw, decode=decode)
+
+    async def create_consumer_group(
+        self, stream: str, group: str, *, start_id: str = "$", mkstream: bool = True, raw: bool = False
+    ) -> bool:
+        """See :meth:`mtcache.Client.create_consumer_group`."""
+        return await self.streams.create_consumer_group(stream, group, start_id=start_id, mkstream=mkstream, raw=raw)
+
+    async def read_group(
+        self, stream: str, group: str, consumer: str, *, count: int = 10, block_ms: int | None = None,
+        raw: bool = False, decode: bool = True,
+    ) -> list[Entry]:
+        """See :meth:`mtcache.Client.read_group`."""
+        return await self.streams.read_group(
+            stream, group, consumer, count=count, block_ms=block_ms, raw=raw, decode=decode
+        )
+
+    async def ack(self, stream: str, group: str, *ids: str, raw: bool = False) -> int:
+        """See :meth:`mtcache.Client.ack`."""
+        return await self.streams.ack(stream, group, *ids, raw=raw)
+
+    async def claim_stale(
+        self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int = 10,
+        raw: bool = False, decode: bool = True,
+    ) -> list[Entry]:
+        """See :meth:`mtcache.Client.claim_stale`."""
+        return await self.streams.claim_stale(
+            stream, group, consumer, min_idle_ms=min_idle_ms, count=count, raw=raw, decode=decode
+        )
+
+    def subscribe(
+        self, stream: str, *, last_id: str = "$", group: str | None = None, consumer: str | None = None,
+        raw: bool = False, decode: bool = True,
+    ) -> AsyncIterator[Entry]:
+        """See :meth:`mtcache.Client.subscribe` (an async iterator)."""
+        return self.streams.subscribe(stream, last_id=last_id, group=group, consumer=consumer, raw=raw, decode=decode)
+
     async def close(self) -> None:
         """Close the connection. Safe to call twice."""
         self._closed = True
+        if self._streams is not None:
+            await self._streams.aclose()
         await self._drop_conn()
         table = self._near.table
         self._near.table = None

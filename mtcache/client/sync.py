@@ -6,7 +6,7 @@ import concurrent.futures
 import contextlib
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -19,6 +19,7 @@ from mtcache.strategies import CacheStrategy
 from . import _core
 from . import spawn as _spawn
 from ._core import MISSING, ClientCore
+from .streams import Entry, Streams
 
 __all__ = ["Client"]
 
@@ -113,6 +114,7 @@ class Client:
         self._lock = threading.Lock()
         self._flights: dict[str, concurrent.futures.Future[Any]] = {}
         self._closed = False
+        self._streams: Streams | None = None
 
     # -- plumbing -----------------------------------------------------------
 
@@ -341,9 +343,82 @@ class Client:
         reply = self._request(Op.HEALTH)
         return self._core.health(reply[2] if reply else None)
 
+    # -- Redis Streams (own connections, straight to Redis) -------------------
+
+    @property
+    def streams(self) -> Streams:
+        """The Redis Streams helpers of this client (created on first use, on
+        connections of their own so a blocking read never holds up a cache call)."""
+        with self._lock:
+            if self._streams is None:
+                self._streams = Streams(self._core.settings.redis_url, self._core.stream_prefix)
+            return self._streams
+
+    def publish_to_stream(
+        self,
+        stream: str,
+        fields: Mapping[str, str | bytes | int | float],
+        *,
+        maxlen: int | None = None,
+        approximate: bool = True,
+        raw: bool = False,
+    ) -> str:
+        """Append an entry and trim to about ``maxlen`` (default the ``stream_maxlen``
+        setting, 1,000); see :meth:`Streams.publish_to_stream`."""
+        maxlen = self._core.settings.stream_maxlen if maxlen is None else maxlen
+        return self.streams.publish_to_stream(stream, fields, maxlen=maxlen, approximate=approximate, raw=raw)
+
+    def read_stream_latest(
+        self, stream: str, count: int = 10, *, raw: bool = False, decode: bool = True
+    ) -> list[Entry]:
+        """The newest entries first; see :meth:`Streams.read_stream_latest`."""
+        return self.streams.read_stream_latest(stream, count, raw=raw, decode=decode)
+
+    def read_stream(
+        self, stream: str, last_id: str = "$", count: int = 10, block_ms: int | None = None,
+        *, raw: bool = False, decode: bool = True,
+    ) -> list[Entry]:
+        """Entries after ``last_id``, oldest first; see :meth:`Streams.read_stream`."""
+        return self.streams.read_stream(stream, last_id, count, block_ms, raw=raw, decode=decode)
+
+    def create_consumer_group(
+        self, stream: str, group: str, *, start_id: str = "$", mkstream: bool = True, raw: bool = False
+    ) -> bool:
+        """Create a consumer group (idempotent); see :meth:`Streams.create_consumer_group`."""
+        return self.streams.create_consumer_group(stream, group, start_id=start_id, mkstream=mkstream, raw=raw)
+
+    def read_group(
+        self, stream: str, group: str, consumer: str, *, count: int = 10, block_ms: int | None = None,
+        raw: bool = False, decode: bool = True,
+    ) -> list[Entry]:
+        """New entries for ``consumer``; see :meth:`Streams.read_group`."""
+        return self.streams.read_group(stream, group, consumer, count=count, block_ms=block_ms, raw=raw, decode=decode)
+
+    def ack(self, stream: str, group: str, *ids: str, raw: bool = False) -> int:
+        """Acknowledge entries; see :meth:`Streams.ack`."""
+        return self.streams.ack(stream, group, *ids, raw=raw)
+
+    def claim_stale(
+        self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int = 10,
+        raw: bool = False, decode: bool = True,
+    ) -> list[Entry]:
+        """Take over entries idle for ``min_idle_ms``; see :meth:`Streams.claim_stale`."""
+        return self.streams.claim_stale(
+            stream, group, consumer, min_idle_ms=min_idle_ms, count=count, raw=raw, decode=decode
+        )
+
+    def subscribe(
+        self, stream: str, *, last_id: str = "$", group: str | None = None, consumer: str | None = None,
+        raw: bool = False, decode: bool = True,
+    ) -> Iterator[Entry]:
+        """Follow the stream across reconnects; see :meth:`Streams.subscribe`."""
+        return self.streams.subscribe(stream, last_id=last_id, group=group, consumer=consumer, raw=raw, decode=decode)
+
     def close(self) -> None:
         """Close every connection of this client. Safe to call twice."""
         self._closed = True
+        if self._streams is not None:
+            self._streams.close()
         with self._lock:
             conns, self._conns = self._conns, set()
         for conn in conns:
