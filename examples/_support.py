@@ -1,0 +1,122 @@
+"""What every example shares: the ``--socket`` option and a coordinator to talk to.
+
+Without ``--socket`` an example starts its own coordinator on a temporary socket
+(``python -m mtcache.coordinator``), with Redis from ``REDIS_URL`` (else
+``redis://127.0.0.1:6379``) as L2 when it answers and ``--no-redis`` otherwise,
+and stops it when the example ends, also on Ctrl-C or an error. With ``--socket``
+it uses the coordinator already serving there and starts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import redis
+
+from mtcache.client.spawn import can_connect
+from mtcache.config import Settings
+
+__all__ = ["Target", "parser", "run"]
+
+#: How long an example waits for the coordinator it started to answer.
+START_DEADLINE = 15.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """The coordinator an example talks to; ``started`` is True when the example
+    started it (and stops it at the end), False when it came from ``--socket``."""
+
+    socket_path: str
+    started: bool
+
+
+def redis_answers(url: str) -> bool:
+    """True if Redis at ``url`` answers PING within half a second; never raises."""
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5) as client:
+            return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def _own_coordinator() -> Iterator[Target]:
+    settings = Settings.load()
+    use_redis = redis_answers(settings.redis_url)
+    if use_redis:
+        print(f"Redis at {settings.redacted_redis_url} answers: using it as L2")
+    else:
+        print(f"Redis at {settings.redacted_redis_url} does not answer: L1 only (--no-redis)")
+    folder = Path(tempfile.mkdtemp(prefix="mtcache-example-"))
+    socket_path = str(folder / "coordinator.sock")
+    log_path = folder / "coordinator.log"
+    cmd = [sys.executable, "-m", "mtcache.coordinator", "--socket", socket_path, "--log-level", "WARNING"]
+    cmd += ["--redis-url", settings.redis_url] if use_redis else ["--no-redis"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + START_DEADLINE
+        while not can_connect(socket_path):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the coordinator did not start:\n{log_path.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.01)  # readiness poll with a deadline
+        yield Target(socket_path, started=True)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _terminated(signum: int, frame: object) -> NoReturn:
+    # SIGTERM unwinds like Ctrl-C does, so the coordinator started here is stopped too
+    raise SystemExit(128 + signum)
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser described by the first paragraph of ``doc``, with ``--socket``;
+    an example adds its own options to it."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument(
+        "--socket", metavar="PATH",
+        help="socket of a running coordinator (default: start one on a temporary socket and stop it at the end)",
+    )
+    return p
+
+
+def run(body: Callable[[Target, argparse.Namespace], int], options: argparse.ArgumentParser) -> NoReturn:
+    """Parse the command line, provide a coordinator, call ``body`` with it and the
+    parsed arguments, and exit with the status ``body`` returns: 1 if no
+    coordinator answers on ``--socket``, 130 on Ctrl-C, 143 on SIGTERM (the
+    coordinator it started is stopped in every case).
+    """
+    args = options.parse_args()
+    signal.signal(signal.SIGTERM, _terminated)
+    if args.socket is not None:
+        if not can_connect(args.socket):
+            print(f"no coordinator answers on {args.socket}", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(body(Target(args.socket, started=False), args))
+    try:
+        with _own_coordinator() as target:
+            status = body(target, args)
+    except KeyboardInterrupt:
+        print("interrupted: the coordinator was stopped", file=sys.stderr)
+        status = 130
+    sys.exit(status)
