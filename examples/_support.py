@@ -13,24 +13,17 @@ import argparse
 import contextlib
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-import redis
-
-from mtcache.client.spawn import can_connect
+from mtcache.client.spawn import can_connect, redis_answers, start_coordinator, stop_coordinator
 from mtcache.config import Settings
 
 __all__ = ["Target", "parser", "run"]
-
-#: How long an example waits for the coordinator it started to answer.
-START_DEADLINE = 15.0
 
 
 @dataclass(frozen=True)
@@ -40,15 +33,6 @@ class Target:
 
     socket_path: str
     started: bool
-
-
-def redis_answers(url: str) -> bool:
-    """True if Redis at ``url`` answers PING within half a second; never raises."""
-    try:
-        with redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5) as client:
-            return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
 
 
 @contextlib.contextmanager
@@ -61,26 +45,17 @@ def _own_coordinator() -> Iterator[Target]:
         print(f"Redis at {settings.redacted_redis_url} does not answer: L1 only (--no-redis)")
     folder = Path(tempfile.mkdtemp(prefix="mtcache-example-"))
     socket_path = str(folder / "coordinator.sock")
-    log_path = folder / "coordinator.log"
-    cmd = [sys.executable, "-m", "mtcache.coordinator", "--socket", socket_path, "--log-level", "WARNING"]
-    cmd += ["--redis-url", settings.redis_url] if use_redis else ["--no-redis"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + START_DEADLINE
-        while not can_connect(socket_path):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the coordinator did not start:\n{log_path.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.01)  # readiness poll with a deadline
+        proc = start_coordinator(
+            socket_path, redis_url=settings.redis_url, no_redis=not use_redis, extra=("--log-level", "WARNING")
+        )
+    except RuntimeError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise SystemExit(str(exc)) from None
+    try:
         yield Target(socket_path, started=True)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_coordinator(proc)
         shutil.rmtree(folder, ignore_errors=True)
 
 

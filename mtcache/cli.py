@@ -11,7 +11,9 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -101,12 +103,36 @@ def _format(title: str, data: dict[str, Any], indent: str = "") -> list[str]:
     return lines
 
 
+def _stop(settings: Settings) -> int:
+    from mtcache.client.spawn import can_connect
+    from mtcache.client.sync import Client
+
+    with Client(settings.socket_path, namespace=settings.namespace, spawn=False) as client:
+        health = client.health()
+    if health.coordinator != "ok":
+        print(f"mtcache: no coordinator answers on {settings.socket_path}", file=sys.stderr)
+        return 1
+    os.kill(health.details["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while can_connect(settings.socket_path):
+        if time.monotonic() > deadline:
+            print(f"mtcache: the coordinator (pid {health.details['pid']}) did not stop in 10 s", file=sys.stderr)
+            return 1
+        time.sleep(0.02)  # waiting for the socket to go, with a deadline
+    print(f"stopped the coordinator (pid {health.details['pid']}) on {settings.socket_path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``mtcache stats|health [--socket PATH] [--namespace NS] [--json]``: ask a
+    """``mtcache stats|health|stop [--socket PATH] [--namespace NS] [--json]``: ask a
     running coordinator. Exit status 1 if none answers."""
     p = argparse.ArgumentParser(prog="mtcache", description="Inspect a running mtcache coordinator.")
     sub = p.add_subparsers(dest="command", required=True)
-    for name, text in (("stats", "print the coordinator's statistics"), ("health", "print its health")):
+    for name, text in (
+        ("stats", "print the coordinator's statistics"),
+        ("health", "print its health"),
+        ("stop", "stop it (SIGTERM) and wait until its socket is gone"),
+    ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--socket", help="Unix socket path (env MTCACHE_SOCKET)")
         sp.add_argument("--namespace", help="namespace (env MTCACHE_NAMESPACE)")
@@ -115,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mtcache.client.sync import Client
 
     settings = Settings.load(socket_path=args.socket, namespace=args.namespace)
+    if args.command == "stop":
+        return _stop(settings)
     with Client(settings.socket_path, namespace=settings.namespace, spawn=False) as client:
         if args.command == "stats":
             data = client.stats().as_dict()

@@ -12,6 +12,7 @@ import pytest
 
 from mtcache import Client
 from mtcache.cli import coordinator_main, main
+from mtcache.client.spawn import can_connect
 from tests.coordinator_proc import CoordinatorProcess
 
 BIN = Path(sys.executable).parent
@@ -174,3 +175,15 @@ def test_coordinator_bad_setting_exits_2(short_tmp: Path, flag: str, value: str,
     assert run.returncode == 2, run.stderr
     assert named in run.stderr
     assert not sock.exists()
+
+
+def test_stop_command_stops_the_coordinator(short_tmp: Path) -> None:
+    proc = CoordinatorProcess(short_tmp / "stop.sock", redis_url=None)
+    proc.start()
+    try:
+        assert main(["stop", "--socket", proc.socket_path]) == 0
+        assert not can_connect(proc.socket_path)
+        assert proc.proc is not None and proc.proc.wait(timeout=10) == 0
+        assert main(["stop", "--socket", proc.socket_path]) == 1
+    finally:
+        proc.stop()

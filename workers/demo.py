@@ -17,19 +17,16 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import multiprocess as mp
-import redis
 
 from mtcache import CacheStrategy, Client
-from mtcache.client.spawn import can_connect
+from mtcache.client.spawn import redis_answers, start_coordinator, stop_coordinator
 from mtcache.config import Settings
 
 SYMBOLS = [f"SYM{i:03d}" for i in range(300)]
@@ -97,15 +94,6 @@ def worker(n: int, socket_path: str, seconds: float, burst_at: float, out: mp.Qu
         out.put(("near", n, s.near_hits, s.near_misses))
 
 
-def redis_answers(url: str) -> bool:
-    """True if Redis at ``url`` answers PING within half a second."""
-    try:
-        with redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5) as r:
-            return bool(r.ping())
-    except (redis.RedisError, OSError):
-        return False
-
-
 def pct(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -147,18 +135,17 @@ def main(argv: list[str] | None = None) -> int:
                                     "does not answer: running with L1 only (degraded, no L2)"))
     folder = Path(tempfile.mkdtemp(prefix="mtcache-demo-"))
     socket_path = str(folder / "coordinator.sock")
-    cmd = [sys.executable, "-m", "mtcache.coordinator", "--socket", socket_path, "--log-level", "WARNING"]
-    cmd += ["--redis-url", url] if use_redis else ["--no-redis"]
-    coordinator = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
     procs: list[mp.Process] = []
+    coordinator = None
     tty = sys.stdout.isatty()
     try:
-        deadline = time.monotonic() + 15
-        while not can_connect(socket_path):
-            if coordinator.poll() is not None or time.monotonic() > deadline:
-                print("the coordinator did not start", file=sys.stderr)
-                return 1
-            time.sleep(0.02)
+        try:
+            coordinator = start_coordinator(
+                socket_path, redis_url=url, no_redis=not use_redis, extra=("--log-level", "WARNING")
+            )
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+            return 1
         with Client(socket_path, spawn=False) as admin:
             admin.clear()
             ctx = mp.get_context("spawn")
@@ -215,12 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(timeout=5)
-        if coordinator.poll() is None:
-            coordinator.send_signal(signal.SIGTERM)
-            try:
-                coordinator.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                coordinator.kill()
+        if coordinator is not None:
+            stop_coordinator(coordinator)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from mtcache.client.spawn import start_coordinator, stop_coordinator
 from mtcache.config import Settings
-from workers._coordinator import start_coordinator, stop_coordinator
 
 if TYPE_CHECKING:
     import subprocess
@@ -42,7 +42,7 @@ _coordinator: subprocess.Popen[bytes] | None = None
 def on_starting(server: Arbiter) -> None:
     """Master, before the workers: start the coordinator and wait until it answers."""
     global _coordinator
-    _coordinator = start_coordinator(MTCACHE_SOCKET_PATH, "--log-level", "WARNING")
+    _coordinator = start_coordinator(MTCACHE_SOCKET_PATH, extra=("--log-level", "WARNING"), new_session=True)
     server.log.info("mtcache coordinator (pid %s) serving %s", _coordinator.pid, MTCACHE_SOCKET_PATH)
 
 

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import multiprocess as mp
-from _coordinator import start_coordinator, stop_coordinator
 from quotes import fetch_quote
 
 from mtcache import CacheStrategy, Client
+from mtcache.client.spawn import start_coordinator, stop_coordinator
 
 COMPUTE_SECONDS = 0.1
 DEADLINE = 120.0  # seconds; the master gives up on workers that hang
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="mtcache-pool-"))
     socket_path = str(folder / "coordinator.sock")
     try:
-        coordinator = start_coordinator(socket_path, "--log-level", "WARNING")
+        coordinator = start_coordinator(socket_path, extra=("--log-level", "WARNING"), new_session=True)
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         shutil.rmtree(folder, ignore_errors=True)
