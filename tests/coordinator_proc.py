@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from mtcache.client.spawn import can_connect
@@ -16,14 +17,16 @@ START_DEADLINE = 15.0
 
 class CoordinatorProcess:
     """``python -m mtcache.coordinator`` in the foreground of a test; ``redis_url``
-    None means ``--no-redis``. Extra CLI arguments go in ``args``."""
+    None means ``--no-redis``. Extra CLI arguments go in ``args``; ``env`` adds to
+    (or overrides) the environment the process inherits, e.g. ``MTCACHE_*`` settings."""
 
     def __init__(self, socket_path: Path, *, redis_url: str | None, namespace: str = "default",
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), env: Mapping[str, str] | None = None) -> None:
         self.socket_path = str(socket_path)
         self.redis_url = redis_url
         self.namespace = namespace
         self.args = args
+        self.env = dict(env) if env else {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(f"{socket_path}.test.log")
 
@@ -37,7 +40,8 @@ class CoordinatorProcess:
         """Start and return once the socket accepts connections."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
-            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         env={**os.environ, **self.env} if self.env else None)
         finally:
             log.close()
         deadline = time.monotonic() + START_DEADLINE

@@ -26,7 +26,6 @@ a stream does not.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -98,6 +97,7 @@ class InvalidationStream:
         self.connected = False
         self.disconnected_since: float | None = time.monotonic()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.counters = dict.fromkeys(
             ("invalidations_sent", "invalidations_received", "invalidations_applied", "invalidation_gaps",
              "fill_notices_received"),
@@ -123,16 +123,19 @@ class InvalidationStream:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        """Stop the reader and close its connection."""
+        """Stop the reader and close its connection (within about one block time)."""
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # a cancel that lands together with redis-py's own read timeout can be
+            # swallowed (the task goes back to XREAD); the flag ends the loop then,
+            # at the latest when that block returns
+            await asyncio.wait({self._task}, timeout=BLOCK_MS / 1000 * 2 + 1)
         await self._reader.aclose()
 
     async def _run(self) -> None:
         delay = 0.05
-        while True:
+        while not self._closing:
             try:
                 if not self.connected:
                     await self._resync()
