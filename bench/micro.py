@@ -2,18 +2,30 @@
 
     .venv/bin/python bench/micro.py [--n 20000]
 
-Starts its own redis-server and coordinators. Rows: a plain dict get; a near
-hit; an L1 hit through the coordinator's socket (near cache off); an L2 hit
-through the coordinator (L1 capacity 1 and two keys read alternately, so each
-read misses L1 and is served from Redis); a raw redis-py GET of the same bytes
-on the same server. Value: a ~200-byte dict.
+Starts its own redis-server and coordinators. For a ~200-byte dict and a
+~10 KiB value (a list of 44 dicts), one row per way of reading it:
+
+* dict get: the floor;
+* near hit: the worker's own copy;
+* mirror hit: the coordinator's L1 read from shared memory (near cache off),
+  decoded;
+* L1 hit via socket: near cache off, coordinator started without the mirror;
+* L2 hit via coordinator: L1 capacity 1 and two keys read alternately, so every
+  read misses L1 and comes from Redis;
+* diskcache get: ``diskcache.Cache`` in a temporary folder (SQLite), decoded;
+* redis-py GET + unpackb: the same bytes from the same Redis, no cache.
+
+Needs the ``bench`` extra (diskcache).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import shutil
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -21,45 +33,87 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import coordinator, machine, measure, redis_server, table
+from _util import coordinator, machine, measure, redis_server
 
 from mtcache import Client
 
-VALUE = {"symbol": "ACME", "price": 123.45, "bid": 123.40, "ask": 123.50, "volume": 1_234_567,
+SMALL = {"symbol": "ACME", "price": 123.45, "bid": 123.40, "ask": 123.50, "volume": 1_234_567,
          "exchange": "XNYS", "currency": "USD", "history": [120.1, 121.3, 122.8, 123.0, 123.45],
          "updated": "2026-11-27T10:00:00Z", "note": "x" * 40}
+LARGE = [dict(SMALL, seq=i) for i in range(44)]
+VALUES = {"200 B": SMALL, "10 KiB": LARGE}
+BASELINE = "redis-py GET + unpackb"
+
+
+def rows_for(value: object, url: str, n: int) -> dict[str, dict[str, float]]:
+    """Every row of the table for one value."""
+    import diskcache
+
+    out: dict[str, dict[str, float]] = {}
+    fast = n * 10
+
+    def add(name: str, fn: Callable[[], object], count: int, batch: int = 1) -> None:
+        out[name] = measure(fn, n=count, batch=batch)
+
+    d = {"k": value}
+    add("dict get", lambda: d["k"], fast, 100)
+    with coordinator(url) as sock:
+        with Client(sock, spawn=False) as near:
+            near.set("k", value)
+            near.get("k")
+            add("near hit", lambda: near.get("k"), fast, 100)
+        with Client(sock, spawn=False, near_capacity=0) as c:
+            c.get("k")
+            add("mirror hit (near off)", lambda: c.get("k"), fast, 10)
+    with coordinator(url, "--l1-shm-bytes", "0") as sock, Client(sock, spawn=False, near_capacity=0) as c:
+        c.set("k", value)
+        add("L1 hit via coordinator socket (no mirror)", lambda: c.get("k"), n)
+    with coordinator(url, "--l1-capacity", "1", "--l1-shm-bytes", "0") as sock, \
+            Client(sock, spawn=False, near_capacity=0) as c:
+        c.set("a", value)
+        c.set("b", value)
+        keys = itertools.cycle(["a", "b"])
+        add("L2 hit via coordinator (Redis)", lambda: c.get(next(keys)), n)
+    folder = tempfile.mkdtemp(prefix="mtcache-bench-dc-")
+    try:
+        with diskcache.Cache(folder) as dc:
+            dc.set("k", msgpack.packb(value))
+            add("diskcache get + unpackb", lambda: msgpack.unpackb(dc.get("k")), n)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    with redis.Redis.from_url(url) as raw:
+        raw.set("raw", msgpack.packb(value))
+        add(BASELINE, lambda: msgpack.unpackb(raw.get("raw")), n)
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=20_000)
     args = p.parse_args()
-    n = args.n
-    rows = []
-    print(f"# mtcache micro-benchmark\n\nmachine: {machine()}; value: {len(msgpack.packb(VALUE))} bytes "
-          f"msgpack; n = {n:,}\n")
-    d = {"k": VALUE}
-    rows.append(("dict get", measure(lambda: d["k"], n=n * 10, batch=100)))
+    results: dict[str, dict[str, dict[str, float]]] = {}
     with redis_server() as url:
-        with coordinator(url) as sock:
-            with Client(sock, spawn=False) as near:
-                near.set("k", VALUE)
-                near.get("k")
-                rows.append(("near hit", measure(lambda: near.get("k"), n=n * 10, batch=100)))
-            with Client(sock, spawn=False, near_capacity=0) as c:
-                rows.append(("L1 hit via coordinator socket", measure(lambda: c.get("k"), n=n)))
-        with coordinator(url, "--l1-capacity", "1") as sock, Client(sock, spawn=False, near_capacity=0) as c:
-            c.set("a", VALUE)
-            c.set("b", VALUE)
-            keys = itertools.cycle(["a", "b"])
-            rows.append(("L2 hit via coordinator (Redis)", measure(lambda: c.get(next(keys)), n=n)))
-            l2_hits = c.stats().l2_hits
-        raw = redis.Redis.from_url(url)
-        raw.set("raw", msgpack.packb(VALUE))
-        rows.append(("redis-py GET + unpackb", measure(lambda: msgpack.unpackb(raw.get("raw")), n=n)))
-        raw.close()
-    print(table(rows, baseline="redis-py GET + unpackb"))
-    print(f"\n(L2 row: {l2_hits:,} L2 hits counted by the coordinator)")
+        for label, value in VALUES.items():
+            results[label] = rows_for(value, url, args.n)
+    sizes = {label: len(msgpack.packb(v)) for label, v in VALUES.items()}
+    print(f"# mtcache micro-benchmark\n\nmachine: {machine()}; values: "
+          + ", ".join(f"{label} = {size:,} bytes msgpack" for label, size in sizes.items())
+          + f"; n = {args.n:,} (x10 for sub-microsecond rows)\n")
+    head = "| read | " + " | ".join(f"{label} p50 µs | p99 µs | vs Redis" for label in VALUES) + " |"
+    print(head)
+    print("|---|" + "---:|---:|---:|" * len(VALUES))
+    for name in results["200 B"]:
+        cells = []
+        for label in VALUES:
+            r, base = results[label][name], results[label][BASELINE]
+            cells.append(f"{r['p50']:.2f} | {r['p99']:.2f} | {r['p50'] / base['p50']:.3f}x")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    for label in VALUES:
+        mirror = results[label]["mirror hit (near off)"]["p50"]
+        disk = results[label]["diskcache get + unpackb"]["p50"]
+        redis_p50 = results[label][BASELINE]["p50"]
+        print(f"\n{label}: mirror hit = {mirror / disk:.2f}x diskcache get, {mirror / redis_p50:.3f}x redis-py GET "
+              f"(1/{redis_p50 / mirror:.0f})")
 
 
 if __name__ == "__main__":

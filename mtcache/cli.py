@@ -32,6 +32,7 @@ def _coordinator_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", help="cache namespace (env MTCACHE_NAMESPACE; default 'default')")
     p.add_argument("--l1-capacity", type=int, help="L1 entries (default 2000)")
     p.add_argument("--l1-max-bytes", type=int, help="L1 bytes (default 64 MiB)")
+    p.add_argument("--l1-shm-bytes", type=int, help="size of the shared-memory L1 mirror (default 64 MiB; 0: none)")
     p.add_argument("--l1-ttl", type=float, help="longest L1 lifetime in seconds (default 300)")
     p.add_argument("--lease-ttl", type=float, help="lease timeout in seconds (default 30)")
     p.add_argument("--no-redis", action="store_true", help="serve L1 only, without Redis")
@@ -56,6 +57,7 @@ def coordinator_main(argv: Sequence[str] | None = None) -> int:
             namespace=args.namespace,
             l1_capacity=args.l1_capacity,
             l1_max_bytes=args.l1_max_bytes,
+            l1_shm_bytes=args.l1_shm_bytes,
             l1_ttl=args.l1_ttl,
             lease_ttl=args.lease_ttl,
         )

@@ -142,10 +142,12 @@ class Settings:
                 f"namespace must be 1-64 letters, digits, '_', '-' or '.' (it names Redis keys and files), "
                 f"got {self.namespace!r}"
             )
-        for name in ("l1_capacity", "l1_max_bytes", "stream_maxlen", "max_value_bytes", "inval_maxlen", "l1_shm_bytes"):
+        for name in ("l1_capacity", "l1_max_bytes", "stream_maxlen", "max_value_bytes", "inval_maxlen"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.l1_shm_bytes, int) or isinstance(self.l1_shm_bytes, bool) or self.l1_shm_bytes < 0:
+            raise ValueError(f"l1_shm_bytes must be a non-negative integer (0: no mirror), got {self.l1_shm_bytes!r}")
         for name in ("l1_ttl", "l2_ttl", "redis_timeout", "lease_ttl", "staleness_bound"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):

@@ -27,7 +27,7 @@ import tempfile
 import zlib
 from pathlib import Path
 
-__all__ = ["DEFAULT_SLOTS", "VersionTable", "shm_dir", "slot_of"]
+__all__ = ["DEFAULT_SLOTS", "VersionTable", "remove_orphans", "shm_dir", "slot_of"]
 
 DEFAULT_SLOTS = 65_536
 _HEADER_WORDS = 8  # magic, slots, generation, reserved...
@@ -41,6 +41,32 @@ def shm_dir() -> Path:
     if dev.is_dir() and os.access(dev, os.W_OK):
         return dev
     return Path(tempfile.gettempdir())
+
+
+def remove_orphans(directory: Path | None = None) -> int:
+    """Remove mtcache segments (``mtcache-<ns>-<pid>-<hex>.ver`` / ``.mirror``) of
+    this user whose creating process is gone (a coordinator killed with SIGKILL
+    cannot clean up); return how many. A live pid, or a pid reused by another
+    process, keeps its files."""
+    removed = 0
+    uid = os.getuid()
+    for path in (directory or shm_dir()).glob("mtcache-*"):
+        if path.suffix not in (".ver", ".mirror"):
+            continue
+        parts = path.stem.rsplit("-", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        try:
+            if path.stat().st_uid != uid:
+                continue
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+        except (PermissionError, FileNotFoundError):
+            continue
+    return removed
 
 
 def slot_of(key: str, slots: int) -> int:

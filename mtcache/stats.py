@@ -15,8 +15,10 @@ def _rate(hits: int, misses: int) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """Counters of one client (near tier, computes in this process) and of its
-    coordinator (L1, L2, leases), each event counted once.
+    """Counters of one client (near tier, shared-memory mirror reads, computes in
+    this process) and of its coordinator (L1, L2, leases, mirror writes), each event
+    counted once. ``l1_hits`` counts hits served through the socket; a hit in the
+    shared-memory mirror is an L1 hit too, counted in ``mirror_hits``.
 
     ``coordinator`` holds the coordinator's raw counters ({} when it is unreachable).
     """
@@ -36,6 +38,11 @@ class Stats:
     evictions: int = 0
     l2_errors: int = 0
     coordinator_errors: int = 0
+    mirror_hits: int = 0
+    mirror_misses: int = 0
+    mirror_torn_retries: int = 0
+    mirror_not_mirrored: int = 0
+    mirror_arena_used: int = 0
     coordinator: dict[str, Any] = field(default_factory=dict)
 
     @property

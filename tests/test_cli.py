@@ -20,6 +20,7 @@ STATS_KEYS = {
     "near_hits", "near_misses", "l1_hits", "l1_misses", "l2_hits", "l2_misses", "promotions", "computes",
     "local_computes", "coalesced", "local_coalesced", "inflight_leases", "evictions", "l2_errors",
     "coordinator_errors", "coordinator", "near_hit_rate", "l1_hit_rate", "l2_hit_rate",
+    "mirror_hits", "mirror_misses", "mirror_torn_retries", "mirror_not_mirrored", "mirror_arena_used",
 }
 HEALTH_KEYS = {"coordinator", "redis", "mode", "details"}
 

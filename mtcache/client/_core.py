@@ -18,6 +18,7 @@ from typing import Any
 from mtcache.codec import Codec, get_codec
 from mtcache.config import Settings
 from mtcache.errors import CacheTimeout, ComputeError, ProtocolError
+from mtcache.mirror import MirrorReader
 from mtcache.protocol import PROTOCOL_VERSION, Op, Status, check_key
 from mtcache.shm import VersionTable
 from mtcache.stats import Health, Stats
@@ -88,6 +89,9 @@ class ClientCore:
             0,
         )
         self.hello_info: dict[str, Any] = {}
+        self.mirror: MirrorReader | None = None
+        # hits, misses, torn retries of mirrors detached so far
+        self.mirror_counters = [0, 0, 0]
         self._retry_at = 0.0
         self._retry_delay = RETRY_MIN
         self._warned = False
@@ -157,6 +161,14 @@ class ClientCore:
                 self.near.table = VersionTable.attach(info["versions"])
                 if table is not None:
                     table.close()
+            mirror = self.mirror
+            if mirror is None or mirror.path != info["mirror"] or mirror.generation != info["mirror_generation"]:
+                self._detach_mirror()
+                if info["mirror"]:
+                    try:
+                        self.mirror = MirrorReader.attach(info["mirror"])
+                    except (OSError, ValueError) as exc:  # the socket path still serves everything
+                        log.warning("mtcache: cannot map the L1 mirror %s: %s", info["mirror"], exc)
             self.hello_info = info
             self._retry_delay = RETRY_MIN
             if self._warned:
@@ -167,9 +179,33 @@ class ClientCore:
         """False while backing off after the coordinator failed to answer."""
         return not self._retry_at or time.monotonic() >= self._retry_at
 
+    def _detach_mirror(self) -> None:
+        mirror, self.mirror = self.mirror, None
+        if mirror is not None:
+            self.mirror_counters = [a + b for a, b in zip(self.mirror_counters, _mirror_counts(mirror), strict=True)]
+            mirror.close()
+
+    def from_mirror(self, key: str) -> Any:
+        """``key``'s value from the shared-memory L1 mirror, kept in near too, or
+        MISSING. The version is read before the mirror: a write landing between the
+        two then invalidates the near copy rather than pairing an old value with a
+        new version."""
+        mirror = self.mirror
+        table = self.near.table
+        if mirror is None or table is None:
+            return MISSING
+        version = table.counters[table.slot(key)]
+        data = mirror.get(key)
+        if data is None:
+            return MISSING
+        return self.accept_value(key, data, version, self.near.max_age)
+
     def unavailable(self, exc: BaseException) -> None:
-        """The coordinator did not answer: back off, warn once."""
+        """The coordinator did not answer: back off, warn once, and stop serving
+        near and mirror copies that nobody keeps coherent any more."""
+        self.near.clear()
         with self._state_lock:
+            self._detach_mirror()
             self.counters["coordinator_errors"] += 1
             self._retry_at = time.monotonic() + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
@@ -194,6 +230,7 @@ class ClientCore:
         self.fork_gen = gen
         self._state_lock = threading.Lock()
         self.near.reset_after_fork()
+        self.mirror = None  # the parent's mapping: still valid, but reattached on the hello
         self._retry_at = 0.0
         return True
 
@@ -251,12 +288,24 @@ class ClientCore:
         if reply is not None and reply[1] == Status.OK and reply[3]:
             self.near.put(key, self.codec.decode(data), data, reply[2], ttl)
 
+    def close(self) -> None:
+        """Unmap the shared memory (version table, mirror)."""
+        with self._state_lock:
+            self._detach_mirror()
+            table, self.near.table = self.near.table, None
+            if table is not None:
+                table.close()
+
     # -- reports ------------------------------------------------------------
 
     def stats(self, coordinator: dict[str, Any] | None) -> Stats:
         """A Stats snapshot from this client's counters and the coordinator's."""
         c = coordinator or {}
         l1 = c.get("l1", {})
+        mirror = c.get("mirror", {})
+        counts = self.mirror_counters
+        if self.mirror is not None:
+            counts = [a + b for a, b in zip(counts, _mirror_counts(self.mirror), strict=True)]
         return Stats(
             near_hits=self.near.hits,
             near_misses=self.near.misses,
@@ -273,6 +322,11 @@ class ClientCore:
             evictions=l1.get("evictions", 0),
             l2_errors=c.get("l2_errors", 0),
             coordinator_errors=self.counters["coordinator_errors"],
+            mirror_hits=counts[0],
+            mirror_misses=counts[1],
+            mirror_torn_retries=counts[2],
+            mirror_not_mirrored=mirror.get("not_mirrored", 0),
+            mirror_arena_used=mirror.get("arena_used", 0),
             coordinator=c,
         )
 
@@ -281,6 +335,10 @@ class ClientCore:
         if coordinator is None:
             return Health("unavailable", "unknown", "degraded", {"socket": self.socket_path})
         return Health(coordinator["coordinator"], coordinator["redis"], coordinator["mode"], coordinator)
+
+
+def _mirror_counts(mirror: MirrorReader) -> list[int]:
+    return [mirror.hits, mirror.misses, mirror.torn_retries]
 
 
 class _Value:

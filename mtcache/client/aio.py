@@ -206,6 +206,9 @@ class AsyncClient:
         if value is not MISSING:
             return value
         key = self._core.check_key(key)
+        value = self._core.from_mirror(key)
+        if value is not MISSING:
+            return value
         reply = await self._request(Op.GET, key)
         if reply is None or reply[1] != Status.OK:
             return default
@@ -258,6 +261,8 @@ class AsyncClient:
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
         value = self._near.get(key)
+        if value is MISSING:
+            value = core.from_mirror(key)
         if value is not MISSING:
             return value
         flight = self._flights.get(key)
@@ -410,10 +415,7 @@ class AsyncClient:
         if self._streams is not None:
             await self._streams.aclose()
         await self._drop_conn()
-        table = self._near.table
-        self._near.table = None
-        if table is not None:
-            table.close()
+        self._core.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -74,6 +74,9 @@ class NearCache:
 
         :raises TypeError: ``key`` is unhashable.
         """
+        if not self._data:  # empty or disabled: no lock needed to know it is a miss
+            self.misses += 1
+            return _MISSING
         table = self.table
         with self._lock:
             item = self._data.get(key)

@@ -196,6 +196,9 @@ class Client:
         if value is not MISSING:
             return value
         key = self._core.check_key(key)
+        value = self._core.from_mirror(key)
+        if value is not MISSING:
+            return value
         reply = self._request(Op.GET, key)
         if reply is None or reply[1] != Status.OK:
             return default
@@ -263,6 +266,8 @@ class Client:
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
         value = self._near.get(key)
+        if value is MISSING:
+            value = core.from_mirror(key)
         if value is not MISSING:
             return value
         with self._lock:
@@ -424,10 +429,7 @@ class Client:
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.close()
-        table = self._near.table
-        self._near.table = None
-        if table is not None:
-            table.close()
+        self._core.close()
 
     def __enter__(self) -> Client:
         return self

@@ -21,12 +21,16 @@ from mtcache.coordinator.l2 import Envelope, L2Tier
 from mtcache.coordinator.leases import DistributedLeases, LeaseRegistry
 from mtcache.coordinator.store import L1Store
 from mtcache.errors import L2Error
+from mtcache.mirror import MirrorWriter
 from mtcache.protocol import Status
 from mtcache.shm import VersionTable
 
 __all__ = ["CacheEngine"]
 
 log = logging.getLogger("mtcache.coordinator")
+#: Expired entries removed per sweep: a near copy may outlive its value's TTL until
+#: the sweep that removes the entry bumps its version.
+SWEEP_LIMIT = 4096
 T = TypeVar("T")
 Reply = list[Any]
 
@@ -39,9 +43,12 @@ class CacheEngine:
     in the background until it answers again.
     """
 
-    def __init__(self, settings: Settings, table: VersionTable, l2: L2Tier | None) -> None:
+    def __init__(
+        self, settings: Settings, table: VersionTable, l2: L2Tier | None, mirror: MirrorWriter | None = None
+    ) -> None:
         self.settings = settings
         self.table = table
+        self.mirror = mirror
         self.l2 = l2
         self.l2_up = False
         self.store = L1Store(
@@ -130,7 +137,7 @@ class CacheEngine:
                 self._stale_dropped = True
         else:
             self._stale_dropped = False
-        return self.store.sweep()
+        return self.store.sweep(SWEEP_LIMIT)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -140,11 +147,11 @@ class CacheEngine:
     # -- invalidation from other hosts ------------------------------------------
 
     def _invalidated(self, key: str) -> None:
-        self.store.delete(key)
+        self._l1_delete(key)
         self.table.bump_key(key)
 
     def _cleared(self, is_gap: bool) -> None:
-        self.store.clear()
+        self._l1_clear()
         self.table.bump_all()
 
     def _filled_elsewhere(self, key: str) -> None:
@@ -160,7 +167,35 @@ class CacheEngine:
         return table.get(table.slot(key))
 
     def _on_remove(self, key: str, reason: str) -> None:
+        # evicted or expired: the mirror first, then the version (a worker reads the
+        # version before the mirror, so it can never pair an old value with a new version)
+        if self.mirror is not None:
+            self.mirror.delete(key)
         self.table.bump_key(key)
+
+    # -- L1 and its shared-memory mirror change together -------------------------
+
+    def _l1_put(self, key: str, value: bytes, ttl: float) -> bool:
+        ttl = min(ttl, self.settings.l1_ttl)
+        stored = self.store.set(key, value, ttl)
+        if self.mirror is not None:
+            if stored:
+                self.mirror.put(key, value, time.monotonic() + ttl)
+            else:
+                self.mirror.delete(key)
+        return stored
+
+    def _l1_delete(self, key: str) -> bool:
+        existed = self.store.delete(key)
+        if self.mirror is not None:
+            self.mirror.delete(key)
+        return existed
+
+    def _l1_clear(self) -> int:
+        removed = self.store.clear()
+        if self.mirror is not None:
+            self.mirror.clear()
+        return removed
 
     # -- L2 with failure handling --------------------------------------------
 
@@ -230,7 +265,7 @@ class CacheEngine:
         if self.version_of(key) != before:
             return self.get_l1(key)
         value, ttl = found
-        if self.store.set(key, value, min(ttl, self.settings.l1_ttl)):
+        if self._l1_put(key, value, ttl):
             self.counters["promotions"] += 1
         return [Status.OK, value, before, ttl]
 
@@ -249,7 +284,7 @@ class CacheEngine:
         """Store in L1 (bumping the version before the ack) and in L2, and tell
         the other hosts, in one round trip."""
         self.counters["sets"] += 1
-        self.store.set(key, value, min(ttl, self.settings.l1_ttl))
+        self._l1_put(key, value, ttl)
         version = self.table.bump_key(key)
 
         def build(pipe: Any) -> None:
@@ -265,7 +300,7 @@ class CacheEngine:
         """Remove from L1 and L2 and tell the other hosts; the reply says whether
         either tier held the key."""
         self.counters["deletes"] += 1
-        existed = self.store.delete(key)
+        existed = self._l1_delete(key)
         self.table.bump_key(key)
 
         def build(pipe: Any) -> None:
@@ -281,7 +316,7 @@ class CacheEngine:
         """Empty L1 and this namespace in L2, tell the other hosts; every version
         moves on."""
         self.counters["clears"] += 1
-        removed = self.store.clear()
+        removed = self._l1_clear()
         self.table.bump_all()
         async with self._l2_write_lock:
             removed += await self._l2(lambda l2: l2.clear()) or 0
@@ -376,7 +411,7 @@ class CacheEngine:
             outcome = ("value", *newer[1:]) if newer else ("value", value, current, ttl)
             self.leases.finish(key, token, outcome)
             return [Status.OK, current, False]
-        self.store.set(key, value, min(ttl, self.settings.l1_ttl))
+        self._l1_put(key, value, ttl)
         cross_host = key in self._redis_leases
         self._redis_leases.discard(key)  # released below, with the write
         self.leases.finish(key, token, ("value", value, current, ttl))
@@ -426,6 +461,7 @@ class CacheEngine:
             "inflight_leases": leases.inflight,
             "l2": self.l2.stats() if self.l2 is not None else {},
             **(self.inval.stats() if self.inval is not None else {}),
+            "mirror": self.mirror.stats() if self.mirror is not None else {},
         }
 
     def health(self) -> dict[str, Any]:

@@ -28,8 +28,9 @@ from mtcache.config import Settings
 from mtcache.coordinator.cache import CacheEngine
 from mtcache.coordinator.l2 import L2Tier
 from mtcache.errors import ProtocolError
+from mtcache.mirror import MirrorWriter
 from mtcache.protocol import PROTOCOL_VERSION, FrameDecoder, Op, Status, encode_frame, validate_request
-from mtcache.shm import VersionTable
+from mtcache.shm import VersionTable, remove_orphans
 
 __all__ = ["AlreadyRunning", "Coordinator"]
 
@@ -173,6 +174,7 @@ class Coordinator:
         self.connections: set[_Connection] = set()
         self.counters = {"refused": 0, "protocol_errors": 0}
         self.table: VersionTable | None = None
+        self.mirror: MirrorWriter | None = None
         self.engine: CacheEngine
         self._server: asyncio.base_events.Server | None = None
         self._lock_fd: int | None = None
@@ -189,6 +191,8 @@ class Coordinator:
             "namespace": self.settings.namespace,
             "versions": self.table.path,
             "generation": self.table.generation,
+            "mirror": self.mirror.path if self.mirror is not None else None,
+            "mirror_generation": self.mirror.generation if self.mirror is not None else 0,
         }
 
     def stats(self) -> dict[str, Any]:
@@ -205,11 +209,13 @@ class Coordinator:
         except BlockingIOError:
             os.close(fd)
             raise AlreadyRunning(f"another coordinator is serving {self.socket_path}") from None
-        # a coordinator killed with SIGKILL left its segment behind: remove it
-        previous = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-        if previous and Path(previous).name.startswith("mtcache-") and previous.endswith(".ver"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(previous)
+        # a coordinator killed with SIGKILL left its segments behind (their paths are
+        # in the lock file), and so may others whose process is gone: remove them
+        for previous in os.pread(fd, 4096, 0).decode(errors="replace").split():
+            if Path(previous).name.startswith("mtcache-") and previous.endswith((".ver", ".mirror")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(previous)
+        remove_orphans()
         self._lock_fd = fd
 
     async def start(self) -> None:
@@ -220,13 +226,16 @@ class Coordinator:
         """
         self._take_lock()
         assert self._lock_fd is not None
-        self.table = VersionTable.create(prefix=f"mtcache-{self.settings.namespace}")
+        prefix = f"mtcache-{self.settings.namespace}"
+        self.table = VersionTable.create(prefix=prefix)
+        self.mirror = self._create_mirror(prefix)
+        paths = [self.table.path] + ([self.mirror.path] if self.mirror is not None else [])
         os.ftruncate(self._lock_fd, 0)
-        os.pwrite(self._lock_fd, self.table.path.encode(), 0)
+        os.pwrite(self._lock_fd, "\n".join(paths).encode(), 0)
         l2 = None
         if self.use_redis:
             l2 = L2Tier(self.settings.redis_url, self.settings.namespace, timeout=self.settings.redis_timeout)
-        self.engine = CacheEngine(self.settings, self.table, l2)
+        self.engine = CacheEngine(self.settings, self.table, l2, self.mirror)
         await self.engine.start()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
@@ -243,6 +252,18 @@ class Coordinator:
             os.getpid(), self.socket_path, self.settings.namespace,
             self.settings.redacted_redis_url if self.use_redis else "disabled",
         )
+
+    def _create_mirror(self, prefix: str) -> MirrorWriter | None:
+        size = self.settings.l1_shm_bytes
+        if not size:
+            return None
+        # 4 ways per set; a power of two at least the L1 capacity keeps collisions rare
+        sets = 1 << max(6, (self.settings.l1_capacity - 1).bit_length())
+        try:
+            return MirrorWriter.create(size, sets=sets, prefix=prefix)
+        except (OSError, ValueError) as exc:
+            log.warning("no shared-memory L1 mirror (%s): workers read L1 through the socket", exc)
+            return None
 
     async def _sweep(self) -> None:
         while True:
@@ -267,6 +288,8 @@ class Coordinator:
                 self.socket_path.unlink()
         if hasattr(self, "engine"):
             await self.engine.close()
+        if self.mirror is not None:
+            self.mirror.close()
         if self.table is not None:
             self.table.close()
         if self._lock_fd is not None:
