@@ -113,6 +113,7 @@ class CacheEngine:
                 await self._reconnect_task
         for task in list(self._tasks):
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.inval is not None:
             await self.inval.close()
         if self.l2 is not None:
@@ -363,10 +364,16 @@ class CacheEngine:
             taken = await self._l2(lambda l2: dist.try_take(l2.redis, key))
             if not self.leases.is_holder(key, token):
                 return [Status.TIMEOUT]  # our caller went away meanwhile; nobody reads this
-            if taken is None or taken:  # Redis down: per-host lease only (degraded)
-                if taken:
-                    self.counters["redis_leases_taken"] += 1
-                    self._redis_leases.add(key)
+            if taken:
+                self.counters["redis_leases_taken"] += 1
+                self._redis_leases.add(key)
+                # another host may have filled and released between our L2 miss and
+                # the take: look once more, or we would compute what L2 already holds
+                reply = await self._read_l2(key)
+                if reply is not None:
+                    self.leases.finish(key, token, ("value", *reply[1:]))  # also frees the Redis lease
+                    return reply
+            if taken is None or taken:  # None: Redis down, per-host lease only (degraded)
                 return [Status.GRANTED, token, self.version_of(key)]
             if not waited:
                 waited = True
@@ -408,7 +415,10 @@ class CacheEngine:
         if lease is None or lease.token != token or lease.version != current:
             self.counters["fills_discarded"] += 1
             newer = self.get_l1(key)
-            outcome = ("value", *newer[1:]) if newer else ("value", value, current, ttl)
+            # with nothing newer in L1, waiters still get the computed value, but under
+            # the version the lease began with: already stale, so no near cache keeps it
+            began = lease.version if lease is not None else current
+            outcome = ("value", *newer[1:]) if newer else ("value", value, began, ttl)
             self.leases.finish(key, token, outcome)
             return [Status.OK, current, False]
         self._l1_put(key, value, ttl)

@@ -167,6 +167,10 @@ class InvalidationStream:
         if restarted:
             log.warning("Redis lost the invalidation stream (restarted empty?): dropping L1")
             self._gap()
+        else:
+            # the first connection: whatever L1 took in before it (a coordinator that
+            # started while the reader could not connect) saw no invalidations
+            self._on_clear(False)
         newest = await r.xrevrange(self.stream, count=1)
         if newest:
             entry_id, fields = newest[0]
