@@ -18,6 +18,7 @@ from mtcache.strategies import CacheStrategy
 from . import _core
 from . import spawn as _spawn
 from ._core import MISSING, ClientCore
+from ._flows import COMPUTE, Flow, compute_flow, delete_flow, get_flow, set_flow
 from .streams import AsyncStreams, Entry
 
 __all__ = ["AsyncClient"]
@@ -205,15 +206,7 @@ class AsyncClient:
             value = MISSING
         if value is not MISSING:
             return value
-        key = self._core.check_key(key)
-        value = self._core.from_mirror(key)
-        if value is not MISSING:
-            return value
-        reply = await self._request(Op.GET, key)
-        if reply is None or reply[1] != Status.OK:
-            return default
-        value = self._core.accept_value(key, reply[2], reply[3], reply[4])
-        return default if value is MISSING else value
+        return await self._drive(get_flow(self._core, self._core.check_key(key), default))
 
     async def set(
         self, key: str, value: Any, *, strategy: CacheStrategy | None = None, ttl: float | timedelta | None = None
@@ -221,26 +214,12 @@ class AsyncClient:
         """See :meth:`mtcache.Client.set`."""
         self._check_fork()
         core = self._core
-        key = core.check_key(key)
-        seconds = core.ttl_for(strategy, ttl)
-        data = core.encode(value)
-        self._near.discard(key)
-        reply = await self._request(Op.SET, key, data, seconds)
-        if reply is None:
-            core.counters["skipped_writes"] += 1
-            return
-        self._near.put(key, core.codec.decode(data), data, reply[2], seconds)
+        await self._drive(set_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl)))
 
     async def delete(self, key: str) -> bool:
         """See :meth:`mtcache.Client.delete`."""
         self._check_fork()
-        key = self._core.check_key(key)
-        self._near.discard(key)
-        reply = await self._request(Op.DELETE, key)
-        if reply is None:
-            self._core.counters["skipped_writes"] += 1
-            return False
-        return bool(reply[2])
+        return await self._drive(delete_flow(self._core, self._core.check_key(key)))
 
     async def get_or_compute(
         self,
@@ -274,7 +253,7 @@ class AsyncClient:
                 raise CacheTimeout(f"gave up waiting for another task to compute {key!r}") from None
         flight = self._flights[key] = asyncio.get_running_loop().create_future()
         try:
-            value = await self._compute(key, fn, seconds, wait)
+            value = await self._drive(compute_flow(core, key, seconds, wait), fn)
         except BaseException as exc:
             flight.set_exception(exc)
             flight.exception()  # mark retrieved: followers may be none
@@ -285,40 +264,26 @@ class AsyncClient:
         finally:
             self._flights.pop(key, None)
 
-    async def _compute(self, key: str, fn: Callable[[], Any], seconds: float, wait: float) -> Any:
-        core = self._core
-        reply = await self._request(Op.LEASE, key, wait, timeout=wait + core.request_timeout)
-        if reply is None:
-            return await self._compute_locally(key, fn)
-        outcome = core.lease_outcome(key, reply)
-        if not isinstance(outcome, bytes):
-            if outcome.value is not MISSING:
-                return outcome.value
-            return await self._compute_locally(key, fn)
-        token = outcome
-        core.counters["computes"] += 1
-        try:
-            value = await _call(fn)
-        except Exception as exc:
-            await self._request(Op.FAIL, key, token, *core.failure(exc))
-            raise core.compute_error(key, exc) from exc
-        except BaseException as exc:  # cancelled or interrupted: free the lease for the next waiter
-            await asyncio.shield(self._request(Op.FAIL, key, token, *core.failure(exc)))
-            raise
-        try:
-            data = core.encode(value)
-        except (TypeError, ValueError) as exc:
-            await self._request(Op.FAIL, key, token, *core.failure(exc))
-            raise
-        core.filled(key, value, data, seconds, await self._request(Op.FILL, key, token, data, seconds))
-        return value
-
-    async def _compute_locally(self, key: str, fn: Callable[[], Any]) -> Any:
-        self._core.counters["local_computes"] += 1
-        try:
-            return await _call(fn)
-        except Exception as exc:
-            raise self._core.compute_error(key, exc) from exc
+    async def _drive(self, flow: Flow, fn: Callable[[], Any] | None = None) -> Any:
+        """Carry a flow out (see :mod:`mtcache.client._flows`): requests are
+        awaited, ``fn`` is called and awaited if it returns an awaitable."""
+        sent: Any = None
+        while True:
+            try:
+                step = flow.send(sent)
+            except StopIteration as stop:
+                return stop.value
+            if step is COMPUTE:
+                assert fn is not None
+                try:
+                    result = fn()
+                    if inspect.isawaitable(result):
+                        result = await result
+                    sent = (True, result)
+                except BaseException as exc:  # also a cancel: the flow frees the lease, then re-raises
+                    sent = (False, exc)
+            else:
+                sent = await self._request(step.op, *step.args, timeout=step.timeout)
 
     async def clear(self) -> None:
         """See :meth:`mtcache.Client.clear`."""
@@ -423,9 +388,3 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-
-async def _call(fn: Callable[[], Any]) -> Any:
-    result = fn()
-    if inspect.isawaitable(result):
-        result = await result
-    return result

@@ -19,6 +19,7 @@ from mtcache.strategies import CacheStrategy
 from . import _core
 from . import spawn as _spawn
 from ._core import MISSING, ClientCore
+from ._flows import COMPUTE, Flow, compute_flow, delete_flow, get_flow, set_flow
 from .streams import Entry, Streams
 
 __all__ = ["Client"]
@@ -195,15 +196,7 @@ class Client:
             value = MISSING
         if value is not MISSING:
             return value
-        key = self._core.check_key(key)
-        value = self._core.from_mirror(key)
-        if value is not MISSING:
-            return value
-        reply = self._request(Op.GET, key)
-        if reply is None or reply[1] != Status.OK:
-            return default
-        value = self._core.accept_value(key, reply[2], reply[3], reply[4])
-        return default if value is MISSING else value
+        return self._drive(get_flow(self._core, self._core.check_key(key), default))
 
     def set(
         self, key: str, value: Any, *, strategy: CacheStrategy | None = None, ttl: float | timedelta | None = None
@@ -217,26 +210,12 @@ class Client:
         """
         self._check_fork()
         core = self._core
-        key = core.check_key(key)
-        seconds = core.ttl_for(strategy, ttl)
-        data = core.encode(value)
-        self._near.discard(key)
-        reply = self._request(Op.SET, key, data, seconds)
-        if reply is None:
-            core.counters["skipped_writes"] += 1
-            return
-        self._near.put(key, core.codec.decode(data), data, reply[2], seconds)
+        self._drive(set_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl)))
 
     def delete(self, key: str) -> bool:
         """Remove ``key`` from every tier; True if some tier held it."""
         self._check_fork()
-        key = self._core.check_key(key)
-        self._near.discard(key)
-        reply = self._request(Op.DELETE, key)
-        if reply is None:
-            self._core.counters["skipped_writes"] += 1
-            return False
-        return bool(reply[2])
+        return self._drive(delete_flow(self._core, self._core.check_key(key)))
 
     def get_or_compute(
         self,
@@ -284,7 +263,7 @@ class Client:
             except concurrent.futures.TimeoutError:
                 raise CacheTimeout(f"gave up waiting for another thread to compute {key!r}") from None
         try:
-            value = self._compute(key, fn, seconds, wait)
+            value = self._drive(compute_flow(core, key, seconds, wait), fn)
         except BaseException as exc:
             flight.set_exception(exc)
             raise
@@ -295,40 +274,23 @@ class Client:
             with self._lock:
                 self._flights.pop(key, None)
 
-    def _compute(self, key: str, fn: Callable[[], T], seconds: float, wait: float) -> T:
-        core = self._core
-        reply = self._request(Op.LEASE, key, wait, timeout=wait + core.request_timeout)
-        if reply is None:
-            return self._compute_locally(key, fn)
-        outcome = core.lease_outcome(key, reply)
-        if not isinstance(outcome, bytes):
-            if outcome.value is not MISSING:
-                return outcome.value
-            return self._compute_locally(key, fn)
-        token = outcome
-        core.counters["computes"] += 1
-        try:
-            value = fn()
-        except Exception as exc:
-            self._request(Op.FAIL, key, token, *core.failure(exc))
-            raise core.compute_error(key, exc) from exc
-        except BaseException as exc:
-            self._request(Op.FAIL, key, token, *core.failure(exc))
-            raise
-        try:
-            data = core.encode(value)
-        except (TypeError, ValueError) as exc:
-            self._request(Op.FAIL, key, token, *core.failure(exc))
-            raise
-        core.filled(key, value, data, seconds, self._request(Op.FILL, key, token, data, seconds))
-        return value
-
-    def _compute_locally(self, key: str, fn: Callable[[], T]) -> T:
-        self._core.counters["local_computes"] += 1
-        try:
-            return fn()
-        except Exception as exc:
-            raise self._core.compute_error(key, exc) from exc
+    def _drive(self, flow: Flow, fn: Callable[[], Any] | None = None) -> Any:
+        """Carry a flow out (see :mod:`mtcache.client._flows`): requests block,
+        ``fn`` runs here."""
+        sent: Any = None
+        while True:
+            try:
+                step = flow.send(sent)
+            except StopIteration as stop:
+                return stop.value
+            if step is COMPUTE:
+                assert fn is not None
+                try:
+                    sent = (True, fn())
+                except BaseException as exc:  # the flow frees the lease, then re-raises
+                    sent = (False, exc)
+            else:
+                sent = self._request(step.op, *step.args, timeout=step.timeout)
 
     def clear(self) -> None:
         """Empty this namespace in every tier (this host's L1 and Redis)."""
