@@ -26,7 +26,7 @@ from mtcache.strategies import CacheStrategy, validate_ttl
 
 from .near import NearCache
 
-__all__ = ["MISSING", "ClientCore", "fork_generation"]
+__all__ = ["MISSING", "ClientBase", "ClientCore", "fork_generation"]
 
 log = logging.getLogger("mtcache.client")
 
@@ -348,3 +348,56 @@ class _Value:
 
     def __init__(self, value: Any) -> None:
         self.value = value
+
+
+class ClientBase:
+    """The constructor both clients share (their parameters are one list).
+
+    :param socket_path: the coordinator's socket (default: ``MTCACHE_SOCKET`` or a
+        per-user path).
+    :param namespace: keys of different namespaces never meet; one coordinator
+        serves one namespace.
+    :param redis_url: passed to a coordinator this client starts, and used by the
+        stream helpers.
+    :param spawn: start a coordinator when none answers.
+    :param near_capacity: near cache entries (0 disables the near cache).
+    :param near_max_age: seconds a near copy may be served without asking.
+    :param near_max_bytes: near cache bytes (encoded sizes).
+    :param codec: ``"msgpack"`` (default), ``"json"``, ``"pickle"`` or a codec object.
+    :param copy_on_read: decode a fresh copy on every near hit.
+    :param request_timeout: seconds to wait for a reply (lease waits excepted).
+    """
+
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        *,
+        namespace: str = "default",
+        redis_url: str | None = None,
+        spawn: bool = True,
+        near_capacity: int = 1024,
+        near_max_age: float = 30.0,
+        near_max_bytes: int = 16 * 1024 * 1024,
+        codec: str | Codec | None = None,
+        copy_on_read: bool = False,
+        request_timeout: float = 5.0,
+    ) -> None:
+        self._core = ClientCore(
+            socket_path,
+            namespace=namespace,
+            redis_url=redis_url,
+            spawn=spawn,
+            near_capacity=near_capacity,
+            near_max_bytes=near_max_bytes,
+            near_max_age=near_max_age,
+            codec=codec,
+            copy_on_read=copy_on_read,
+            request_timeout=request_timeout,
+        )
+        self._near = self._core.near
+        self._closed = False
+        self._setup()
+
+    def _setup(self) -> None:
+        """The twin's own state (connections, locks)."""
+        raise NotImplementedError

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from mtcache.codec import Codec
 from mtcache.errors import CacheTimeout, CoordinatorUnavailable, ProtocolError
 from mtcache.protocol import FrameDecoder, Op, Status, encode_frame
 from mtcache.stats import Health, Stats
@@ -17,7 +16,7 @@ from mtcache.strategies import CacheStrategy
 
 from . import _core
 from . import spawn as _spawn
-from ._core import MISSING, ClientCore
+from ._core import MISSING, ClientBase
 from ._flows import COMPUTE, Flow, compute_flow, delete_flow, get_flow, set_flow
 from .streams import AsyncStreams, Entry
 
@@ -90,43 +89,16 @@ class _AsyncConn:
             await self.writer.wait_closed()
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """The asyncio twin of :class:`~mtcache.Client`: the same parameters, the same
     methods as coroutines, the same promises. Use it from one event loop.
     ``get_or_compute`` accepts a coroutine function or a plain callable (a plain
     callable runs on the loop: keep it quick, or make it a coroutine)."""
 
-    def __init__(
-        self,
-        socket_path: str | None = None,
-        *,
-        namespace: str = "default",
-        redis_url: str | None = None,
-        spawn: bool = True,
-        near_capacity: int = 1024,
-        near_max_age: float = 30.0,
-        near_max_bytes: int = 16 * 1024 * 1024,
-        codec: str | Codec | None = None,
-        copy_on_read: bool = False,
-        request_timeout: float = 5.0,
-    ) -> None:
-        self._core = ClientCore(
-            socket_path,
-            namespace=namespace,
-            redis_url=redis_url,
-            spawn=spawn,
-            near_capacity=near_capacity,
-            near_max_bytes=near_max_bytes,
-            near_max_age=near_max_age,
-            codec=codec,
-            copy_on_read=copy_on_read,
-            request_timeout=request_timeout,
-        )
-        self._near = self._core.near
+    def _setup(self) -> None:
         self._conn_obj: _AsyncConn | None = None
         self._connect_lock: asyncio.Lock | None = None
         self._flights: dict[str, asyncio.Future[Any]] = {}
-        self._closed = False
         self._streams: AsyncStreams | None = None
 
     # -- plumbing -----------------------------------------------------------

@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from mtcache.codec import Codec
 from mtcache.errors import CacheTimeout, CoordinatorUnavailable, ProtocolError
 from mtcache.protocol import FrameDecoder, Op, Status, encode_frame
 from mtcache.stats import Health, Stats
@@ -18,7 +17,7 @@ from mtcache.strategies import CacheStrategy
 
 from . import _core
 from . import spawn as _spawn
-from ._core import MISSING, ClientCore
+from ._core import MISSING, ClientBase
 from ._flows import COMPUTE, Flow, compute_flow, delete_flow, get_flow, set_flow
 from .streams import Entry, Streams
 
@@ -62,59 +61,20 @@ class _Conn:
         self.sock.close()
 
 
-class Client:
+class Client(ClientBase):
     """A worker's handle on the host's coordinator. Thread-safe and fork-safe.
-
-    :param socket_path: the coordinator's socket (default: ``MTCACHE_SOCKET`` or a
-        per-user path).
-    :param namespace: keys of different namespaces never meet; one coordinator
-        serves one namespace.
-    :param redis_url: passed to a coordinator this client starts.
-    :param spawn: start a coordinator when none answers.
-    :param near_capacity: near cache entries (0 disables the near cache).
-    :param near_max_age: seconds a near copy may be served without asking.
-    :param near_max_bytes: near cache bytes (encoded sizes).
-    :param codec: ``"msgpack"`` (default), ``"json"``, ``"pickle"`` or a codec object.
-    :param copy_on_read: decode a fresh copy on every near hit.
-    :param request_timeout: seconds to wait for a reply (lease waits excepted).
+    Parameters: see :class:`~mtcache.client._core.ClientBase`.
 
     A coordinator that is missing, or dies, never raises into the application:
     ``get`` returns the default, ``set``/``delete`` are skipped, ``get_or_compute``
     calls ``fn`` itself; one warning is logged and the client retries with back-off.
     """
 
-    def __init__(
-        self,
-        socket_path: str | None = None,
-        *,
-        namespace: str = "default",
-        redis_url: str | None = None,
-        spawn: bool = True,
-        near_capacity: int = 1024,
-        near_max_age: float = 30.0,
-        near_max_bytes: int = 16 * 1024 * 1024,
-        codec: str | Codec | None = None,
-        copy_on_read: bool = False,
-        request_timeout: float = 5.0,
-    ) -> None:
-        self._core = ClientCore(
-            socket_path,
-            namespace=namespace,
-            redis_url=redis_url,
-            spawn=spawn,
-            near_capacity=near_capacity,
-            near_max_bytes=near_max_bytes,
-            near_max_age=near_max_age,
-            codec=codec,
-            copy_on_read=copy_on_read,
-            request_timeout=request_timeout,
-        )
-        self._near = self._core.near
+    def _setup(self) -> None:
         self._local = threading.local()
         self._conns: set[_Conn] = set()
         self._lock = threading.Lock()
         self._flights: dict[str, concurrent.futures.Future[Any]] = {}
-        self._closed = False
         self._streams: Streams | None = None
 
     # -- plumbing -----------------------------------------------------------
