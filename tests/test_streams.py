@@ -23,7 +23,7 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from mtcache.client import streams as streams_module
+from mtcache.client import _stream_plans as plans
 from mtcache.client.streams import AsyncStreams, Streams, stream_key
 from mtcache.errors import L2Error
 from tests.redis_server import RedisServer, free_port
@@ -163,7 +163,7 @@ async def test_wait_longer_than_socket_timeout_is_not_a_timeout(
 ) -> None:
     # chunks of 50 ms: the blocking socket timeout is 0.05 + 0.05 + 0.5 s (slack for Redis's timer),
     # so a 700 ms wait needs many chunks, the "$" pinned across them, and never trips it
-    monkeypatch.setattr(streams_module, "BLOCK_CHUNK_MS", 50)
+    monkeypatch.setattr(plans, "BLOCK_CHUNK_MS", 50)
     if flavor == "sync":
         with Streams(redis_url, PREFIX, timeout=0.05) as s:
             s.publish_to_stream("slow", {"n": 0})
@@ -177,7 +177,7 @@ async def test_wait_longer_than_socket_timeout_is_not_a_timeout(
 def test_chunked_wait_from_dollar_returns_what_arrives_between_chunks(
     redis_url: str, admin: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(streams_module, "BLOCK_CHUNK_MS", 20)
+    monkeypatch.setattr(plans, "BLOCK_CHUNK_MS", 20)
     with Streams(redis_url, PREFIX) as s:
         s.publish_to_stream("chunks", {"old": 1})
         results: queue.Queue[list[Any]] = queue.Queue()
@@ -503,13 +503,13 @@ async def test_subscribe_in_task_survives_redis_restart(redis_server_aof: RedisS
 
 
 def test_follow_plan_resumes_after_its_last_entry_and_backs_off() -> None:
-    plan = streams_module._follow("k", "$", True)
+    plan = plans._follow("k", "$", True)
     assert plan.send(None).args == ("XREVRANGE", "k", "+", "-", "COUNT", 1)  # "$" pinned once
     read = plan.send([[b"5-0", [b"a", b"x"]]])
     assert read.args[-2:] == ("k", "5-0")
     assert read.blocking
     assert plan.send(None).args[-1] == "5-0"  # a block that timed out: read again from the same place
-    assert plan.send([[b"k", [[b"6-0", [b"a", b"y"]]]]]) == streams_module._Emit(("6-0", {"a": "y"}))
+    assert plan.send([[b"k", [[b"6-0", [b"a", b"y"]]]]]) == plans._Emit(("6-0", {"a": "y"}))
     assert plan.send(None).args[-1] == "6-0"
     pauses = []
     for _ in range(7):
@@ -517,7 +517,7 @@ def test_follow_plan_resumes_after_its_last_entry_and_backs_off() -> None:
         pauses.append(pause.seconds)
         assert plan.send(None).args[-1] == "6-0"  # after the pause: resume after the last entry yielded
     assert pauses == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
-    assert plan.send({b"k": [[b"7-0", [b"a", b"z"]]]}) == streams_module._Emit(("7-0", {"a": "z"}))  # RESP3
+    assert plan.send({b"k": [[b"7-0", [b"a", b"z"]]]}) == plans._Emit(("7-0", {"a": "z"}))  # RESP3
     plan.send(None)
     assert plan.throw(RedisConnectionError("gone")).seconds == 0.05  # a success started the back-off over
     plan.send(None)
@@ -526,8 +526,8 @@ def test_follow_plan_resumes_after_its_last_entry_and_backs_off() -> None:
 
 
 def test_group_follow_plan_acks_after_the_body_and_rereads_pending_after_reconnect() -> None:
-    plan = streams_module._follow_group("k", "g", "c", "0", True)
-    emit = streams_module._Emit
+    plan = plans._follow_group("k", "g", "c", "0", True)
+    emit = plans._Emit
     assert plan.send(None).args == ("XGROUP", "CREATE", "k", "g", "0", "MKSTREAM")
     pending = plan.send(b"OK")
     assert pending.args == ("XREADGROUP", "GROUP", "g", "c", "COUNT", 100, "STREAMS", "k", "0")
