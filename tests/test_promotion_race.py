@@ -312,3 +312,44 @@ async def test_lease_taken_after_another_hosts_fill_serves_that_fill(
     if reply[0] == Status.GRANTED:
         b.fail(KEY, reply[1], "RuntimeError", "test over")
     assert reply[:2] == [Status.OK, COMPUTED]  # B must not compute again
+
+
+@pytest.mark.parametrize("write", ["delete", "clear"])
+async def test_read_while_a_local_delete_is_on_its_way_to_redis_is_not_promoted(
+    make_host: Callable[[], Awaitable[Host]], monkeypatch: pytest.MonkeyPatch, write: str
+) -> None:
+    # found by bench/peers.py (W2 stale reads): a delete bumps the version at once but
+    # reaches Redis one round trip later; a read missing L1 in between found the old
+    # value in L2, saw an unchanged version and promoted it for good
+    engine, l2 = await make_host()
+    await engine.set(KEY, OLD, TTL)
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+    pipeline = l2.pipeline
+
+    async def held_pipeline(op: str, build: Callable[[Any], None]) -> list[Any]:
+        entered.set()
+        await gate.wait()
+        return await pipeline(op, build)
+
+    monkeypatch.setattr(l2, "pipeline", held_pipeline)
+    monkeypatch.setattr(l2, "clear", lambda: _after(gate, L2Tier.clear(l2)))
+    pending = asyncio.create_task(engine.delete(KEY) if write == "delete" else engine.clear())
+    await asyncio.wait_for(entered.wait() if write == "delete" else _until_async(engine, KEY), WAIT)
+    assert await _l2_value(l2) == OLD  # Redis still holds the old value
+    reply = await engine.get_miss(KEY)
+    assert reply[0] == Status.MISS
+    assert engine.store.peek(KEY) is None
+    gate.set()
+    await asyncio.wait_for(pending, WAIT)
+    assert await _l2_value(l2) is None
+    assert engine.get_l1(KEY) is None
+
+
+async def _after(gate: asyncio.Event, call: Awaitable[Any]) -> Any:
+    await gate.wait()
+    return await call
+
+
+async def _until_async(engine: CacheEngine, key: str) -> None:
+    await _until(lambda: engine.writes is not None and engine.writes.busy(key), "the clear to be queued")

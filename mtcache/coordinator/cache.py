@@ -20,6 +20,7 @@ from mtcache.coordinator.invalidation import InvalidationStream, new_origin
 from mtcache.coordinator.l2 import Envelope, L2Tier
 from mtcache.coordinator.leases import DistributedLeases, LeaseRegistry
 from mtcache.coordinator.store import L1Store
+from mtcache.coordinator.writes import WriteQueue
 from mtcache.errors import L2Error
 from mtcache.mirror import MirrorWriter
 from mtcache.protocol import Status
@@ -79,9 +80,8 @@ class CacheEngine:
         self._fill_events: dict[str, asyncio.Event] = {}
         self._stale_dropped = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        # L2 writes go one at a time so that two sets of one key reach Redis in the
-        # order they reached L1 (a connection pool would otherwise reorder them).
-        self._l2_write_lock = asyncio.Lock()
+        # every L2 write goes through one ordered, batching queue (see writes.py)
+        self.writes = WriteQueue(l2) if l2 is not None else None
         self._reconnect_task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
         self.counters: dict[str, int] = dict.fromkeys(
@@ -114,6 +114,8 @@ class CacheEngine:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.writes is not None:
+            await self.writes.close()
         if self.inval is not None:
             await self.inval.close()
         if self.l2 is not None:
@@ -216,6 +218,14 @@ class CacheEngine:
             self._start_reconnect()
             return None
 
+    async def _write(self, key: str, build: Callable[[Any], None]) -> list[Any] | None:
+        """Queue an L2 write of ``key`` (see writes.py); its replies, or None if
+        Redis is down or failed."""
+        writes = self.writes
+        if writes is None:
+            return None
+        return await self._l2(lambda l2: writes.write(key, build))
+
     def _start_reconnect(self) -> None:
         if self._reconnect_task is None or self._reconnect_task.done():
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
@@ -259,6 +269,10 @@ class CacheEngine:
         """
         if self.l2 is None or not self.l2_up:
             return None
+        if self.writes is not None and self.writes.busy(key):
+            # a write of this key is on its way to Redis: what L2 holds now may be
+            # what it replaces (a delete's old value), so do not read it back
+            return None
         before = self.version_of(key)
         found = self._usable(await self._l2(lambda l2: l2.get(key)))
         if found is None:
@@ -293,8 +307,7 @@ class CacheEngine:
             self.l2.queue_set(pipe, key, value, ttl)
             self._publish(pipe, "set", key)
 
-        async with self._l2_write_lock:
-            await self._l2(lambda l2: l2.pipeline("set", build))
+        await self._write(key, build)
         return [Status.OK, version]
 
     async def delete(self, key: str) -> Reply:
@@ -309,8 +322,7 @@ class CacheEngine:
             self.l2.queue_delete(pipe, key)
             self._publish(pipe, "del", key)
 
-        async with self._l2_write_lock:
-            replies = await self._l2(lambda l2: l2.pipeline("delete", build))
+        replies = await self._write(key, build)
         return [Status.OK, bool(existed or (replies and replies[0]))]
 
     async def clear(self) -> Reply:
@@ -319,9 +331,9 @@ class CacheEngine:
         self.counters["clears"] += 1
         removed = self._l1_clear()
         self.table.bump_all()
-        async with self._l2_write_lock:
-            removed += await self._l2(lambda l2: l2.clear()) or 0
-            await self._l2(lambda l2: l2.pipeline("clear", lambda pipe: self._publish(pipe, "clear")))
+        writes = self.writes
+        if writes is not None:
+            removed += await self._l2(lambda l2: writes.clear(lambda pipe: self._publish(pipe, "clear"))) or 0
         return [Status.OK, removed]
 
     # -- leases -------------------------------------------------------------
@@ -433,8 +445,7 @@ class CacheEngine:
                 self.dist.queue_release(pipe, key)
                 self._publish(pipe, "fill", key)
 
-        async with self._l2_write_lock:
-            await self._l2(lambda l2: l2.pipeline("fill", build))
+        await self._write(key, build)
         return [Status.OK, current, True]
 
     def fail(self, key: str, token: bytes, exc_type: str, message: str) -> Reply:
@@ -472,6 +483,8 @@ class CacheEngine:
             "l2": self.l2.stats() if self.l2 is not None else {},
             **(self.inval.stats() if self.inval is not None else {}),
             "mirror": self.mirror.stats() if self.mirror is not None else {},
+            "l2_write_batches": self.writes.batches if self.writes is not None else 0,
+            "l2_writes": self.writes.writes if self.writes is not None else 0,
         }
 
     def health(self) -> dict[str, Any]:

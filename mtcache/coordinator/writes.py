@@ -1,0 +1,142 @@
+"""Ordered, batched L2 writes.
+
+Every write the coordinator sends to Redis (a set with its stream entry, a
+delete, a fill, a clear) goes through one :class:`WriteQueue`. One task sends
+everything queued so far in a single pipelined round trip, in queue order:
+two writes of one key reach Redis in the order they reached L1 (a connection
+pool would reorder them), and a burst of writes costs one round trip, not one
+each (a lock around each write made them queue behind one another).
+
+The queue also knows which keys have a write in flight: until Redis has done
+it, an L1 miss must not read the key from L2 and promote what it finds there,
+which may be the value a delete or clear is about to remove.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mtcache.coordinator.l2 import L2Tier
+from mtcache.errors import L2Error
+
+__all__ = ["WriteQueue"]
+
+Build = Callable[[Any], None]
+
+
+@dataclass(eq=False)
+class _Item:
+    build: Build
+    key: str | None
+    clear: bool
+    fut: asyncio.Future[list[Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class WriteQueue:
+    """Writes to ``l2`` in order, batched; see the module docstring."""
+
+    def __init__(self, l2: L2Tier) -> None:
+        self.l2 = l2
+        self._queue: deque[_Item] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._pending: Counter[str] = Counter()
+        self._clearing = 0
+        self.batches = 0
+        self.writes = 0
+
+    def busy(self, key: str) -> bool:
+        """True while a write of ``key`` (or a clear) is queued or in flight."""
+        return self._clearing > 0 or key in self._pending
+
+    async def write(self, key: str | None, build: Build) -> list[Any]:
+        """Queue the commands ``build(pipe)`` adds; return their replies once Redis
+        has run them.
+
+        :raises L2Error: the round trip that carried them failed.
+        """
+        item = _Item(build, key, clear=False)
+        if key is not None:
+            self._pending[key] += 1
+        return await self._enqueue(item)
+
+    async def clear(self, build: Build) -> int:
+        """Remove every value of the namespace (after every write queued before),
+        then run ``build(pipe)`` (its stream entry); the number of values removed.
+
+        :raises L2Error: Redis failed.
+        """
+        self._clearing += 1
+        return (await self._enqueue(_Item(build, None, clear=True)))[0]
+
+    async def _enqueue(self, item: _Item) -> list[Any]:
+        self._queue.append(item)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._flush())
+        return await item.fut
+
+    async def close(self) -> None:
+        """Stop sending; queued writes fail with L2Error."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        error = L2Error("the coordinator is stopping")
+        while self._queue:
+            self._settle([self._queue.popleft()], error=error)
+
+    async def _flush(self) -> None:
+        queue = self._queue
+        while queue:
+            if queue[0].clear:
+                item = queue.popleft()
+                try:
+                    removed = await self.l2.clear()
+                    await self.l2.pipeline("clear", item.build)
+                except L2Error as exc:
+                    self._settle([item], error=exc)
+                else:
+                    self._settle([item], replies=[removed])
+                continue
+            batch: list[_Item] = []
+            while queue and not queue[0].clear:
+                batch.append(queue.popleft())
+            counts: list[int] = []
+
+            def build_all(pipe: Any, batch: list[_Item] = batch, counts: list[int] = counts) -> None:
+                for item in batch:
+                    before = len(pipe.command_stack)
+                    item.build(pipe)
+                    counts.append(len(pipe.command_stack) - before)
+
+            self.batches += 1
+            self.writes += len(batch)
+            try:
+                replies = await self.l2.pipeline("write", build_all)
+            except L2Error as exc:
+                self._settle(batch, error=exc)
+            else:
+                start = 0
+                for item, count in zip(batch, counts, strict=True):
+                    self._settle([item], replies=replies[start : start + count])
+                    start += count
+
+    def _settle(self, items: list[_Item], *, replies: list[Any] | None = None, error: L2Error | None = None) -> None:
+        for item in items:
+            if item.key is not None:
+                self._pending[item.key] -= 1
+                if self._pending[item.key] <= 0:
+                    del self._pending[item.key]
+            if item.clear:
+                self._clearing -= 1
+            if item.fut.done():
+                continue
+            if error is not None:
+                item.fut.set_exception(error)
+                item.fut.exception()  # retrieved here: its caller may have gone (a closed connection)
+            else:
+                item.fut.set_result(replies or [])
