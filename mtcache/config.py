@@ -99,7 +99,10 @@ def resolve_redis_url(
 class Settings:
     """Every mtcache setting, resolved once (see the module docstring for priority).
 
-    Sizes are in bytes, durations in seconds.
+    Sizes are in bytes, durations in seconds. Each tier has a longest lifetime:
+    an entry lives ``min(its TTL, l1_ttl)`` in L1 and ``min(its TTL, l2_ttl)`` in
+    Redis, so a strategy longer than ``l2_ttl`` (``LONG_TERM``, 3 h, against the
+    1 h default) needs ``l2_ttl`` raised to take full effect.
     """
 
     redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)

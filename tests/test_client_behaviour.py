@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -589,3 +590,20 @@ async def test_coordinator_killed_under_load_async(coordinator: CoordinatorProce
         assert stats.local_computes >= 1
         assert stats.coordinator_errors >= 1
         assert stats.coordinator["connections"] >= 1
+
+
+def test_each_tier_keeps_an_entry_at_most_its_longest_lifetime(short_tmp: Path, redis_server: RedisServer) -> None:
+    # L1 lives min(ttl, MTCACHE_L1_TTL), Redis min(ttl, MTCACHE_L2_TTL)
+    proc = CoordinatorProcess(
+        short_tmp / "ttl.sock", redis_url=redis_server.url, env={"MTCACHE_L2_TTL": "120", "MTCACHE_L1_TTL": "60"}
+    )
+    proc.start()
+    try:
+        with Client(proc.socket_path, spawn=False) as c:
+            c.set("long", "v", strategy=CacheStrategy.LONG_TERM)
+            c.set("short", "v", ttl=30)
+        with redis_server.client() as r:
+            assert 110_000 < r.pttl("mtcache:default:v1:k:long") <= 120_000
+            assert 20_000 < r.pttl("mtcache:default:v1:k:short") <= 30_000
+    finally:
+        proc.stop()

@@ -304,7 +304,7 @@ class CacheEngine:
 
         def build(pipe: Any) -> None:
             assert self.l2 is not None
-            self.l2.queue_set(pipe, key, value, ttl)
+            self.l2.queue_set(pipe, key, value, min(ttl, self.settings.l2_ttl))
             self._publish(pipe, "set", key)
 
         await self._write(key, build)
@@ -440,7 +440,7 @@ class CacheEngine:
 
         def build(pipe: Any) -> None:
             assert self.l2 is not None
-            self.l2.queue_set(pipe, key, value, ttl, nx=True)
+            self.l2.queue_set(pipe, key, value, min(ttl, self.settings.l2_ttl), nx=True)
             if cross_host and self.dist is not None:
                 self.dist.queue_release(pipe, key)
                 self._publish(pipe, "fill", key)
