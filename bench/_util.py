@@ -7,10 +7,10 @@ import platform
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -22,9 +22,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Server:
+    """A throwaway server process: its address (a Redis URL or a socket path) and pid."""
+
+    address: str
+    pid: int
+
+
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
     """A throwaway redis-server on a free port; yields its URL."""
+    with redis_server_process() as server:
+        yield server.address
+
+
+@contextlib.contextmanager
+def redis_server_process() -> Iterator[Server]:
+    """A throwaway redis-server on a free port; yields its URL and pid."""
     port = free_port()
     folder = tempfile.mkdtemp(prefix="mtcache-bench-redis-")
     proc = subprocess.Popen(
@@ -44,33 +59,45 @@ def redis_server() -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
-        yield url
+        yield Server(url, proc.pid)
     finally:
         proc.terminate()
         proc.wait()
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def redis_server_version() -> str:
+    """The version of the ``redis-server`` on PATH, e.g. ``"7.0.15"``."""
+    out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, check=True).stdout
+    for word in out.split():
+        if word.startswith("v="):
+            return word[2:]
+    return out.strip()
+
+
 @contextlib.contextmanager
 def coordinator(redis_url: str | None, *extra: str) -> Iterator[str]:
     """A coordinator process on a temporary socket; yields the socket path."""
-    from mtcache.client.spawn import can_connect
+    with coordinator_process(redis_url, *extra) as server:
+        yield server.address
+
+
+@contextlib.contextmanager
+def coordinator_process(redis_url: str | None, *extra: str) -> Iterator[Server]:
+    """A coordinator process on a temporary socket; yields the socket path and pid."""
+    from mtcache.client.spawn import start_coordinator, stop_coordinator
 
     folder = Path(tempfile.mkdtemp(prefix="mtc-bench-"))
     sock = str(folder / "c.sock")
-    cmd = [sys.executable, "-m", "mtcache.coordinator", "--socket", sock, "--log-level", "WARNING", *extra]
-    cmd += ["--redis-url", redis_url] if redis_url else ["--no-redis"]
-    proc = subprocess.Popen(cmd)
     try:
-        deadline = time.monotonic() + 15
-        while not can_connect(sock):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("coordinator did not start")
-            time.sleep(0.01)
-        yield sock
+        proc = start_coordinator(
+            sock, redis_url=redis_url, no_redis=redis_url is None, extra=("--log-level", "WARNING", *extra)
+        )
+        try:
+            yield Server(sock, proc.pid)
+        finally:
+            stop_coordinator(proc)
     finally:
-        proc.terminate()
-        proc.wait()
         shutil.rmtree(folder, ignore_errors=True)
 
 
