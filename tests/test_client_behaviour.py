@@ -23,6 +23,7 @@ import pytest
 from mtcache import AsyncClient, CacheStrategy, Client, ComputeError, Health, Stats
 from tests.coordinator_proc import CoordinatorProcess
 from tests.redis_server import RedisServer
+from tests.waiting import wait_for_waiters, wait_for_waiters_async
 
 #: Longest wait for anything in these tests; generous for a loaded 2-core machine.
 DEADLINE = 20.0
@@ -99,26 +100,6 @@ async def open_handle(kind: str, coordinator: CoordinatorProcess) -> AsyncIterat
         await handle.close()
 
 
-def wait_for_waiters(socket_path: str, count: int) -> bool:
-    """Poll the coordinator until ``count`` callers wait on leases (True), or the deadline passes (False)."""
-    deadline = time.monotonic() + DEADLINE
-    with Client(socket_path, spawn=False, near_capacity=0) as probe:
-        while time.monotonic() < deadline:
-            if probe.stats().coalesced >= count:
-                return True
-            time.sleep(0.01)  # poll interval of a deadline-bounded wait
-    return False
-
-
-async def wait_for_waiters_async(socket_path: str, count: int) -> bool:
-    """:func:`wait_for_waiters` for the event loop."""
-    deadline = time.monotonic() + DEADLINE
-    async with AsyncClient(socket_path, spawn=False, near_capacity=0) as probe:
-        while time.monotonic() < deadline:
-            if (await probe.stats()).coalesced >= count:
-                return True
-            await asyncio.sleep(0.01)  # poll interval of a deadline-bounded wait
-    return False
 
 
 # -- near cache -----------------------------------------------------------------

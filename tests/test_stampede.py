@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 from mtcache import AsyncClient, Client
 from tests.coordinator_proc import CoordinatorProcess, kill_spawned
 from tests.redis_server import RedisServer
+from tests.waiting import wait_for_waiters, wait_for_waiters_async
 
 #: Longest wait for anything in these tests; generous for a loaded 2-core machine.
 DEADLINE = 30.0
@@ -37,30 +37,10 @@ VALUE = {"answer": 42, "items": [1, 2, 3]}
 def context() -> Any:
     """A forkserver context whose server has mtcache imported already (cheap workers)."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["mtcache", "tests.test_stampede"])
+    ctx.set_forkserver_preload(["mtcache", "tests.waiting", "tests.test_stampede"])
     return ctx
 
 
-def wait_for_waiters(socket_path: str, count: int, timeout: float = DEADLINE) -> bool:
-    """Poll the coordinator until ``count`` callers wait on leases (True), or ``timeout`` passes (False)."""
-    deadline = time.monotonic() + timeout
-    with Client(socket_path, spawn=False, near_capacity=0) as probe:
-        while time.monotonic() < deadline:
-            if probe.stats().coalesced >= count:
-                return True
-            time.sleep(0.01)  # poll interval of a deadline-bounded wait
-    return False
-
-
-async def wait_for_waiters_async(socket_path: str, count: int) -> bool:
-    """:func:`wait_for_waiters` for the event loop."""
-    deadline = time.monotonic() + DEADLINE
-    async with AsyncClient(socket_path, spawn=False, near_capacity=0) as probe:
-        while time.monotonic() < deadline:
-            if (await probe.stats()).coalesced >= count:
-                return True
-            await asyncio.sleep(0.01)  # poll interval of a deadline-bounded wait
-    return False
 
 
 def error(exc: BaseException) -> tuple[str, str]:

@@ -91,7 +91,7 @@ def worker(n: int, socket_path: str, seconds: float, burst_at: float, out: mp.Qu
             time.sleep(0.0005)  # pacing: a web worker does other work between cache calls
         s = client.stats()
         out.put((n, requests, computes, latencies))
-        out.put(("near", n, s.near_hits, s.near_misses))
+        out.put(("near", n, s.near_hits, s.near_misses, s.mirror_hits))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -109,8 +109,10 @@ def render(elapsed: float, seconds: float, totals: dict[str, float], lat: list[f
         f"  requests                 {req:>10,.0f}",
         f"  computations             {totals['computes']:>10,.0f}   "
         f"({totals['computes'] / max(req, 1):.2%} of requests)",
-        f"  near hit rate (workers)  {totals['near_rate']:>10.1%}   (reported at the end)",
-        f"  L1 hits / misses         {st.l1_hits:>10,} / {st.l1_misses:,}   ({st.l1_hit_rate:.1%})",
+        f"  near hit rate (workers)  {totals['near_rate']:>10.1%}   (workers report near and mirror "
+        f"hits at the end)",
+        f"  L1 hits: mirror / socket {totals['mirror_hits']:>10,.0f} / {st.l1_hits:,}   "
+        f"L1 misses {st.l1_misses:,}",
         f"  L2 hits / misses         {st.l2_hits:>10,} / {st.l2_misses:,}   promotions {st.promotions:,}",
         f"  leases granted           {st.coordinator.get('leases_granted', 0):>10,}   "
         f"coalesced waiters {st.coalesced:,}",
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                      for n in range(args.workers)]
             for proc in procs:
                 proc.start()
-            totals = {"requests": 0.0, "computes": 0.0, "workers": args.workers, "near_rate": 0.0,
+            totals = {"requests": 0.0, "computes": 0.0, "workers": args.workers, "near_rate": 0.0, "mirror_hits": 0.0,
                       "mode": admin.health().mode + ("" if use_redis else " (L1 only)")}
             latencies: list[float] = []
             near = [0, 0]
@@ -167,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                     if item[0] == "near":
                         near[0] += item[2]
                         near[1] += item[3]
+                        totals["mirror_hits"] += item[4]
                         continue
                     _, r, c, lat = item
                     totals["requests"] += r

@@ -179,6 +179,29 @@ class ClientCore:
         """False while backing off after the coordinator failed to answer."""
         return not self._retry_at or time.monotonic() >= self._retry_at
 
+    def begin_compute(
+        self,
+        key: object,
+        fn: object,
+        strategy: CacheStrategy | None,
+        ttl: float | timedelta | None,
+        timeout: float | None,
+    ) -> tuple[str, float, float, Any]:
+        """Check ``get_or_compute``'s arguments and look in near and the mirror:
+        ``(key, ttl seconds, wait seconds, value or MISSING)``.
+
+        :raises TypeError, ValueError: an argument is invalid (``fn`` not callable too).
+        """
+        key = self.check_key(key)
+        seconds = self.ttl_for(strategy, ttl)
+        wait = self.lease_wait(timeout)
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+        value = self.near.get(key)
+        if value is MISSING:
+            value = self.from_mirror(key)
+        return key, seconds, wait, value
+
     def _detach_mirror(self) -> None:
         mirror, self.mirror = self.mirror, None
         if mirror is not None:

@@ -206,14 +206,7 @@ class AsyncClient(ClientBase):
         request per key."""
         self._check_fork()
         core = self._core
-        key = core.check_key(key)
-        seconds = core.ttl_for(strategy, ttl)
-        wait = core.lease_wait(timeout)
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
-        value = self._near.get(key)
-        if value is MISSING:
-            value = core.from_mirror(key)
+        key, seconds, wait, value = core.begin_compute(key, fn, strategy, ttl, timeout)
         if value is not MISSING:
             return value
         flight = self._flights.get(key)

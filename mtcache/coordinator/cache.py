@@ -248,21 +248,23 @@ class CacheEngine:
             return None
         return [Status.OK, value, self.version_of(key), self.store.remaining_ttl(key) or 0.0]
 
-    def _usable(self, found: tuple[Envelope, float] | None) -> tuple[bytes, float] | None:
+    def _usable(self, found: tuple[Envelope, float] | None, count_miss: bool) -> tuple[bytes, float] | None:
         if found is None:
-            self.counters["l2_misses"] += 1
+            self.counters["l2_misses"] += count_miss
             return None
         env, remaining = found
         logical_left = env.logical_expiry_ms / 1000.0 - time.time()
         ttl = min(remaining, logical_left)
         if ttl <= 0:
-            self.counters["l2_misses"] += 1
+            self.counters["l2_misses"] += count_miss
             return None
         self.counters["l2_hits"] += 1
         return env.value, ttl
 
-    async def _read_l2(self, key: str) -> Reply | None:
+    async def _read_l2(self, key: str, *, recheck: bool = False) -> Reply | None:
         """Read ``key`` from L2 and promote it into L1 if no write raced the read.
+        A ``recheck`` (looking again for a key already counted as a miss, while
+        waiting for another host) counts its hit but not its miss.
 
         Returns the reply for a hit, None for a miss. If a set or delete of the key
         happened while the read was in flight, the L1 state (newer) wins.
@@ -274,7 +276,7 @@ class CacheEngine:
             # what it replaces (a delete's old value), so do not read it back
             return None
         before = self.version_of(key)
-        found = self._usable(await self._l2(lambda l2: l2.get(key)))
+        found = self._usable(await self._l2(lambda l2: l2.get(key)), count_miss=not recheck)
         if found is None:
             return None
         if self.version_of(key) != before:
@@ -381,7 +383,7 @@ class CacheEngine:
                 self._redis_leases.add(key)
                 # another host may have filled and released between our L2 miss and
                 # the take: look once more, or we would compute what L2 already holds
-                reply = await self._read_l2(key)
+                reply = await self._read_l2(key, recheck=True)
                 if reply is not None:
                     self.leases.finish(key, token, ("value", *reply[1:]))  # also frees the Redis lease
                     return reply
@@ -400,7 +402,7 @@ class CacheEngine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), min(delay, remaining))
             delay = min(delay * 2, 0.5)
-            reply = await self._read_l2(key)
+            reply = await self._read_l2(key, recheck=True)
             if reply is not None:
                 self.leases.finish(key, token, ("value", *reply[1:]))
                 return reply
