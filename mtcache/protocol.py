@@ -214,6 +214,6 @@ def validate_request(msg: list[Any]) -> tuple[int, int, list[Any]]:
         elif want == "seconds":
             if not _num(arg) or not 0 <= arg < 1e9:
                 raise ProtocolError(f"argument {i} of op {op} must be a non-negative duration, got {arg!r}")
-        elif not isinstance(arg, want) or isinstance(arg, bool):  # type: ignore[arg-type]
+        elif isinstance(want, type) and (not isinstance(arg, want) or isinstance(arg, bool)):
             raise ProtocolError(f"argument {i} of op {op} must be {want.__name__}, got {type(arg).__name__}")
     return op, rid, args

@@ -142,7 +142,8 @@ class InvalidationStream:
                     self.connected = self.ever_connected = True
                     self.disconnected_since = None
                     delay = 0.05
-                reply = await self._reader.xread({self.stream: self.last_id or "0-0"}, count=BATCH, block=BLOCK_MS)
+                # redis-py's stubs type these replies loosely: they are the raw RESP shapes
+                reply: Any = await self._reader.xread({self.stream: self.last_id or "0-0"}, count=BATCH, block=BLOCK_MS)
                 for _stream, entries in reply or ():
                     for entry_id, fields in entries:
                         self._apply(entry_id.decode(), fields)
@@ -157,7 +158,7 @@ class InvalidationStream:
     async def _resync(self) -> None:
         """On (re)connect: find where to read from, and whether Redis lost entries."""
         r = self._reader
-        epoch = await r.set(self.epoch_key, secrets.token_hex(8), nx=True, get=True)
+        epoch: Any = await r.set(self.epoch_key, secrets.token_hex(8), nx=True, get=True)
         if epoch is None:  # we just created it: Redis had no epoch
             epoch = await r.get(self.epoch_key)
         restarted = self.epoch is not None and epoch != self.epoch
@@ -171,7 +172,7 @@ class InvalidationStream:
             # the first connection: whatever L1 took in before it (a coordinator that
             # started while the reader could not connect) saw no invalidations
             self._on_clear(False)
-        newest = await r.xrevrange(self.stream, count=1)
+        newest: Any = await r.xrevrange(self.stream, count=1)
         if newest:
             entry_id, fields = newest[0]
             self.last_id = entry_id.decode()

@@ -22,7 +22,7 @@ import signal
 import socket
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from mtcache.config import Settings
 from mtcache.coordinator.cache import CacheEngine
@@ -55,13 +55,14 @@ class _Connection(asyncio.Protocol):
         self.peer_pid = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+        # uvloop's transports are not subclasses of asyncio.Transport, but have its methods
+        self.transport = tr = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
         if uid != os.getuid():
             log.warning("refused a connection from uid %d (pid %d): only uid %d may connect", uid, pid, os.getuid())
             self.server.counters["refused"] += 1
-            transport.abort()
+            tr.abort()
             return
         self.peer_pid = pid
         self.server.connections.add(self)
