@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -83,21 +84,41 @@ class CoordinatorProcess:
         self.start()
 
 
-def kill_spawned(socket_path: str) -> None:
-    """Kill a coordinator that a client spawned (detached) on ``socket_path``: its pid
-    is found by the lock it holds (``<socket>.lock``), via /proc."""
+def _lock_holders(socket_path: str) -> list[int]:
     target = os.path.realpath(f"{socket_path}.lock")
+    pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            fds = list((entry / "fd").iterdir())
+            if any(os.readlink(fd) == target for fd in (entry / "fd").iterdir()):
+                pids.append(int(entry.name))
         except OSError:
             continue
-        for fd in fds:
-            try:
-                if os.readlink(fd) == target:
-                    os.kill(int(entry.name), signal.SIGKILL)
-                    break
-            except OSError:
-                continue
+    return pids
+
+
+def _running(pid: int) -> bool:
+    # a zombie (state Z) has exited: whoever adopted it may not have reaped it yet
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def kill_spawned(socket_path: str) -> None:
+    """Stop a coordinator that a client spawned (detached, not our child) on
+    ``socket_path``, found by the lock it holds (``<socket>.lock``) via /proc:
+    SIGTERM, so it removes its socket and shared memory, then SIGKILL if it is
+    still there after the deadline."""
+    pids = _lock_holders(socket_path)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if _running(pid)]
+        time.sleep(0.02)  # waiting for the processes to exit, with a deadline
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
