@@ -86,3 +86,13 @@ def coordinator_no_redis(short_tmp: Path) -> Iterator[CoordinatorProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_leftover_segments() -> Iterator[None]:
+    """Tests kill coordinators with SIGKILL on purpose; what those leave in shared
+    memory is removed at the end (a coordinator starting later would remove it too)."""
+    from mtcache.shm import remove_orphans
+
+    yield
+    remove_orphans()
