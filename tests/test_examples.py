@@ -38,6 +38,8 @@ def _run(name: str, *args: str, redis_url: str, cwd: Path) -> subprocess.Complet
         ("strategies.py", ["CacheStrategy.LONG_TERM", "gone after",
                            "get_or_compute 3 times with REALTIME: the function ran 1 time(s)", "strategies: ok"]),
         ("advanced.py", ["it ran 1 time(s)", "-> CacheTimeout:", "-> ComputeError:", "advanced: ok"]),
+        ("streams.py", ["newest 3: ['299', '298', '297']", "create_consumer_group: True, again: False",
+                        "worker-2 claimed 5 entries", "streams: ok"]),
     ],
 )
 def test_example_with_redis(name: str, lines: list[str], redis_server: RedisServer, tmp_path: Path) -> None:
