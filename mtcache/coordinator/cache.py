@@ -101,6 +101,11 @@ class CacheEngine:
         self.inval.start()
         if await self.l2.ping():
             self.l2_up = True
+            # let the stream reader find its start before serving the first request:
+            # its first connection drops whatever L1 holds (none of it saw the stream),
+            # which should be nothing, not the first values workers set
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.inval.synced.wait(), 2 * self.settings.redis_timeout)
         else:
             log.warning("Redis at %s does not answer; serving L1 only until it does", self.settings.redacted_redis_url)
             self._start_reconnect()

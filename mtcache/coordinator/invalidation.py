@@ -98,6 +98,8 @@ class InvalidationStream:
         self.disconnected_since: float | None = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        #: set once the reader has connected and found where to read from
+        self.synced = asyncio.Event()
         self.counters = dict.fromkeys(
             ("invalidations_sent", "invalidations_received", "invalidations_applied", "invalidation_gaps",
              "fill_notices_received"),
@@ -140,6 +142,7 @@ class InvalidationStream:
                 if not self.connected:
                     await self._resync()
                     self.connected = self.ever_connected = True
+                    self.synced.set()
                     self.disconnected_since = None
                     delay = 0.05
                 # redis-py's stubs type these replies loosely: they are the raw RESP shapes
