@@ -24,13 +24,18 @@ import mmap
 import os
 import secrets
 import tempfile
+import time
 import zlib
 from pathlib import Path
 
-__all__ = ["DEFAULT_SLOTS", "VersionTable", "remove_orphans", "shm_dir", "slot_of"]
+__all__ = ["DEFAULT_SLOTS", "LIVENESS_MS", "VersionTable", "remove_orphans", "shm_dir", "slot_of"]
 
 DEFAULT_SLOTS = 65_536
-_HEADER_WORDS = 8  # magic, slots, generation, reserved...
+_HEADER_WORDS = 8  # magic, slots, generation, heartbeat, reserved...
+_HEARTBEAT = 3
+#: A table whose heartbeat is older than this (ms) belongs to a coordinator that is
+#: gone: its counters no longer move, so nothing validated against them is trusted.
+LIVENESS_MS = 3_000
 _MAGIC = 0x4D54_4341_4348_0001  # "MTCACH" + layout 1
 
 
@@ -89,6 +94,8 @@ class VersionTable:
         self._words = memoryview(mm).cast("Q")
         #: the counters themselves, for readers on a hot path (``counters[slot]``)
         self.counters = self._words[_HEADER_WORDS:]
+        #: the header words, for readers on a hot path (``header[3]`` is the heartbeat)
+        self.header = self._words
 
     @classmethod
     def create(
@@ -112,6 +119,7 @@ class VersionTable:
         table = cls(path, mm, slots, owner=True)
         table._words[1] = slots
         table._words[2] = int.from_bytes(secrets.token_bytes(7), "little")
+        table.beat()
         table._words[0] = _MAGIC
         return table
 
@@ -142,6 +150,20 @@ class VersionTable:
     def generation(self) -> int:
         """A random number fixed at creation: tells two tables at one path apart."""
         return self._words[2]
+
+    def beat(self) -> None:
+        """The coordinator is alive (it calls this every sweep): store the time, in
+        ``CLOCK_MONOTONIC`` milliseconds, the same clock in every process of the host."""
+        self._words[_HEARTBEAT] = int(time.monotonic() * 1000)
+
+    def retire(self) -> None:
+        """The coordinator stops: from now on no reader trusts this table."""
+        self._words[_HEARTBEAT] = 0
+
+    def alive(self, now: float | None = None) -> bool:
+        """True while the heartbeat is fresh (``now`` in ``time.monotonic()`` seconds)."""
+        now = time.monotonic() if now is None else now
+        return now * 1000 < self._words[_HEARTBEAT] + LIVENESS_MS
 
     def slot(self, key: str) -> int:
         """The slot of ``key``."""

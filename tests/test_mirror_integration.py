@@ -113,3 +113,39 @@ def test_coordinator_without_mirror_serves_through_the_socket(short_tmp: Path, s
             assert c._core.hello_info["mirror"] is None
     finally:
         proc.stop()
+
+
+def test_near_copies_die_with_their_coordinator(coordinator: CoordinatorProcess) -> None:
+    # review finding: after a restart a hot key never went back to the socket, so a worker
+    # kept serving its near copy (tied to the old coordinator's table) after a newer write
+    import time
+
+    with Client(coordinator.socket_path, spawn=False) as a, Client(coordinator.socket_path, spawn=False) as b:
+        a.set("k", "old")
+        assert a.get("k") == "old" and a.get("k") == "old"  # a near copy now
+        coordinator.stop()  # a clean stop retires the table at once
+        coordinator.start()
+        deadline = time.monotonic() + 20
+        while b.health().coordinator != "ok":
+            assert time.monotonic() < deadline
+        b.set("k", "new")
+        while True:  # a reconnects (after its back-off); it never serves "old" meanwhile
+            value = a.get("k")
+            assert value != "old"
+            if value == "new":
+                break
+            assert time.monotonic() < deadline
+
+
+def test_near_copies_of_a_killed_coordinator_expire_with_its_heartbeat(coordinator: CoordinatorProcess) -> None:
+    import time
+
+    from mtcache.shm import LIVENESS_MS
+
+    with Client(coordinator.socket_path, spawn=False, near_max_age=3600) as a:
+        a.set("k", "old")
+        assert a.get("k") == "old"
+        coordinator.kill()  # no clean-up: the table's counters just stop moving
+        killed = time.monotonic()
+        while a.get("k") == "old":
+            assert time.monotonic() - killed < LIVENESS_MS / 1000 + 10, "a dead coordinator's copy lived on"

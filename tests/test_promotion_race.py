@@ -115,6 +115,7 @@ def _near_would_serve(engine: CacheEngine, reply: list[Any]) -> bytes | None:
         return None
     near = NearCache(16, 1 << 20, 60.0)
     near.table = engine.table
+    engine.table.beat()  # what the coordinator's sweeper does: a table that does not beat is not trusted
     near.put(KEY, reply[1], reply[1], reply[2], reply[3])
     served = near.get(KEY)
     return None if served is NearCache.MISSING else served

@@ -215,7 +215,7 @@ class ClientCore:
         new version."""
         mirror = self.mirror
         table = self.near.table
-        if mirror is None or table is None:
+        if mirror is None or table is None or not table.alive():
             return MISSING
         version = table.counters[table.slot(key)]
         data = mirror.get(key)

@@ -3,7 +3,9 @@
 Bounded by entries, by bytes (the encoded size) and by age. Every hit checks
 the key's counter in the coordinator's shared-memory version table: a copy
 whose counter moved is a miss, so a worker never serves a near copy older than
-the last write its coordinator acknowledged.
+the last write its coordinator acknowledged. A table whose heartbeat stopped (its
+coordinator stopped or died, and its counters will never move again) makes
+every copy a miss.
 
 Values are held decoded and returned as they are, as ``functools.lru_cache``
 does: callers must not mutate them. With ``copy_on_read=True`` the encoded bytes
@@ -18,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from mtcache.shm import VersionTable
+from mtcache.shm import LIVENESS_MS, VersionTable
 
 __all__ = ["NearCache"]
 
@@ -82,10 +84,13 @@ class NearCache:
             item = self._data.get(key)
             if item is not None:
                 value, slot, version, expires_at, size = item
-                if table is not None and table.counters[slot] == version and self._clock() < expires_at:
-                    self._data.move_to_end(key)
-                    self.hits += 1
-                    return self._decode(value) if self.copy_on_read else value  # type: ignore[misc]
+                if table is not None and table.counters[slot] == version:
+                    now = self._clock()
+                    # and the coordinator still beats: a dead one's counters never move again
+                    if now < expires_at and now * 1000 < table.header[3] + LIVENESS_MS:
+                        self._data.move_to_end(key)
+                        self.hits += 1
+                        return self._decode(value) if self.copy_on_read else value  # type: ignore[misc]
                 del self._data[key]
                 self._bytes -= size
             self.misses += 1

@@ -135,6 +135,7 @@ class CacheEngine:
         only what this host wrote or computed since; when the reader is back, the
         stream is replayed (or L1 dropped again on a gap).
         """
+        self.table.beat()
         inval = self.inval
         bound = self.settings.staleness_bound
         if inval is not None and inval.ever_connected and inval.disconnected_since is not None:

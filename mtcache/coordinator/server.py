@@ -292,6 +292,7 @@ class Coordinator:
         if self.mirror is not None:
             self.mirror.close()
         if self.table is not None:
+            self.table.retire()  # workers stop trusting their near copies at once
             self.table.close()
         if self._lock_fd is not None:
             os.ftruncate(self._lock_fd, 0)
