@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -292,3 +293,30 @@ async def test_stats_is_a_frozen_snapshot() -> None:
     assert snap.granted == 0
     with pytest.raises(AttributeError):
         snap.granted = 5  # type: ignore[misc]
+
+
+async def test_a_fill_older_than_a_delete_reaches_no_waiter(tmp_path: Path) -> None:
+    # review finding: a caller that asked after delete() returned was handed the holder's
+    # computation from before the delete; now the lease passes on and that caller computes
+    from mtcache.config import Settings
+    from mtcache.coordinator.cache import CacheEngine
+    from mtcache.protocol import Status
+    from mtcache.shm import VersionTable
+
+    settings = Settings.load(socket_path=str(tmp_path / "x.sock"), environ={}, cwd=tmp_path)
+    table = VersionTable.create(1024, directory=tmp_path)
+    engine = CacheEngine(settings, table, None)
+    try:
+        holder, late = object(), object()
+        granted = await engine.lease_miss(holder, "k", 5.0)
+        assert granted[0] == Status.GRANTED
+        await engine.delete("k")  # the application changed the source, then deleted the key
+        waiting = asyncio.create_task(engine.lease_miss(late, "k", 5.0))
+        await asyncio.sleep(0)  # let the late caller register as a waiter
+        assert (await engine.fill("k", granted[1], b"OLD-ROW", 60.0))[2] is False  # not stored
+        reply = await asyncio.wait_for(waiting, 5.0)
+        assert reply[0] == Status.GRANTED  # it computes afresh instead of receiving OLD-ROW
+        assert engine.store.peek("k") is None
+    finally:
+        await engine.close()
+        table.close()

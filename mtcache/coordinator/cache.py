@@ -130,16 +130,17 @@ class CacheEngine:
         """Drop expired L1 entries and enforce the staleness bound (called
         periodically by the server).
 
-        Staleness bound: once the invalidation reader has been cut off from Redis
-        for longer than ``staleness_bound`` seconds, L1 is dropped once, so it holds
+        Staleness bound: once the invalidation reader has not heard from Redis for
+        longer than ``staleness_bound`` seconds (its blocking read returns every
+        second when all is well), L1 is dropped once, so it holds
         only what this host wrote or computed since; when the reader is back, the
         stream is replayed (or L1 dropped again on a gap).
         """
         self.table.beat()
         inval = self.inval
         bound = self.settings.staleness_bound
-        if inval is not None and inval.ever_connected and inval.disconnected_since is not None:
-            if not self._stale_dropped and time.monotonic() - inval.disconnected_since > bound:
+        if inval is not None and inval.ever_connected and time.monotonic() - inval.last_ok > bound:
+            if not self._stale_dropped:
                 log.warning("invalidation stream unreachable for over %.1fs: dropping L1", bound)
                 self.counters["staleness_drops"] += 1
                 self._cleared(False)
@@ -358,16 +359,25 @@ class CacheEngine:
                 self.leases.finish(key, got, ("value", *reply[1:]))
                 return reply
             return await self._granted(key, got, start, deadline)
-        try:
-            outcome = await asyncio.wait_for(got, wait)
-        except TimeoutError:
+        # asyncio.wait, not wait_for: since Python 3.12 wait_for drops a result that
+        # arrives in the same loop step as the timeout, and a lease handed over then
+        # would stay with a waiter that already answered TIMEOUT
+        done, _ = await asyncio.wait({got}, timeout=wait)
+        if not done:
+            got.cancel()  # the registry skips it from now on
             self.counters["lease_timeouts"] += 1
             return [Status.TIMEOUT]
+        outcome = got.result()
         kind = outcome[0]
         if kind == "value":
             return [Status.OK, *outcome[1:]]
-        if kind == "granted":  # handed over: the holder died or ran out of time
-            return await self._granted(key, outcome[1], outcome[2], deadline)
+        if kind == "granted":  # handed over: the holder died, ran out of time, or filled too late
+            token = outcome[1]
+            reply = await self._read_l2(key)  # a write may have put the value there meanwhile
+            if reply is not None:
+                self.leases.finish(key, token, ("value", *reply[1:]))
+                return reply
+            return await self._granted(key, token, outcome[2], deadline)
         if kind == "timeout":
             return [Status.TIMEOUT]
         return [Status.COMPUTE_ERROR, *outcome[1:]]
@@ -380,38 +390,48 @@ class CacheEngine:
         dist = self.dist
         delay = 0.02
         waited = False
-        while True:
-            taken = await self._l2(lambda l2: dist.try_take(l2.redis, key))
-            if not self.leases.is_holder(key, token):
-                return [Status.TIMEOUT]  # our caller went away meanwhile; nobody reads this
-            if taken:
-                self.counters["redis_leases_taken"] += 1
+        try:
+            while True:
+                # counted as ours before the take: if this task is cancelled while the
+                # SET NX is in flight, the lease's end still releases it (the release
+                # only deletes a lease this host owns)
                 self._redis_leases.add(key)
-                # another host may have filled and released between our L2 miss and
-                # the take: look once more, or we would compute what L2 already holds
+                taken = await self._l2(lambda l2: dist.try_take(l2.redis, key))
+                if taken is False:
+                    self._redis_leases.discard(key)
+                if not self.leases.is_holder(key, token):
+                    if taken and self.leases.get(key) is None:
+                        self._lease_ended(key)  # the local lease is over: free the Redis one
+                    return [Status.TIMEOUT]  # our caller went away meanwhile; nobody reads this
+                if taken:
+                    self.counters["redis_leases_taken"] += 1
+                    # another host may have filled and released between our L2 miss and
+                    # the take: look once more, or we would compute what L2 already holds
+                    reply = await self._read_l2(key, recheck=True)
+                    if reply is not None:
+                        self.leases.finish(key, token, ("value", *reply[1:]))  # also frees the Redis lease
+                        return reply
+                if taken is None or taken:  # None: Redis down, per-host lease only (degraded)
+                    return [Status.GRANTED, token, self.version_of(key)]
+                if not waited:
+                    waited = True
+                    self.counters["cross_host_lease_waits"] += 1
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.counters["lease_timeouts"] += 1
+                    self.leases.pass_on(key, token)  # the next local waiter tries, with its own deadline
+                    return [Status.TIMEOUT]
+                # another host computes: woken by its fill notice, or poll as a back-up
+                event = self._fill_events.setdefault(key, asyncio.Event())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(delay, remaining))
+                delay = min(delay * 2, 0.5)
                 reply = await self._read_l2(key, recheck=True)
                 if reply is not None:
-                    self.leases.finish(key, token, ("value", *reply[1:]))  # also frees the Redis lease
+                    self.leases.finish(key, token, ("value", *reply[1:]))
                     return reply
-            if taken is None or taken:  # None: Redis down, per-host lease only (degraded)
-                return [Status.GRANTED, token, self.version_of(key)]
-            if not waited:
-                waited = True
-                self.counters["cross_host_lease_waits"] += 1
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.counters["lease_timeouts"] += 1
-                self.leases.finish(key, token, ("timeout",))
-                return [Status.TIMEOUT]
-            # another host computes: woken by its fill notice, or poll as a back-up
-            event = self._fill_events.setdefault(key, asyncio.Event())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(delay, remaining))
-            delay = min(delay * 2, 0.5)
-            reply = await self._read_l2(key, recheck=True)
-            if reply is not None:
-                self.leases.finish(key, token, ("value", *reply[1:]))
-                return reply
+        finally:
+            self._fill_events.pop(key, None)
 
     def _lease_ended(self, key: str) -> None:
         # the local lease ended without a fill (failure, or nobody left to take it
@@ -435,11 +455,12 @@ class CacheEngine:
         if lease is None or lease.token != token or lease.version != current:
             self.counters["fills_discarded"] += 1
             newer = self.get_l1(key)
-            # with nothing newer in L1, waiters still get the computed value, but under
-            # the version the lease began with: already stale, so no near cache keeps it
-            began = lease.version if lease is not None else current
-            outcome = ("value", *newer[1:]) if newer else ("value", value, began, ttl)
-            self.leases.finish(key, token, outcome)
+            if newer is not None:
+                self.leases.finish(key, token, ("value", *newer[1:]))
+            else:
+                # the value predates a write (a delete, another host's set): waiters may
+                # have asked after that write, so none gets it; the next one computes
+                self.leases.pass_on(key, token)
             return [Status.OK, current, False]
         self._l1_put(key, value, ttl)
         cross_host = key in self._redis_leases

@@ -98,6 +98,10 @@ class InvalidationStream:
         self.disconnected_since: float | None = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        #: when the reader last heard from Redis (a blocking read returns at least
+        #: every BLOCK_MS): the staleness bound counts from here, so a Redis that
+        #: hangs counts as gone before the socket timeout says so
+        self.last_ok = time.monotonic()
         #: set once the reader has connected and found where to read from
         self.synced = asyncio.Event()
         self.counters = dict.fromkeys(
@@ -142,11 +146,13 @@ class InvalidationStream:
                 if not self.connected:
                     await self._resync()
                     self.connected = self.ever_connected = True
+                    self.last_ok = time.monotonic()
                     self.synced.set()
                     self.disconnected_since = None
                     delay = 0.05
                 # redis-py's stubs type these replies loosely: they are the raw RESP shapes
                 reply: Any = await self._reader.xread({self.stream: self.last_id or "0-0"}, count=BATCH, block=BLOCK_MS)
+                self.last_ok = time.monotonic()
                 for _stream, entries in reply or ():
                     for entry_id, fields in entries:
                         self._apply(entry_id.decode(), fields)
@@ -189,17 +195,22 @@ class InvalidationStream:
         self._on_clear(True)
 
     def _apply(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
-        seq = int(fields[b"seq"])
+        try:
+            seq = int(fields[b"seq"])
+            origin, op, key = (fields[name].decode() for name in (b"origin", b"op", b"key"))
+        except (KeyError, ValueError, UnicodeDecodeError):
+            # not written by mtcache: skip it (our entries' seq numbers still reveal gaps)
+            log.warning("invalidation stream entry %s is malformed; skipped", entry_id)
+            self.last_id = entry_id
+            return
         if seq != self.last_seq + 1:
             log.warning("invalidation stream gap (seq %d after %d): dropping L1", seq, self.last_seq)
             self._gap()
         self.last_seq = seq
         self.last_id = entry_id
         self.lag_ms = max(0.0, time.time() * 1000 - int(entry_id.split("-", 1)[0]))
-        if fields[b"origin"].decode() == self.origin:
+        if origin == self.origin:
             return
-        op = fields[b"op"].decode()
-        key = fields[b"key"].decode()
         if op == "fill":
             self.counters["fill_notices_received"] += 1
             self._on_fill(key)

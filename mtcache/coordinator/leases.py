@@ -119,6 +119,13 @@ class LeaseRegistry:
                 fut.set_result(outcome)
         return lease
 
+    def pass_on(self, key: str, token: bytes) -> None:
+        """The holder of ``token`` gives the lease up without a value: the next
+        waiter gets it (or the lease ends). A stale token changes nothing."""
+        lease = self._leases.get(key)
+        if lease is not None and lease.token == token:
+            self._handover(lease)
+
     def drop_waiter(self, holder: Hashable) -> None:
         """``holder`` went away: cancel its waits at once, so that a handover in the
         same loop step cannot grant it a lease it will never fill."""
