@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
 from mtcache.config import Settings
+from mtcache.coordinator.backlog import WriteBacklog
 from mtcache.coordinator.invalidation import InvalidationStream, new_origin
 from mtcache.coordinator.l2 import Envelope, L2Tier
 from mtcache.coordinator.leases import DistributedLeases, LeaseRegistry
@@ -82,12 +83,14 @@ class CacheEngine:
         self._tasks: set[asyncio.Task[Any]] = set()
         # every L2 write goes through one ordered, batching queue (see writes.py)
         self.writes = WriteQueue(l2) if l2 is not None else None
+        # writes acknowledged while Redis was unreachable (see backlog.py)
+        self.backlog = WriteBacklog()
         self._reconnect_task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
         self.counters: dict[str, int] = dict.fromkeys(
             ("l2_hits", "l2_misses", "promotions", "l2_errors", "l2_skipped", "sets", "deletes", "clears",
              "fills", "fills_discarded", "compute_errors", "lease_timeouts", "cross_host_lease_waits",
-             "redis_leases_taken", "staleness_drops"),
+             "redis_leases_taken", "staleness_drops", "backlog_replayed"),
             0,
         )
 
@@ -240,11 +243,29 @@ class CacheEngine:
     async def _reconnect(self) -> None:
         assert self.l2 is not None
         delay = 0.05
-        while not await self.l2.ping():
+        writes = self.writes
+        assert writes is not None
+        while True:
+            if await self.l2.ping():
+                try:
+                    replayed = await self.backlog.replay(writes, self.l2, self._publish, self._l1_current)
+                except L2Error:
+                    self.counters["l2_errors"] += 1
+                else:
+                    break
             await asyncio.sleep(delay)  # backoff between reconnect attempts
             delay = min(delay * 2, 2.0)
         self.l2_up = True
-        log.info("Redis at %s answers again", self.settings.redacted_redis_url)
+        self.counters["backlog_replayed"] += replayed
+        log.info("Redis at %s answers again (%d writes made meanwhile replayed)", self.settings.redacted_redis_url,
+                 replayed)
+
+    def _l1_current(self, key: str) -> tuple[bytes, float] | None:
+        value = self.store.peek(key)
+        ttl = self.store.remaining_ttl(key)
+        if value is None or ttl is None:
+            return None
+        return value, min(ttl, self.settings.l2_ttl)
 
     # -- reads --------------------------------------------------------------
 
@@ -278,9 +299,9 @@ class CacheEngine:
         """
         if self.l2 is None or not self.l2_up:
             return None
-        if self.writes is not None and self.writes.busy(key):
-            # a write of this key is on its way to Redis: what L2 holds now may be
-            # what it replaces (a delete's old value), so do not read it back
+        if self.backlog.covers(key) or (self.writes is not None and self.writes.busy(key)):
+            # a write of this key is on its way to Redis, or did not get there while it
+            # was down: what L2 holds may be what that write replaced, so do not read it
             return None
         before = self.version_of(key)
         found = self._usable(await self._l2(lambda l2: l2.get(key)), count_miss=not recheck)
@@ -316,7 +337,8 @@ class CacheEngine:
             self.l2.queue_set(pipe, key, value, min(ttl, self.settings.l2_ttl))
             self._publish(pipe, "set", key)
 
-        await self._write(key, build)
+        if await self._write(key, build) is None and self.l2 is not None:
+            self.backlog.add(key)
         return [Status.OK, version]
 
     async def delete(self, key: str) -> Reply:
@@ -332,6 +354,8 @@ class CacheEngine:
             self._publish(pipe, "del", key)
 
         replies = await self._write(key, build)
+        if replies is None and self.l2 is not None:
+            self.backlog.add(key)
         return [Status.OK, bool(existed or (replies and replies[0]))]
 
     async def clear(self) -> Reply:
@@ -342,7 +366,10 @@ class CacheEngine:
         self.table.bump_all()
         writes = self.writes
         if writes is not None:
-            removed += await self._l2(lambda l2: writes.clear(lambda pipe: self._publish(pipe, "clear"))) or 0
+            cleared = await self._l2(lambda l2: writes.clear(lambda pipe: self._publish(pipe, "clear")))
+            if cleared is None:
+                self.backlog.add_all()
+            removed += cleared or 0
         return [Status.OK, removed]
 
     # -- leases -------------------------------------------------------------
@@ -514,6 +541,8 @@ class CacheEngine:
             "mirror": self.mirror.stats() if self.mirror is not None else {},
             "l2_write_batches": self.writes.batches if self.writes is not None else 0,
             "l2_writes": self.writes.writes if self.writes is not None else 0,
+            "l2_backlog": len(self.backlog),
+            "l2_backlog_clear": self.backlog.everything,
         }
 
     def health(self) -> dict[str, Any]:
