@@ -412,9 +412,12 @@ class CacheEngine:
     async def _granted(self, key: str, token: bytes, version: int, deadline: float) -> Reply:
         """This host's lease on ``key`` is ours: take the Redis lease too (when
         Redis is up), or wait for the host that holds it to fill L2."""
-        if self.dist is None or key in self._redis_leases:
+        if self.dist is None:
             return [Status.GRANTED, token, version]
         dist = self.dist
+        if key in self._redis_leases:  # handed over within this host: the new holder gets a full TTL
+            await self._l2(lambda l2: dist.renew(l2.redis, key))
+            return [Status.GRANTED, token, version]
         delay = 0.02
         waited = False
         try:

@@ -198,6 +198,13 @@ return 0
 """
 
 
+# KEYS: lease key; ARGV: owner, ttl ms. Extends the lease only if this owner holds it.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
 class DistributedLeases:
     """The cross-host half: ``SET <prefix>lease:<key> <owner> NX PX <ttl>``.
 
@@ -219,6 +226,10 @@ class DistributedLeases:
     async def try_take(self, redis: Any, key: str) -> bool:
         """Take the lease if nobody holds it (one round trip on ``redis``)."""
         return bool(await redis.set(self.key(key), self.owner, nx=True, px=self.ttl_ms))
+
+    async def renew(self, redis: Any, key: str) -> bool:
+        """Give the new local holder a full TTL (a handover within this host)."""
+        return bool(await redis.eval(_RENEW, 1, self.key(key), self.owner, self.ttl_ms))
 
     def queue_release(self, pipe: Any, key: str) -> None:
         """Queue the release of ``key``'s lease (if still ours) into ``pipe``."""

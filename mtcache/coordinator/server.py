@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import platform
 import signal
 import socket
 import struct
@@ -38,6 +39,7 @@ log = logging.getLogger("mtcache.coordinator")
 
 _PEERCRED = struct.Struct("3i")
 SWEEP_INTERVAL = 0.25
+_TSO_MACHINES = ("x86_64", "amd64", "i386", "i686")
 
 
 class AlreadyRunning(RuntimeError):
@@ -257,6 +259,10 @@ class Coordinator:
     def _create_mirror(self, prefix: str) -> MirrorWriter | None:
         size = self.settings.l1_shm_bytes
         if not size:
+            return None
+        if platform.machine().lower() not in _TSO_MACHINES:
+            # the mirror's seqlock relies on x86's store order (see mirror.py)
+            log.info("no shared-memory L1 mirror on %s: workers read L1 through the socket", platform.machine())
             return None
         # 4 ways per set; a power of two at least the L1 capacity keeps collisions rare
         sets = 1 << max(6, (self.settings.l1_capacity - 1).bit_length())
