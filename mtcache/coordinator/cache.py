@@ -405,8 +405,6 @@ class CacheEngine:
                 self.leases.finish(key, token, ("value", *reply[1:]))
                 return reply
             return await self._granted(key, token, outcome[2], deadline)
-        if kind == "timeout":
-            return [Status.TIMEOUT]
         return [Status.COMPUTE_ERROR, *outcome[1:]]
 
     async def _granted(self, key: str, token: bytes, version: int, deadline: float) -> Reply:

@@ -12,7 +12,6 @@ Outcomes delivered to waiters (the result of their future):
 * ``("value", value_bytes, version, ttl)``
 * ``("granted", token, version)`` — the waiter now holds the lease
 * ``("error", exc_type, message)``
-* ``("timeout",)`` — the holder's host gave up waiting for another host
 """
 
 from __future__ import annotations
