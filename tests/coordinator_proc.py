@@ -84,7 +84,8 @@ class CoordinatorProcess:
         self.start()
 
 
-def _lock_holders(socket_path: str) -> list[int]:
+def lock_holders(socket_path: str) -> list[int]:
+    """Pids of the processes holding ``<socket>.lock`` open (coordinators), from /proc."""
     target = os.path.realpath(f"{socket_path}.lock")
     pids = []
     for entry in Path("/proc").iterdir():
@@ -111,7 +112,7 @@ def kill_spawned(socket_path: str) -> None:
     ``socket_path``, found by the lock it holds (``<socket>.lock``) via /proc:
     SIGTERM, so it removes its socket and shared memory, then SIGKILL if it is
     still there after the deadline."""
-    pids = _lock_holders(socket_path)
+    pids = lock_holders(socket_path)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

@@ -9,7 +9,6 @@ deadline; nothing here asserts on timing.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ import multiprocess as mp
 import pytest
 
 from mtcache import AsyncClient, Client
-from tests.coordinator_proc import CoordinatorProcess, kill_spawned
+from tests.coordinator_proc import CoordinatorProcess, kill_spawned, lock_holders
 from tests.redis_server import RedisServer
 from tests.waiting import wait_for_waiters, wait_for_waiters_async
 
@@ -336,21 +335,6 @@ def _spawning_worker(path: str, redis_url: str, barrier: Any, computes: Any, res
         results.put(("ok", value, pid))
     except Exception as exc:
         results.put((*error(exc), None))
-
-
-def lock_holders(socket_path: str) -> list[int]:
-    """Pids of the processes holding ``<socket>.lock`` open (coordinators), from /proc."""
-    target = os.path.realpath(f"{socket_path}.lock")
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if any(os.readlink(fd) == target for fd in (entry / "fd").iterdir()):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 def test_concurrent_clients_without_a_coordinator_spawn_exactly_one(
