@@ -105,11 +105,20 @@ def _format(title: str, data: dict[str, Any], indent: str = "") -> list[str]:
     return lines
 
 
-def _stop(settings: Settings) -> int:
-    from mtcache.client.spawn import can_connect
+def _client(settings: Settings, namespace_given: bool) -> Any:
+    """A client of the coordinator on the socket: of the given namespace, or (none
+    given) one that inspects whatever namespace that coordinator serves."""
     from mtcache.client.sync import Client
 
-    with Client(settings.socket_path, namespace=settings.namespace, spawn=False) as client:
+    client = Client(settings.socket_path, namespace=settings.namespace, spawn=False)
+    client._core.inspect_only = not namespace_given
+    return client
+
+
+def _stop(settings: Settings, namespace_given: bool) -> int:
+    from mtcache.client.spawn import can_connect
+
+    with _client(settings, namespace_given) as client:
         health = client.health()
     if health.coordinator != "ok":
         print(f"mtcache: no coordinator answers on {settings.socket_path}", file=sys.stderr)
@@ -140,12 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sp.add_argument("--namespace", help="namespace (env MTCACHE_NAMESPACE)")
         sp.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
-    from mtcache.client.sync import Client
-
     settings = Settings.load(socket_path=args.socket, namespace=args.namespace)
+    # a namespace named (flag or MTCACHE_NAMESPACE) must match; else whatever the socket serves
+    namespace_given = args.namespace is not None or bool(os.environ.get("MTCACHE_NAMESPACE"))
     if args.command == "stop":
-        return _stop(settings)
-    with Client(settings.socket_path, namespace=settings.namespace, spawn=False) as client:
+        return _stop(settings, namespace_given)
+    with _client(settings, namespace_given) as client:
         if args.command == "stats":
             data = client.stats().as_dict()
         else:

@@ -30,12 +30,14 @@ _QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*")
 _SCHEMES = ("redis", "rediss", "unix")
 
 
-def default_socket_path() -> str:
-    """``$XDG_RUNTIME_DIR/mtcache/coordinator.sock``, else a per-user folder in the
-    system temporary directory; both are private to the user."""
+def default_socket_path(namespace: str = "default") -> str:
+    """``$XDG_RUNTIME_DIR/mtcache/<namespace>.sock``, else the same name in a per-user
+    folder of the system temporary directory; both are private to the user. One
+    namespace, one coordinator: two apps of one user with different namespaces
+    each get their own."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     base = Path(runtime) / "mtcache" if runtime else Path(tempfile.gettempdir()) / f"mtcache-{os.getuid()}"
-    return str(base / "coordinator.sock")
+    return str(base / f"{namespace}.sock")
 
 
 def redact_url(url: str) -> str:
@@ -103,6 +105,10 @@ class Settings:
     an entry lives ``min(its TTL, l1_ttl)`` in L1 and ``min(its TTL, l2_ttl)`` in
     Redis, so a strategy longer than ``l2_ttl`` (``LONG_TERM``, 3 h, against the
     1 h default) needs ``l2_ttl`` raised to take full effect.
+
+    ``tombstone_ttl`` is how long a delete's tombstone stays in Redis (a fill whose
+    lease began earlier than that is kept in L1 only); ``backlog_max_bytes`` bounds
+    the writes a coordinator keeps while Redis is unreachable.
     """
 
     redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
@@ -119,6 +125,8 @@ class Settings:
     inval_maxlen: int = 100_000
     staleness_bound: float = 5.0
     l1_shm_bytes: int = 64 * 1024 * 1024
+    tombstone_ttl: float = 600.0
+    backlog_max_bytes: int = 64 * 1024 * 1024
 
     # environment variable for each field; REDIS_URL is the common name
     _ENV = {
@@ -136,6 +144,8 @@ class Settings:
         "inval_maxlen": "MTCACHE_INVAL_MAXLEN",
         "staleness_bound": "MTCACHE_STALENESS_BOUND",
         "l1_shm_bytes": "MTCACHE_L1_SHM_BYTES",
+        "tombstone_ttl": "MTCACHE_TOMBSTONE_TTL",
+        "backlog_max_bytes": "MTCACHE_BACKLOG_MAX_BYTES",
     }
 
     def __post_init__(self) -> None:
@@ -145,16 +155,23 @@ class Settings:
                 f"namespace must be 1-64 letters, digits, '_', '-' or '.' (it names Redis keys and files), "
                 f"got {self.namespace!r}"
             )
-        for name in ("l1_capacity", "l1_max_bytes", "stream_maxlen", "max_value_bytes", "inval_maxlen"):
+        for name in ("l1_capacity", "l1_max_bytes", "stream_maxlen", "max_value_bytes", "inval_maxlen",
+                     "backlog_max_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.l1_shm_bytes, int) or isinstance(self.l1_shm_bytes, bool) or self.l1_shm_bytes < 0:
             raise ValueError(f"l1_shm_bytes must be a non-negative integer (0: no mirror), got {self.l1_shm_bytes!r}")
-        for name in ("l1_ttl", "l2_ttl", "redis_timeout", "lease_ttl", "staleness_bound"):
+        for name in ("l1_ttl", "l2_ttl", "redis_timeout", "lease_ttl", "staleness_bound", "tombstone_ttl"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.tombstone_ttl < self.lease_ttl + self.staleness_bound:
+            # a fill may land up to a lease (and a staleness bound) after the delete it must not undo
+            raise ValueError(
+                f"tombstone_ttl ({self.tombstone_ttl:g} s) must be at least lease_ttl + staleness_bound "
+                f"({self.lease_ttl:g} + {self.staleness_bound:g} s)"
+            )
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -201,7 +218,8 @@ class Settings:
             values[name] = _convert(name, var, raw, type(f.default))
             from_env[name] = var
         if not values.get("socket_path"):
-            values["socket_path"] = default_socket_path()
+            namespace = values.get("namespace", "default")
+            values["socket_path"] = default_socket_path(namespace if isinstance(namespace, str) else "default")
         try:
             return cls(**values)
         except ValueError as exc:

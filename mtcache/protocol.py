@@ -10,6 +10,8 @@ The first request on a connection must be ``[HELLO, id, PROTOCOL_VERSION,
 namespace, pid]``; the coordinator answers ``[id, OK, info]`` (``info`` is a map
 with the protocol version, the coordinator's pid, the shared-memory name and
 slot count) or ``[id, ERROR, "protocol", message]`` and closes the connection.
+The namespace :data:`INSPECT` is accepted by any coordinator, for STATS, HEALTH
+and PING only (the command-line tools).
 
 Requests and their successful replies (``ttl`` in seconds, ``version`` the key's
 version counter as read when the reply was made):
@@ -18,7 +20,7 @@ version counter as read when the reply was made):
 op         args                                            reply payload
 =========  ==============================================  ===========================================
 GET        key                                             OK value version ttl / MISS version
-SET        key value ttl                                   OK version
+SET        key value ttl                                   OK version kept
 DELETE     key                                             OK existed
 CLEAR      —                                               OK removed
 STATS      —                                               OK map
@@ -27,8 +29,13 @@ LEASE      key wait_seconds                                OK value version ttl 
                                                            COMPUTE_ERROR type message / TIMEOUT
 FILL       key token value ttl                             OK version stored
 FAIL       key token type message                          OK
+RELEASE    key token                                       OK
 PING       —                                               OK
 =========  ==============================================  ===========================================
+
+``kept`` (SET) and ``stored`` (FILL) say whether the worker may keep a near copy
+(not when a newer write from another host already replaced the value). RELEASE
+gives a lease up without a value or an error (its holder was cancelled).
 
 Any request may instead get ``ERROR kind message``.
 """
@@ -43,6 +50,7 @@ import msgpack
 from mtcache.errors import ProtocolError
 
 __all__ = [
+    "INSPECT",
     "MAX_FRAME",
     "MAX_KEY_BYTES",
     "PROTOCOL_VERSION",
@@ -54,7 +62,9 @@ __all__ = [
     "validate_request",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+#: The hello namespace of a client that only inspects (any coordinator accepts it).
+INSPECT = "*"
 #: Largest frame either side accepts: an 8 MiB value plus generous room.
 MAX_FRAME = 16 * 1024 * 1024
 #: Longest key, in UTF-8 bytes.
@@ -77,6 +87,7 @@ class Op:
     FILL = 8
     FAIL = 9
     PING = 10
+    RELEASE = 11
 
 
 class Status:
@@ -184,6 +195,7 @@ _SHAPES: dict[int, tuple[type | str, ...]] = {
     Op.FILL: ("key", bytes, bytes, "ttl"),
     Op.FAIL: ("key", bytes, str, str),
     Op.PING: (),
+    Op.RELEASE: ("key", bytes),
 }
 
 

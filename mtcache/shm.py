@@ -23,12 +23,13 @@ import contextlib
 import mmap
 import os
 import secrets
+import stat
 import tempfile
 import time
 import zlib
 from pathlib import Path
 
-__all__ = ["DEFAULT_SLOTS", "LIVENESS_MS", "VersionTable", "remove_orphans", "shm_dir", "slot_of"]
+__all__ = ["DEFAULT_SLOTS", "LIVENESS_MS", "VersionTable", "remove_orphans", "retire_segment", "shm_dir", "slot_of"]
 
 DEFAULT_SLOTS = 65_536
 _HEADER_WORDS = 8  # magic, slots, generation, heartbeat, reserved...
@@ -48,11 +49,40 @@ def shm_dir() -> Path:
     return Path(tempfile.gettempdir())
 
 
+def retire_segment(path: str) -> bool:
+    """Make the version table at ``path`` (left by a coordinator that died without
+    stopping) untrusted by every worker that still maps it, then remove it; any
+    other mtcache segment is only removed. True if a table was retired.
+
+    Only a regular file of this user is touched (``O_NOFOLLOW``; the owner is checked)."""
+    retired = False
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.getuid() or not stat.S_ISREG(info.st_mode):
+            return False
+        if path.endswith(".ver") and info.st_size >= _HEADER_WORDS * 8:
+            with mmap.mmap(fd, _HEADER_WORDS * 8) as mm:
+                words = memoryview(mm).cast("Q")
+                if words[0] == _MAGIC:
+                    words[_HEARTBEAT] = 0  # as VersionTable.retire: readers stop trusting it at once
+                    retired = True
+                words.release()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    finally:
+        os.close(fd)
+    return retired
+
+
 def remove_orphans(directory: Path | None = None) -> int:
-    """Remove mtcache segments (``mtcache-<ns>-<pid>-<hex>.ver`` / ``.mirror``) of
-    this user whose creating process is gone (a coordinator killed with SIGKILL
-    cannot clean up); return how many. A live pid, or a pid reused by another
-    process, keeps its files."""
+    """Retire and remove mtcache segments (``mtcache-<ns>-<pid>-<hex>.ver`` /
+    ``.mirror``) of this user whose creating process is gone (a coordinator killed
+    with SIGKILL cannot clean up); return how many. A live pid, or a pid reused by
+    another process, keeps its files."""
     removed = 0
     uid = os.getuid()
     for path in (directory or shm_dir()).glob("mtcache-*"):
@@ -66,9 +96,8 @@ def remove_orphans(directory: Path | None = None) -> int:
                 continue
             os.kill(int(parts[1]), 0)
         except ProcessLookupError:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed += 1
+            retire_segment(str(path))
+            removed += 1
         except (PermissionError, FileNotFoundError):
             continue
     return removed

@@ -316,8 +316,9 @@ async def test_l2_value_comes_back_after_a_coordinator_restart_and_is_promoted_o
 
 
 def value_keys(keys: list[bytes]) -> list[bytes]:
-    """The Redis keys among ``keys`` that hold values, leaving out the invalidation stream's."""
-    return [k for k in keys if b":inval" not in k]
+    """The Redis keys among ``keys`` that hold values (records), leaving out the invalidation stream and the
+    namespace floor."""
+    return [k for k in keys if b":k:" in k]
 
 
 async def test_clear_empties_every_tier_of_the_namespace(
@@ -328,12 +329,12 @@ async def test_clear_empties_every_tier_of_the_namespace(
         await c.set(key, key.upper())
         assert await other.get(key) == key.upper()  # a near copy in the other client
     with redis_server.client() as r:
-        r.set("mtcache:other:v1:k:a", b"another namespace's")
+        r.set("mtcache:other:v2:k:a", b"another namespace's")
         assert len(value_keys(r.keys("mtcache:default:*"))) == 3
         await c.clear()
         # the cross-host invalidation stream's own keys stay: the clear travels through it
         assert value_keys(r.keys("mtcache:default:*")) == []
-        assert r.get("mtcache:other:v1:k:a") == b"another namespace's"
+        assert r.get("mtcache:other:v2:k:a") == b"another namespace's"
     for key in ("a", "b", "c"):
         assert await other.get(key) is None
         assert await c.get(key) is None
@@ -584,7 +585,7 @@ def test_each_tier_keeps_an_entry_at_most_its_longest_lifetime(short_tmp: Path, 
             c.set("long", "v", strategy=CacheStrategy.LONG_TERM)
             c.set("short", "v", ttl=30)
         with redis_server.client() as r:
-            assert 110_000 < r.pttl("mtcache:default:v1:k:long") <= 120_000
-            assert 20_000 < r.pttl("mtcache:default:v1:k:short") <= 30_000
+            assert 110_000 < r.pttl("mtcache:default:v2:k:long") <= 120_000
+            assert 20_000 < r.pttl("mtcache:default:v2:k:short") <= 30_000
     finally:
         proc.stop()

@@ -76,7 +76,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.l1_capacity == 2_000
     assert (settings.l1_ttl, settings.l2_ttl, settings.stream_maxlen) == (300.0, 3600.0, 1_000)
     assert settings.namespace == "default"
-    assert settings.socket_path.endswith("coordinator.sock")
+    assert settings.socket_path.endswith("default.sock")
 
 
 def test_environ_defaults_to_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,7 @@ from mtcache.client.near import NearCache
 from mtcache.config import Settings
 from mtcache.coordinator.cache import CacheEngine
 from mtcache.coordinator.l2 import Envelope, L2Tier
+from mtcache.coordinator.stamps import HybridClock
 from mtcache.protocol import Status
 from mtcache.shm import VersionTable
 from tests.redis_server import RedisServer
@@ -56,7 +57,7 @@ class HeldL2(L2Tier):
         """Let the held ``get`` return what Redis answered."""
         self._gate.set()
 
-    async def get(self, key: str) -> tuple[Envelope, float] | None:
+    async def get(self, key: str) -> Envelope | None:
         found = await super().get(key)
         if self._armed:
             self._armed = False
@@ -123,7 +124,24 @@ def _near_would_serve(engine: CacheEngine, reply: list[Any]) -> bytes | None:
 
 async def _l2_value(l2: L2Tier) -> bytes | None:
     found = await l2.get(KEY)
-    return None if found is None else found[0].value
+    return None if found is None or found.tombstone else found.value
+
+
+def _l1_value(engine: CacheEngine) -> bytes | None:
+    found = engine.local.peek(KEY)
+    return None if found is None else found[0]
+
+
+def _newer(engine: CacheEngine) -> int:
+    """A stamp of another host, issued after everything ``engine`` stamped so far."""
+    clock = HybridClock()
+    clock.observe(engine.clock.now())
+    return clock.now()
+
+
+async def _old_value_in_l2(engine: CacheEngine, l2: L2Tier) -> None:
+    """What another host wrote before the test: OLD in L2."""
+    await l2.write(KEY, OLD, TTL, _newer(engine))
 
 
 # -- a promotion (L2 hit copied into L1) racing with a write ---------------------------------------
@@ -131,18 +149,22 @@ async def _l2_value(l2: L2Tier) -> bytes | None:
 
 async def _other_host_set(engine: CacheEngine, l2: L2Tier) -> None:
     # what another host's set does here: the new value is in L2, and the stream reader applies it
-    await l2.set(KEY, NEW, TTL)
-    engine._invalidated(KEY)
+    stamp = _newer(engine)
+    await l2.write(KEY, NEW, TTL, stamp)
+    engine._invalidated(KEY, stamp)
 
 
 async def _other_host_delete(engine: CacheEngine, l2: L2Tier) -> None:
-    await l2.delete(KEY)
-    engine._invalidated(KEY)
+    stamp = _newer(engine)
+    await l2.write(KEY, None, TTL, stamp)
+    engine._invalidated(KEY, stamp)
 
 
 async def _other_host_clear(engine: CacheEngine, l2: L2Tier) -> None:
-    await l2.delete(KEY)
-    engine._cleared(False)
+    stamp = _newer(engine)
+    await l2.pipeline("clear", lambda pipe: l2.queue_raise_floor(pipe, stamp))
+    await l2.purge(stamp)
+    engine._cleared_elsewhere(stamp)
 
 
 async def _local_set(engine: CacheEngine, l2: L2Tier) -> None:
@@ -169,14 +191,14 @@ async def test_promotion_racing_a_write_never_leaves_the_old_value(
 ) -> None:
     write, in_l1, current = RACES[race]
     engine, l2 = await make_host()
-    await l2.set(KEY, OLD, TTL)
+    await _old_value_in_l2(engine, l2)
     l2.hold()
     read = asyncio.create_task(engine.get_miss(KEY))
     await _in_flight(l2)  # Redis answered OLD; the engine has not seen it yet
     await write(engine, l2)
     l2.release()
     reply = await asyncio.wait_for(read, WAIT)
-    assert engine.store.peek(KEY) == in_l1
+    assert _l1_value(engine) == in_l1
     assert _near_would_serve(engine, reply) in (current, None)
     assert await _l2_value(l2) == current
     # and the next read serves the state after the write, never OLD
@@ -188,14 +210,14 @@ async def test_promotion_without_a_race_is_kept(make_host: Callable[[], Awaitabl
     # the control: the same held read with no write in between does promote (so the tests above
     # would see OLD in L1 if the version check were missing)
     engine, l2 = await make_host()
-    await l2.set(KEY, OLD, TTL)
+    await _old_value_in_l2(engine, l2)
     l2.hold()
     read = asyncio.create_task(engine.get_miss(KEY))
     await _in_flight(l2)
     l2.release()
     reply = await asyncio.wait_for(read, WAIT)
     assert reply[:2] == [Status.OK, OLD]
-    assert engine.store.peek(KEY) == OLD
+    assert _l1_value(engine) == OLD
     assert engine.counters["promotions"] == 1
     assert _near_would_serve(engine, reply) == OLD
 
@@ -204,7 +226,7 @@ async def test_lease_holder_read_racing_an_invalidation_is_not_promoted(
     make_host: Callable[[], Awaitable[Host]],
 ) -> None:
     engine, l2 = await make_host()
-    await l2.set(KEY, OLD, TTL)
+    await _old_value_in_l2(engine, l2)
     l2.hold()
     holder = object()
     lease = asyncio.create_task(engine.lease_miss(holder, KEY, WAIT))
@@ -212,7 +234,7 @@ async def test_lease_holder_read_racing_an_invalidation_is_not_promoted(
     await _other_host_delete(engine, l2)
     l2.release()
     reply = await asyncio.wait_for(lease, WAIT)
-    assert engine.store.peek(KEY) is None
+    assert _l1_value(engine) is None
     assert reply[0] == Status.GRANTED  # the key is gone everywhere: the caller computes
     engine.fail(KEY, reply[1], "RuntimeError", "test over")
 
@@ -223,7 +245,7 @@ async def test_invalidation_from_the_stream_during_a_read_is_not_promoted(
     # the same race, with the invalidation delivered by the real stream reader from another engine
     engine, l2 = await make_host()
     other, _ = await make_host()
-    await l2.set(KEY, OLD, TTL)
+    await _old_value_in_l2(engine, l2)
     assert engine.inval is not None
     await _until(lambda: engine.inval is not None and engine.inval.connected, "the stream reader")
     applied = engine.inval.counters["invalidations_applied"]
@@ -235,7 +257,7 @@ async def test_invalidation_from_the_stream_during_a_read_is_not_promoted(
                  "the other host's set to arrive through the stream")
     l2.release()
     reply = await asyncio.wait_for(read, WAIT)
-    assert engine.store.peek(KEY) != OLD
+    assert _l1_value(engine) != OLD
     assert _near_would_serve(engine, reply) != OLD
     assert (await engine.get_miss(KEY))[1] == NEW
 
@@ -254,25 +276,31 @@ async def test_fill_after_an_invalidation_is_discarded_and_l2_keeps_the_newer_va
     reply = await engine.fill(KEY, token, COMPUTED, TTL)
     assert reply[0] == Status.OK and reply[2] is False  # not stored
     assert engine.counters["fills_discarded"] == 1
-    assert engine.store.peek(KEY) is None
+    assert _l1_value(engine) is None
     assert await _l2_value(l2) == NEW
     assert (await engine.get_miss(KEY))[1] == NEW
 
 
-async def test_fill_never_overwrites_a_newer_l2_value(make_host: Callable[[], Awaitable[Host]]) -> None:
-    # another host's set reached L2 but its invalidation has not reached us yet: our fill is stored
-    # in L1 (we cannot know better yet) but written with SET NX, so L2 keeps the newer value; the
-    # invalidation, when it comes, drops our copy
+@pytest.mark.parametrize("newer", [NEW, None], ids=["set", "delete"])
+async def test_fill_never_overwrites_a_newer_l2_value(
+    make_host: Callable[[], Awaitable[Host]], newer: bytes | None
+) -> None:
+    # another host's set (or delete) reached L2 but its invalidation has not reached us yet: our fill
+    # carries the stamp of its grant, older than that write, so Redis keeps the newer record and our
+    # L1 does not keep the fill either; the invalidation, when it comes, changes nothing more
     engine, l2 = await make_host()
     granted = await engine.lease_miss(object(), KEY, WAIT)
     assert granted[0] == Status.GRANTED
-    await l2.set(KEY, NEW, TTL)
+    stamp = _newer(engine)
+    await l2.write(KEY, newer, TTL, stamp)
     reply = await engine.fill(KEY, granted[1], COMPUTED, TTL)
-    assert reply[0] == Status.OK
-    assert await _l2_value(l2) == NEW
-    engine._invalidated(KEY)
-    assert engine.store.peek(KEY) is None
-    assert (await engine.get_miss(KEY))[1] == NEW
+    assert reply[0] == Status.OK and reply[2] is False
+    assert await _l2_value(l2) == newer
+    assert _l1_value(engine) is None
+    engine._invalidated(KEY, stamp)
+    assert _l1_value(engine) is None
+    found = await engine.get_miss(KEY)
+    assert (found[1] if found[0] == Status.OK else None) == newer
 
 
 @pytest.mark.parametrize("race", ["other-host-set", "local-delete"])
@@ -334,23 +362,15 @@ async def test_read_while_a_local_delete_is_on_its_way_to_redis_is_not_promoted(
         return await pipeline(op, build)
 
     monkeypatch.setattr(l2, "pipeline", held_pipeline)
-    monkeypatch.setattr(l2, "clear", lambda: _after(gate, L2Tier.clear(l2)))
     pending = asyncio.create_task(engine.delete(KEY) if write == "delete" else engine.clear())
-    await asyncio.wait_for(entered.wait() if write == "delete" else _until_async(engine, KEY), WAIT)
+    await asyncio.wait_for(entered.wait(), WAIT)
     assert await _l2_value(l2) == OLD  # Redis still holds the old value
     reply = await engine.get_miss(KEY)
     assert reply[0] == Status.MISS
-    assert engine.store.peek(KEY) is None
+    assert _l1_value(engine) is None
     gate.set()
     await asyncio.wait_for(pending, WAIT)
     assert await _l2_value(l2) is None
     assert engine.get_l1(KEY) is None
 
 
-async def _after(gate: asyncio.Event, call: Awaitable[Any]) -> Any:
-    await gate.wait()
-    return await call
-
-
-async def _until_async(engine: CacheEngine, key: str) -> None:
-    await _until(lambda: engine.writes is not None and engine.writes.busy(key), "the clear to be queued")

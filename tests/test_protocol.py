@@ -270,6 +270,7 @@ GOOD: dict[int, list[Any]] = {
     Op.FILL: ["k", b"token", b"v", 10],
     Op.FAIL: ["k", b"token", "ValueError", "boom"],
     Op.PING: [],
+    Op.RELEASE: ["k", b"token"],
 }
 
 
@@ -295,7 +296,7 @@ def test_one_argument_too_few(op: int) -> None:
         validate_request([op, 1, *GOOD[op][:-1]])
 
 
-@pytest.mark.parametrize("op", [-1, 11, 99, 2**40, "GET", None, 1.0, True, False, [1]])
+@pytest.mark.parametrize("op", [-1, 12, 99, 2**40, "GET", None, 1.0, True, False, [1]])
 def test_unknown_op(op: object) -> None:
     with pytest.raises(ProtocolError, match="unknown op"):
         validate_request([op, 1])

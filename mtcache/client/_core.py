@@ -19,18 +19,26 @@ from mtcache.codec import Codec, get_codec
 from mtcache.config import Settings
 from mtcache.errors import CacheTimeout, ComputeError, ProtocolError
 from mtcache.mirror import MirrorReader
-from mtcache.protocol import PROTOCOL_VERSION, Op, Status, check_key
+from mtcache.protocol import INSPECT, PROTOCOL_VERSION, Op, Status, check_key
 from mtcache.shm import VersionTable
 from mtcache.stats import Health, Stats
 from mtcache.strategies import CacheStrategy, validate_ttl
 
 from .near import NearCache
 
-__all__ = ["MISSING", "ClientBase", "ClientCore", "fork_generation"]
+__all__ = ["MISSING", "RETRY", "ClientBase", "ClientCore", "fork_generation"]
 
 log = logging.getLogger("mtcache.client")
 
 MISSING = NearCache.MISSING
+
+
+class _Retry:
+    """What a caller sharing another's computation receives when that caller was
+    cancelled or interrupted (it was not): it tries again itself."""
+
+
+RETRY = _Retry()
 
 #: Moves on in every forked child; hot paths compare ``_core.FORK_GEN`` with the
 #: value their client saw (a module attribute read, cheaper than a call).
@@ -85,10 +93,12 @@ class ClientCore:
         self.fork_gen = fork_generation()
         self.counters = dict.fromkeys(
             ("computes", "local_computes", "local_coalesced", "coordinator_errors", "decode_errors",
-             "skipped_writes"),
+             "skipped_writes", "unknown_writes"),
             0,
         )
         self.hello_info: dict[str, Any] = {}
+        #: an inspecting client (the CLI): any coordinator answers its STATS and HEALTH
+        self.inspect_only = False
         self.mirror: MirrorReader | None = None
         # hits, misses, torn retries of mirrors detached so far
         self.mirror_counters = [0, 0, 0]
@@ -143,7 +153,8 @@ class ClientCore:
 
     def hello(self) -> list[Any]:
         """The hello request's arguments."""
-        return [Op.HELLO, 0, PROTOCOL_VERSION, self.settings.namespace, os.getpid()]
+        namespace = INSPECT if self.inspect_only else self.settings.namespace
+        return [Op.HELLO, 0, PROTOCOL_VERSION, namespace, os.getpid()]
 
     def accept_hello(self, reply: list[Any]) -> None:
         """Check the hello reply and map the coordinator's version table. A new
@@ -158,9 +169,9 @@ class ClientCore:
             table = self.near.table
             if table is None or table.path != info["versions"] or table.generation != info["generation"]:
                 self.near.clear()
+                # the old mapping is dropped, never closed: another thread may be reading
+                # it right now (it is unmapped once nothing refers to it)
                 self.near.table = VersionTable.attach(info["versions"])
-                if table is not None:
-                    table.close()
             mirror = self.mirror
             if mirror is None or mirror.path != info["mirror"] or mirror.generation != info["mirror_generation"]:
                 self._detach_mirror()
@@ -203,10 +214,11 @@ class ClientCore:
         return key, seconds, wait, value
 
     def _detach_mirror(self) -> None:
+        # dropped, never closed: another thread may be reading it right now (it is
+        # unmapped once nothing refers to it)
         mirror, self.mirror = self.mirror, None
         if mirror is not None:
             self.mirror_counters = [a + b for a, b in zip(self.mirror_counters, _mirror_counts(mirror), strict=True)]
-            mirror.close()
 
     def from_mirror(self, key: str) -> Any:
         """``key``'s value from the shared-memory L1 mirror, kept in near too, or
@@ -306,18 +318,18 @@ class ClientCore:
         err.__cause__ = exc
         return err
 
-    def filled(self, key: str, value: Any, data: bytes, ttl: float, reply: list[Any] | None) -> None:
+    def filled(self, key: str, value: Any, data: bytes, ttl: float, reply: Any) -> None:
         """After a fill: keep a near copy if the coordinator stored the value."""
-        if reply is not None and reply[1] == Status.OK and reply[3]:
+        if isinstance(reply, list) and reply[1] == Status.OK and reply[3]:
             self.near.put(key, self.codec.decode(data), data, reply[2], ttl)
 
     def close(self) -> None:
-        """Unmap the shared memory (version table, mirror)."""
+        """Let go of the shared memory (version table, mirror): unmapped once no
+        thread still reading it refers to it."""
         with self._state_lock:
             self._detach_mirror()
-            table, self.near.table = self.near.table, None
-            if table is not None:
-                table.close()
+            self.near.table = None
+            self.near.clear()
 
     # -- reports ------------------------------------------------------------
 
@@ -379,7 +391,7 @@ class ClientBase:
     :param socket_path: the coordinator's socket (default: ``MTCACHE_SOCKET`` or a
         per-user path).
     :param namespace: keys of different namespaces never meet; one coordinator
-        serves one namespace.
+        serves one namespace (default: ``MTCACHE_NAMESPACE``, ``.env``, else ``"default"``).
     :param redis_url: passed to a coordinator this client starts, and used by the
         stream helpers.
     :param spawn: start a coordinator when none answers.
@@ -395,7 +407,7 @@ class ClientBase:
         self,
         socket_path: str | None = None,
         *,
-        namespace: str = "default",
+        namespace: str | None = None,
         redis_url: str | None = None,
         spawn: bool = True,
         near_capacity: int = 1024,

@@ -2,9 +2,10 @@
 
 Every flow is a generator of pure logic (sans I/O, as httpcore and h11 do it):
 it yields a :class:`Call` when it needs the coordinator and receives the reply
-(None when the coordinator is unavailable), or yields :data:`COMPUTE` when it
-needs the caller's function run and receives ``(True, value)`` or ``(False,
-exception)``. :class:`~mtcache.Client` drives flows with blocking calls and
+(None when the request was not sent: no coordinator answers; :data:`UNKNOWN`
+when it was sent but no reply came, so it may or may not have been carried
+out), or yields :data:`COMPUTE` when it needs the caller's function run and
+receives ``(True, value)`` or ``(False, exception)``. :class:`~mtcache.Client` drives flows with blocking calls and
 :class:`~mtcache.AsyncClient` with ``await``; neither holds logic of its own.
 """
 
@@ -18,17 +19,29 @@ from mtcache.protocol import Op, Status
 
 from ._core import MISSING, ClientCore
 
-__all__ = ["COMPUTE", "Call", "Flow", "compute_flow", "delete_flow", "get_flow", "set_flow"]
+__all__ = ["COMPUTE", "UNKNOWN", "Call", "Flow", "compute_flow", "delete_flow", "get_flow", "set_flow"]
 
 
 @dataclass(frozen=True, slots=True)
 class Call:
     """One request to the coordinator: ``op`` with ``args``; ``timeout`` None
-    means the client's request timeout."""
+    means the client's request timeout. With ``reply=False`` the request is sent
+    and not waited for (the flow receives None)."""
 
     op: int
     args: tuple[Any, ...] = ()
     timeout: float | None = None
+    reply: bool = True
+
+
+class _Unknown:
+    """Marker: the request was sent, but no reply came."""
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN = _Unknown()
 
 
 class _Compute:
@@ -46,31 +59,39 @@ def get_flow(core: ClientCore, key: str, default: Any) -> Flow:
     if value is not MISSING:
         return value
     reply = yield Call(Op.GET, (key,))
-    if reply is None or reply[1] != Status.OK:
+    if not isinstance(reply, list) or reply[1] != Status.OK:
         return default
     value = core.accept_value(key, reply[2], reply[3], reply[4])
     return default if value is MISSING else value
 
 
+def _unacknowledged(core: ClientCore, reply: Any) -> bool:
+    """Count a write that got no reply: skipped (never sent) or of unknown outcome."""
+    if isinstance(reply, list):
+        return False
+    core.counters["skipped_writes" if reply is None else "unknown_writes"] += 1
+    return True
+
+
 def set_flow(core: ClientCore, key: str, value: Any, seconds: float) -> Flow:
-    """Encode (raising for a bad value before anything changes), store, keep a near copy."""
+    """Encode (raising for a bad value before anything changes), store, keep a near
+    copy; True once the coordinator acknowledged the write."""
     data = core.encode(value)
     core.near.discard(key)
     reply = yield Call(Op.SET, (key, data, seconds))
-    if reply is None:
-        core.counters["skipped_writes"] += 1
-        return None
-    # the near copy is a decoded copy: the caller may go on mutating its object
-    core.near.put(key, core.codec.decode(data), data, reply[2], seconds)
-    return None
+    if _unacknowledged(core, reply):
+        return False
+    if reply[3]:
+        # the near copy is a decoded copy: the caller may go on mutating its object
+        core.near.put(key, core.codec.decode(data), data, reply[2], seconds)
+    return True
 
 
 def delete_flow(core: ClientCore, key: str) -> Flow:
     """Remove from every tier; True if some tier held the key."""
     core.near.discard(key)
     reply = yield Call(Op.DELETE, (key,))
-    if reply is None:
-        core.counters["skipped_writes"] += 1
+    if _unacknowledged(core, reply):
         return False
     return bool(reply[2])
 
@@ -80,7 +101,7 @@ def compute_flow(core: ClientCore, key: str, seconds: float, wait: float) -> Flo
     caller computes it under the key's lease and fills it; without a coordinator
     it computes it alone."""
     reply = yield Call(Op.LEASE, (key, wait), wait + core.request_timeout)
-    if reply is None:
+    if not isinstance(reply, list):
         return (yield from _compute_locally(core, key))
     outcome = core.lease_outcome(key, reply)
     if not isinstance(outcome, bytes):
@@ -91,10 +112,13 @@ def compute_flow(core: ClientCore, key: str, seconds: float, wait: float) -> Flo
     core.counters["computes"] += 1
     ok, result = yield COMPUTE
     if not ok:
-        # free the lease at once, for the next waiter (also on KeyboardInterrupt or a cancel)
-        yield Call(Op.FAIL, (key, token, *core.failure(result)))
         if isinstance(result, Exception):
+            # every waiter gets the same error
+            yield Call(Op.FAIL, (key, token, *core.failure(result)))
             raise core.compute_error(key, result) from result
+        # cancelled or interrupted: nothing is wrong with the key, the next waiter
+        # computes it (not waited for: a cancelled caller must not wait on a reply)
+        yield Call(Op.RELEASE, (key, token), reply=False)
         raise result
     try:
         data = core.encode(result)

@@ -16,8 +16,8 @@ from mtcache.strategies import CacheStrategy
 
 from . import _core
 from . import spawn as _spawn
-from ._core import MISSING, ClientBase
-from ._flows import COMPUTE, Flow, compute_flow, delete_flow, get_flow, set_flow
+from ._core import MISSING, RETRY, ClientBase
+from ._flows import COMPUTE, UNKNOWN, Flow, compute_flow, delete_flow, get_flow, set_flow
 from .streams import AsyncStreams, Entry
 
 __all__ = ["AsyncClient"]
@@ -64,6 +64,14 @@ class _AsyncConn:
     @property
     def alive(self) -> bool:
         return not self.reader_task.done()
+
+    def send(self, msg: list[Any]) -> int:
+        if not self.alive:
+            raise CoordinatorUnavailable("the coordinator closed the connection")
+        self.rid += 1
+        rid = msg[1] = self.rid
+        self.writer.write(encode_frame(msg))
+        return rid
 
     async def request(self, msg: list[Any], timeout: float) -> list[Any]:
         if not self.alive:
@@ -145,8 +153,8 @@ class AsyncClient(ClientBase):
         if conn is not None:
             await conn.close()
 
-    async def _request(self, op: int, *args: Any, timeout: float | None = None) -> list[Any] | None:
-        """Send one request; None if the coordinator is unavailable (never raises for that)."""
+    async def _request(self, op: int, *args: Any, timeout: float | None = None, reply: bool = True) -> Any:
+        """See :meth:`mtcache.Client._request`."""
         if self._closed:
             raise RuntimeError("this mtcache AsyncClient is closed")
         core = self._core
@@ -154,17 +162,24 @@ class AsyncClient(ClientBase):
             return None
         try:
             conn = await self._conn()
-            reply = await conn.request([op, 0, *args], timeout or core.request_timeout)
+        except (OSError, ProtocolError) as exc:
+            core.unavailable(exc)
+            return None
+        try:
+            if not reply:
+                conn.send([op, 0, *args])
+                return None
+            answer = await conn.request([op, 0, *args], timeout or core.request_timeout)
         except (OSError, ProtocolError) as exc:
             await self._drop_conn()
             core.unavailable(exc)
-            return None
-        if reply[1] == Status.ERROR:
+            return UNKNOWN
+        if answer[1] == Status.ERROR:
             await self._drop_conn()
-            core.unavailable(ProtocolError(f"coordinator error: {reply[2]}: {reply[3]}"))
-            return None
+            core.unavailable(ProtocolError(f"coordinator error: {answer[2]}: {answer[3]}"))
+            return UNKNOWN
         core.connected()
-        return reply
+        return answer
 
     # -- the API ------------------------------------------------------------
 
@@ -182,11 +197,11 @@ class AsyncClient(ClientBase):
 
     async def set(
         self, key: str, value: Any, *, strategy: CacheStrategy | None = None, ttl: float | timedelta | None = None
-    ) -> None:
+    ) -> bool:
         """See :meth:`mtcache.Client.set`."""
         self._check_fork()
         core = self._core
-        await self._drive(set_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl)))
+        return bool(await self._drive(set_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl))))
 
     async def delete(self, key: str) -> bool:
         """See :meth:`mtcache.Client.delete`."""
@@ -209,19 +224,26 @@ class AsyncClient(ClientBase):
         key, seconds, wait, value = core.begin_compute(key, fn, strategy, ttl, timeout)
         if value is not MISSING:
             return value
-        flight = self._flights.get(key)
-        if flight is not None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while (flight := self._flights.get(key)) is not None:
             core.counters["local_coalesced"] += 1
             try:
-                return await asyncio.wait_for(asyncio.shield(flight), wait)
+                value = await asyncio.wait_for(asyncio.shield(flight), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 raise CacheTimeout(f"gave up waiting for another task to compute {key!r}") from None
-        flight = self._flights[key] = asyncio.get_running_loop().create_future()
+            if value is not RETRY:
+                return value
+            # the task computing it was cancelled, not this one: try again
+        flight = self._flights[key] = loop.create_future()
         try:
-            value = await self._drive(compute_flow(core, key, seconds, wait), fn)
+            value = await self._drive(compute_flow(core, key, seconds, max(0.001, deadline - loop.time())), fn)
         except BaseException as exc:
-            flight.set_exception(exc)
-            flight.exception()  # mark retrieved: followers may be none
+            if isinstance(exc, Exception):
+                flight.set_exception(exc)
+                flight.exception()  # mark retrieved: followers may be none
+            else:
+                flight.set_result(RETRY)  # cancelled: its followers were not, they try again
             raise
         else:
             flight.set_result(value)
@@ -248,7 +270,7 @@ class AsyncClient(ClientBase):
                 except BaseException as exc:  # also a cancel: the flow frees the lease, then re-raises
                     sent = (False, exc)
             else:
-                sent = await self._request(step.op, *step.args, timeout=step.timeout)
+                sent = await self._request(step.op, *step.args, timeout=step.timeout, reply=step.reply)
 
     async def clear(self) -> None:
         """See :meth:`mtcache.Client.clear`."""
@@ -260,13 +282,13 @@ class AsyncClient(ClientBase):
         """See :meth:`mtcache.Client.stats`."""
         self._check_fork()
         reply = await self._request(Op.STATS)
-        return self._core.stats(reply[2] if reply else None)
+        return self._core.stats(reply[2] if isinstance(reply, list) else None)
 
     async def health(self) -> Health:
         """See :meth:`mtcache.Client.health`."""
         self._check_fork()
         reply = await self._request(Op.HEALTH)
-        return self._core.health(reply[2] if reply else None)
+        return self._core.health(reply[2] if isinstance(reply, list) else None)
 
     # -- Redis Streams (own connections, straight to Redis) -------------------
 

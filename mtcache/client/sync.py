@@ -6,6 +6,7 @@ import concurrent.futures
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -17,8 +18,8 @@ from mtcache.strategies import CacheStrategy
 
 from . import _core
 from . import spawn as _spawn
-from ._core import MISSING, ClientBase
-from ._flows import COMPUTE, Flow, compute_flow, delete_flow, get_flow, set_flow
+from ._core import MISSING, RETRY, ClientBase
+from ._flows import COMPUTE, UNKNOWN, Flow, compute_flow, delete_flow, get_flow, set_flow
 from .streams import Entry, Streams
 
 __all__ = ["Client"]
@@ -42,11 +43,15 @@ class _Conn:
         self.rid = 0
         self.ready: list[list[Any]] = []
 
-    def request(self, msg: list[Any], timeout: float | None = None) -> list[Any]:
+    def send(self, msg: list[Any]) -> int:
         self.rid += 1
         rid = msg[1] = self.rid
-        self.sock.settimeout(timeout or self.timeout)
         self.sock.sendall(encode_frame(msg))
+        return rid
+
+    def request(self, msg: list[Any], timeout: float | None = None) -> list[Any]:
+        self.sock.settimeout(timeout or self.timeout)
+        rid = self.send(msg)
         while True:
             while self.ready:
                 reply = self.ready.pop(0)
@@ -121,25 +126,36 @@ class Client(ClientBase):
                 self._conns.discard(conn)
             conn.close()
 
-    def _request(self, op: int, *args: Any, timeout: float | None = None) -> list[Any] | None:
-        """Send one request; None if the coordinator is unavailable (never raises for that)."""
+    def _request(self, op: int, *args: Any, timeout: float | None = None, reply: bool = True) -> Any:
+        """Send one request and return its reply; never raises for an unavailable
+        coordinator: None if the request was not sent, UNKNOWN if it was sent but no
+        reply came (see :mod:`mtcache.client._flows`). With ``reply=False`` the
+        request is only sent (None)."""
         if self._closed:
             raise RuntimeError("this mtcache Client is closed")
         core = self._core
         if not core.should_try():
             return None
         try:
-            reply = self._conn().request([op, 0, *args], timeout)
+            conn = self._conn()
+        except (OSError, ProtocolError) as exc:
+            core.unavailable(exc)
+            return None
+        try:
+            if not reply:
+                conn.send([op, 0, *args])
+                return None
+            answer = conn.request([op, 0, *args], timeout)
         except (OSError, ProtocolError) as exc:
             self._drop_conn()
             core.unavailable(exc)
-            return None
-        if reply[1] == Status.ERROR:
+            return UNKNOWN
+        if answer[1] == Status.ERROR:
             self._drop_conn()
-            core.unavailable(ProtocolError(f"coordinator error: {reply[2]}: {reply[3]}"))
-            return None
+            core.unavailable(ProtocolError(f"coordinator error: {answer[2]}: {answer[3]}"))
+            return UNKNOWN
         core.connected()
-        return reply
+        return answer
 
     # -- the API ------------------------------------------------------------
 
@@ -160,17 +176,19 @@ class Client(ClientBase):
 
     def set(
         self, key: str, value: Any, *, strategy: CacheStrategy | None = None, ttl: float | timedelta | None = None
-    ) -> None:
+    ) -> bool:
         """Store ``value`` for ``ttl`` seconds (or ``strategy.ttl``, else DEFAULT's
         5 min) in L1 and L2. Every worker on this host sees it from the moment this
-        returns.
+        returns True. False: the coordinator did not acknowledge the write (it is
+        unavailable: the write was skipped, or its outcome is unknown; either way
+        this worker keeps no copy of it).
 
         :raises TypeError: ``value`` cannot be encoded (the message names its type).
         :raises ValueError: the encoding is too large, or key/ttl are invalid.
         """
         self._check_fork()
         core = self._core
-        self._drive(set_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl)))
+        return bool(self._drive(set_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl))))
 
     def delete(self, key: str) -> bool:
         """Remove ``key`` from every tier; True if some tier held it."""
@@ -202,23 +220,28 @@ class Client(ClientBase):
         key, seconds, wait, value = core.begin_compute(key, fn, strategy, ttl, timeout)
         if value is not MISSING:
             return value
-        with self._lock:
-            flight = self._flights.get(key)
-            leader = flight is None
-            if leader:
-                flight = self._flights[key] = concurrent.futures.Future()
-            else:
+        deadline = time.monotonic() + wait
+        while True:
+            with self._lock:
+                flight = self._flights.get(key)
+                if flight is None:
+                    flight = self._flights[key] = concurrent.futures.Future()
+                    break
                 core.counters["local_coalesced"] += 1
-        assert flight is not None
-        if not leader:
             try:
-                return flight.result(timeout=wait)
+                value = flight.result(timeout=max(0.0, deadline - time.monotonic()))
             except concurrent.futures.TimeoutError:
                 raise CacheTimeout(f"gave up waiting for another thread to compute {key!r}") from None
+            if value is not RETRY:
+                return value
+            # the thread computing it was interrupted, not this one: try again
         try:
-            value = self._drive(compute_flow(core, key, seconds, wait), fn)
+            value = self._drive(compute_flow(core, key, seconds, max(0.001, deadline - time.monotonic())), fn)
         except BaseException as exc:
-            flight.set_exception(exc)
+            if isinstance(exc, Exception):
+                flight.set_exception(exc)
+            else:
+                flight.set_result(RETRY)  # interrupted: its followers were not, they try again
             raise
         else:
             flight.set_result(value)
@@ -243,7 +266,7 @@ class Client(ClientBase):
                 except BaseException as exc:  # the flow frees the lease, then re-raises
                     sent = (False, exc)
             else:
-                sent = self._request(step.op, *step.args, timeout=step.timeout)
+                sent = self._request(step.op, *step.args, timeout=step.timeout, reply=step.reply)
 
     def clear(self) -> None:
         """Empty this namespace in every tier (this host's L1 and Redis)."""
@@ -255,13 +278,13 @@ class Client(ClientBase):
         """Counters of this client and of its coordinator."""
         self._check_fork()
         reply = self._request(Op.STATS)
-        return self._core.stats(reply[2] if reply else None)
+        return self._core.stats(reply[2] if isinstance(reply, list) else None)
 
     def health(self) -> Health:
         """Whether the coordinator and Redis answer; ``mode`` is ``"degraded"`` if not."""
         self._check_fork()
         reply = self._request(Op.HEALTH)
-        return self._core.health(reply[2] if reply else None)
+        return self._core.health(reply[2] if isinstance(reply, list) else None)
 
     # -- Redis Streams (own connections, straight to Redis) -------------------
 

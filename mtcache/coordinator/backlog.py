@@ -1,94 +1,135 @@
-"""Writes that did not reach Redis, replayed when it answers again.
+"""Writes that did not reach Redis, kept until they are replayed.
 
-While Redis is unreachable, a ``set``, ``delete`` or ``clear`` still updates L1
-and is acknowledged, but its L2 write and its stream entry are skipped. Without
-a record of them, the value Redis still holds would come back: read on an L1
-miss and promoted once Redis answers, or served to other hosts that never heard
-of the write. The backlog remembers those keys (or that a clear was missed);
-until they are replayed, reads do not take them from L2; on reconnect each key
-is written with what L1 holds now (or deleted), with its stream entry, before
-the coordinator uses Redis again. Past :data:`LIMIT` keys it remembers "all of
-them" and replays a clear of the namespace instead.
+While Redis is unreachable, a ``set``, ``delete`` or ``clear`` is still applied
+to L1 and acknowledged, but its L2 write and its stream entry cannot be sent.
+The backlog keeps **the writes themselves** (key, value or tombstone, TTL,
+stamp), newest per key, so nothing that happens to L1 meanwhile (a staleness
+drop, a gap, an eviction) can lose one. Until a key's write is replayed, reads
+do not take that key from L2 (what Redis holds may be what the write
+replaced). When Redis answers again the coordinator replays the backlog with the
+same conditional script as every write: an outage write reaches Redis and the
+other hosts only if no newer write (by stamp) got there first.
+
+A ``clear`` supersedes every write recorded before it. The backlog is bounded by
+bytes; past the bound it stops recording, counts and logs what it drops, and
+remembers that it overflowed: on replay the coordinator then clears the whole
+namespace on every host (a newer floor than any dropped write) instead of
+letting an acknowledged write vanish silently.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import logging
+from dataclasses import dataclass
 
-from mtcache.coordinator.l2 import L2Tier
-from mtcache.coordinator.writes import WriteQueue
+__all__ = ["ENTRY_OVERHEAD", "Write", "WriteBacklog"]
 
-__all__ = ["LIMIT", "WriteBacklog"]
+log = logging.getLogger("mtcache.coordinator")
 
-#: Keys remembered one by one; beyond this, the namespace is cleared on replay.
-LIMIT = 100_000
-_BATCH = 500
+#: Bytes accounted per write on top of its key and value (bookkeeping).
+ENTRY_OVERHEAD = 96
 
-Publish = Callable[[Any, str, str], None]
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Write:
+    """One write as it must reach Redis: ``value`` None is a delete (a tombstone), ``clear`` a clear of the
+    namespace (``key`` is then empty)."""
+
+    key: str
+    value: bytes | None
+    ttl: float
+    stamp: int
+    clear: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        """What the write accounts for in the backlog's bound."""
+        return len(self.key) + len(self.value or b"") + ENTRY_OVERHEAD
 
 
 class WriteBacklog:
-    """Keys whose L2 write was skipped or failed (see the module docstring)."""
+    """Writes waiting for Redis (see the module docstring). Event-loop only."""
 
-    def __init__(self) -> None:
-        self.keys: set[str] = set()
-        self.everything = False
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self._writes: dict[str, Write] = {}
+        #: the newest clear waiting for Redis
+        self.clear: Write | None = None
+        #: writes were dropped past the bound: the replay must clear the namespace
+        self.overflowed = False
+        self.bytes = 0
+        self.recorded = 0
+        self.dropped = 0
 
-    def add(self, key: str) -> None:
-        """``key``'s write did not reach Redis."""
-        if not self.everything:
-            self.keys.add(key)
-            if len(self.keys) > LIMIT:
-                self.add_all()
-
-    def add_all(self) -> None:
-        """A clear (or too many writes to remember) did not reach Redis."""
-        self.everything = True
-        self.keys.clear()
+    def add(self, write: Write) -> None:
+        """Record ``write`` (it replaces an older write of the same key; a clear replaces everything)."""
+        if self.overflowed:
+            self.dropped += 1
+            return
+        self.recorded += 1
+        if write.clear:
+            if self.clear is None or write.stamp > self.clear.stamp:
+                self.clear = write
+            self._writes = {k: w for k, w in self._writes.items() if w.stamp > write.stamp}
+            self.bytes = sum(w.nbytes for w in self._writes.values())
+            return
+        old = self._writes.get(write.key)
+        if old is not None:
+            if old.stamp > write.stamp:
+                return
+            self.bytes -= old.nbytes
+        self._writes[write.key] = write
+        self.bytes += write.nbytes
+        if self.bytes > self.max_bytes:
+            self.dropped += len(self._writes)
+            log.error(
+                "the backlog of writes made while Redis is unreachable passed %d bytes: %d writes dropped; "
+                "every host's copy of this namespace will be cleared when Redis answers",
+                self.max_bytes, len(self._writes),
+            )
+            self._writes.clear()
+            self.clear = None
+            self.bytes = 0
+            self.overflowed = True
 
     def covers(self, key: str) -> bool:
-        """True if what Redis holds for ``key`` may be older than L1's truth."""
-        return self.everything or key in self.keys
+        """True if what Redis holds for ``key`` may be older than this host's truth."""
+        return self.overflowed or self.clear is not None or key in self._writes
+
+    def holds(self, key: str, stamp: int) -> bool:
+        """True if the write of ``key`` with ``stamp`` is waiting here (L1 must keep its entry)."""
+        write = self._writes.get(key)
+        return write is not None and write.stamp == stamp
+
+    def batch(self, size: int) -> list[Write]:
+        """Up to ``size`` writes to replay next (they stay recorded until :meth:`done`)."""
+        out: list[Write] = []
+        for write in self._writes.values():
+            out.append(write)
+            if len(out) >= size:
+                break
+        return out
+
+    def done(self, write: Write) -> None:
+        """``write`` reached Redis: forget it, unless a newer write of its key replaced it meanwhile."""
+        if write.clear:
+            if self.clear is write:
+                self.clear = None
+        elif self._writes.get(write.key) is write:
+            del self._writes[write.key]
+            self.bytes -= write.nbytes
+
+    def reset(self) -> None:
+        """The namespace was cleared everywhere (after an overflow): nothing is left to replay."""
+        self._writes.clear()
+        self.clear = None
+        self.bytes = 0
+        self.overflowed = False
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self._writes) + (self.clear is not None)
 
-    async def replay(
-        self,
-        writes: WriteQueue,
-        l2: L2Tier,
-        publish: Publish,
-        current: Callable[[str], tuple[bytes, float] | None],
-    ) -> int:
-        """Bring Redis and the other hosts up to date; return how many keys were
-        replayed. ``current(key)`` is L1's value and remaining TTL, or None.
-
-        :raises L2Error: Redis failed again; what is not replayed stays remembered.
-        """
-        replayed = 0
-        while self.everything or self.keys:
-            if self.everything:
-                self.everything = False
-                try:
-                    await writes.clear(lambda pipe: publish(pipe, "clear", ""))
-                except BaseException:
-                    self.everything = True
-                    raise
-                continue
-            batch = list(self.keys)[:_BATCH]
-
-            def build(pipe: Any, batch: list[str] = batch) -> None:
-                for key in batch:
-                    found = current(key)
-                    if found is None:
-                        l2.queue_delete(pipe, key)
-                        publish(pipe, "del", key)
-                    else:
-                        l2.queue_set(pipe, key, found[0], found[1])
-                        publish(pipe, "set", key)
-
-            await writes.write(None, build)
-            self.keys.difference_update(batch)
-            replayed += len(batch)
-        return replayed
+    def __bool__(self) -> bool:
+        return self.overflowed or bool(self._writes) or self.clear is not None

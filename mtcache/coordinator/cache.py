@@ -3,6 +3,11 @@
 Every method returns the reply payload of the protocol (``[status, *payload]``,
 see :mod:`mtcache.protocol`); the server adds the request id and writes it.
 User values are bytes here: the coordinator never decodes them.
+
+Every write (set, delete, clear, fill) gets a stamp when the coordinator accepts
+it (see :mod:`mtcache.coordinator.stamps`), also while Redis is unreachable, and
+carries it to L1, to Redis (where it is written only if newer than what Redis
+holds) and to the other hosts (which apply it only if newer than what they hold).
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
 from mtcache.config import Settings
-from mtcache.coordinator.backlog import WriteBacklog
+from mtcache.coordinator.backlog import Write, WriteBacklog
 from mtcache.coordinator.invalidation import InvalidationStream, new_origin
-from mtcache.coordinator.l2 import Envelope, L2Tier
+from mtcache.coordinator.l2 import Envelope, L2Tier, WriteResult
 from mtcache.coordinator.leases import DistributedLeases, LeaseRegistry
-from mtcache.coordinator.store import L1Store
+from mtcache.coordinator.local import LocalTier
+from mtcache.coordinator.stamps import HybridClock, stamp_ms
 from mtcache.coordinator.writes import WriteQueue
 from mtcache.errors import L2Error
 from mtcache.mirror import MirrorWriter
@@ -33,6 +39,8 @@ log = logging.getLogger("mtcache.coordinator")
 #: Expired entries removed per sweep: a near copy may outlive its value's TTL until
 #: the sweep that removes the entry bumps its version.
 SWEEP_LIMIT = 4096
+#: Writes replayed per round trip after an outage.
+REPLAY_BATCH = 500
 T = TypeVar("T")
 Reply = list[Any]
 
@@ -41,25 +49,22 @@ class CacheEngine:
     """L1 → L2 read-through, write-through sets, stampede leases, version bumps.
 
     ``l2`` is None when the coordinator runs without Redis. When Redis fails, the
-    engine marks it down, serves from L1 alone (``mode`` = degraded) and pings it
-    in the background until it answers again.
+    engine marks it down, serves from L1 alone (``mode`` = degraded), keeps the
+    writes it acknowledges in its backlog, and pings Redis in the background until
+    it answers again; then it replays them before it uses Redis again.
     """
 
     def __init__(
         self, settings: Settings, table: VersionTable, l2: L2Tier | None, mirror: MirrorWriter | None = None
     ) -> None:
         self.settings = settings
-        self.table = table
-        self.mirror = mirror
+        self.local = LocalTier(
+            table, mirror, capacity=settings.l1_capacity, max_bytes=settings.l1_max_bytes, max_ttl=settings.l1_ttl
+        )
         self.l2 = l2
         self.l2_up = False
-        self.store = L1Store(
-            capacity=settings.l1_capacity,
-            max_bytes=settings.l1_max_bytes,
-            default_ttl=settings.l1_ttl,
-            on_remove=self._on_remove,
-        )
-        self.leases = LeaseRegistry(settings.lease_ttl, self.version_of, on_end=self._lease_ended)
+        self.clock = HybridClock()
+        self.leases = LeaseRegistry(settings.lease_ttl, on_end=self._lease_ended)
         self.origin = new_origin()
         self.inval: InvalidationStream | None = None
         self.dist: DistributedLeases | None = None
@@ -72,27 +77,36 @@ class CacheEngine:
                 timeout=settings.redis_timeout,
                 origin=self.origin,
                 on_invalidate=self._invalidated,
-                on_clear=self._cleared,
+                on_clear=self._cleared_elsewhere,
+                on_gap=self._unvouched,
                 on_fill=self._filled_elsewhere,
+                on_stamp=self._observed,
             )
-            self.dist = DistributedLeases(l2.prefix, self.origin, settings.lease_ttl)
-        # keys whose Redis lease this host holds, and keys other hosts are filling
-        self._redis_leases: set[str] = set()
-        self._fill_events: dict[str, asyncio.Event] = {}
+            self.dist = DistributedLeases(l2, self.origin, settings.lease_ttl)
+        #: the newest clear this host knows of: entries written before it are dead
+        self.floor = 0
         self._stale_dropped = False
         self._tasks: set[asyncio.Task[Any]] = set()
         # every L2 write goes through one ordered, batching queue (see writes.py)
         self.writes = WriteQueue(l2) if l2 is not None else None
         # writes acknowledged while Redis was unreachable (see backlog.py)
-        self.backlog = WriteBacklog()
+        self.backlog = WriteBacklog(settings.backlog_max_bytes)
         self._reconnect_task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
+        self.skew_ms: float | None = None
+        self.eviction_policy: str | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             ("l2_hits", "l2_misses", "promotions", "l2_errors", "l2_skipped", "sets", "deletes", "clears",
-             "fills", "fills_discarded", "compute_errors", "lease_timeouts", "cross_host_lease_waits",
-             "redis_leases_taken", "staleness_drops", "backlog_replayed"),
+             "fills", "fills_discarded", "fills_late", "compute_errors", "lease_releases", "lease_timeouts",
+             "cross_host_lease_waits", "redis_leases_taken", "staleness_drops", "backlog_replayed",
+             "writes_superseded", "backlog_overflows"),
             0,
         )
+
+    @property
+    def table(self) -> VersionTable:
+        """The version table (shared memory) of this host."""
+        return self.local.table
 
     # -- life cycle ---------------------------------------------------------
 
@@ -104,9 +118,8 @@ class CacheEngine:
         self.inval.start()
         if await self.l2.ping():
             self.l2_up = True
-            # let the stream reader find its start before serving the first request:
-            # its first connection drops whatever L1 holds (none of it saw the stream),
-            # which should be nothing, not the first values workers set
+            await self._inspect_redis()
+            # let the stream reader find its start before serving the first request
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.inval.synced.wait(), 2 * self.settings.redis_timeout)
         else:
@@ -130,85 +143,78 @@ class CacheEngine:
             await self.l2.aclose()
 
     def sweep(self) -> int:
-        """Drop expired L1 entries and enforce the staleness bound (called
-        periodically by the server).
+        """Drop expired L1 entries, forget stale grants and enforce the staleness
+        bound (called periodically by the server).
 
         Staleness bound: once the invalidation reader has not heard from Redis for
         longer than ``staleness_bound`` seconds (its blocking read returns every
-        second when all is well), L1 is dropped once, so it holds
-        only what this host wrote or computed since; when the reader is back, the
-        stream is replayed (or L1 dropped again on a gap).
+        second when all is well), L1 is dropped once, but for this host's own
+        writes still waiting to be replayed: afterwards it holds only what this host
+        wrote or computed since. When the reader is back, it resumes the stream (or
+        drops L1 again on a gap).
         """
         self.table.beat()
+        self.leases.prune_grants(self.settings.tombstone_ttl)
         inval = self.inval
         bound = self.settings.staleness_bound
         if inval is not None and inval.ever_connected and time.monotonic() - inval.last_ok > bound:
             if not self._stale_dropped:
                 log.warning("invalidation stream unreachable for over %.1fs: dropping L1", bound)
                 self.counters["staleness_drops"] += 1
-                self._cleared(False)
+                self._unvouched("staleness bound")
                 self._stale_dropped = True
         else:
             self._stale_dropped = False
-        return self.store.sweep(SWEEP_LIMIT)
+        return self.local.sweep(SWEEP_LIMIT)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # -- invalidation from other hosts ------------------------------------------
+    async def _inspect_redis(self) -> None:
+        """At connect: measure the clock skew against Redis (and move the clock past
+        Redis' time), and warn about an eviction policy that evicts mtcache's keys."""
+        assert self.l2 is not None
+        l2 = self.l2
+        try:
+            redis_ms, local_ms = await l2.server_time_ms()
+            self.skew_ms = local_ms - redis_ms
+            self.clock.observe_ms(int(redis_ms))
+            policy: Any = await l2.run("config", l2.redis.config_get("maxmemory-policy"))
+        except L2Error as exc:
+            log.info("could not read Redis' clock or eviction policy (%s)", exc)
+            return
+        self.eviction_policy = (policy or {}).get("maxmemory-policy")
+        if self.eviction_policy and self.eviction_policy.startswith("allkeys"):
+            log.warning(
+                "Redis at %s evicts with maxmemory-policy %s: it may evict tombstones and the invalidation "
+                "stream, so a delete can be undone by an older fill and hosts may drop their L1 on gaps; "
+                "use volatile-lru or volatile-ttl (every mtcache value has a TTL)",
+                self.settings.redacted_redis_url, self.eviction_policy,
+            )
 
-    def _invalidated(self, key: str) -> None:
-        self._l1_delete(key)
-        self.table.bump_key(key)
+    # -- what other hosts did -----------------------------------------------
 
-    def _cleared(self, is_gap: bool) -> None:
-        self._l1_clear()
-        self.table.bump_all()
+    def _observed(self, stamp: int, entry_ms: int) -> None:
+        self.clock.observe(stamp)
+        self.clock.observe_ms(entry_ms)
+
+    def _invalidated(self, key: str, stamp: int) -> bool:
+        return self.local.drop_older(key, stamp)
+
+    def _cleared_elsewhere(self, stamp: int) -> None:
+        self.floor = max(self.floor, stamp)
+        self.local.clear(keep=lambda _key, held: held > stamp)
+
+    def _unvouched(self, reason: str) -> None:
+        """L1 may have missed other hosts' writes: drop it, but for this host's own
+        writes that wait to be replayed (the replay decides, by stamp, what wins)."""
+        self.local.clear(keep=self.backlog.holds)
 
     def _filled_elsewhere(self, key: str) -> None:
-        event = self._fill_events.pop(key, None)
-        if event is not None:
-            event.set()
-
-    # -- versions -----------------------------------------------------------
-
-    def version_of(self, key: str) -> int:
-        """The key's current version counter."""
-        table = self.table
-        return table.get(table.slot(key))
-
-    def _on_remove(self, key: str, reason: str) -> None:
-        # evicted or expired: the mirror first, then the version (a worker reads the
-        # version before the mirror, so it can never pair an old value with a new version)
-        if self.mirror is not None:
-            self.mirror.delete(key)
-        self.table.bump_key(key)
-
-    # -- L1 and its shared-memory mirror change together -------------------------
-
-    def _l1_put(self, key: str, value: bytes, ttl: float) -> bool:
-        ttl = min(ttl, self.settings.l1_ttl)
-        stored = self.store.set(key, value, ttl)
-        if self.mirror is not None:
-            if stored:
-                self.mirror.put(key, value, time.monotonic() + ttl)
-            else:
-                self.mirror.delete(key)
-        return stored
-
-    def _l1_delete(self, key: str) -> bool:
-        existed = self.store.delete(key)
-        if self.mirror is not None:
-            self.mirror.delete(key)
-        return existed
-
-    def _l1_clear(self) -> int:
-        removed = self.store.clear()
-        if self.mirror is not None:
-            self.mirror.clear()
-        return removed
+        if self.dist is not None:
+            self.dist.filled(key)
 
     # -- L2 with failure handling --------------------------------------------
 
@@ -221,20 +227,48 @@ class CacheEngine:
         try:
             return await op(l2)
         except L2Error as exc:
-            self.counters["l2_errors"] += 1
-            if self.l2_up:
-                log.warning("Redis failed (%s); serving L1 only until it answers again", exc)
-            self.l2_up = False
-            self._start_reconnect()
+            self._l2_failed(exc)
             return None
 
-    async def _write(self, key: str, build: Callable[[Any], None]) -> list[Any] | None:
-        """Queue an L2 write of ``key`` (see writes.py); its replies, or None if
-        Redis is down or failed."""
-        writes = self.writes
-        if writes is None:
+    def _l2_failed(self, exc: L2Error) -> None:
+        self.counters["l2_errors"] += 1
+        if self.l2_up:
+            log.warning("Redis failed (%s); serving L1 only until it answers again", exc)
+        self.l2_up = False
+        self._start_reconnect()
+
+    async def _write(
+        self, write: Write, *, publish: str | None, extra: Callable[[Any], None] | None = None, keep: bool = True
+    ) -> int | None:
+        """Send ``write`` (with its stream entry ``publish``) through the write queue;
+        the :class:`WriteResult`, or None if Redis is down or failed on this write.
+        With ``keep`` such a write goes to the backlog (one that may or may not have
+        reached Redis is replayed, which its stamp makes harmless); a fill does not
+        (a cache may always lose a computed value)."""
+        writes, l2 = self.writes, self.l2
+        if writes is None or l2 is None:
             return None
-        return await self._l2(lambda l2: writes.write(key, build))
+        if not self.l2_up:
+            if keep:
+                self.backlog.add(write)
+            self.counters["l2_skipped"] += 1
+            return None
+
+        def build(pipe: Any) -> None:
+            l2.queue_write(pipe, write.key, write.value, write.ttl, write.stamp)
+            if publish is not None:
+                self._publish(pipe, publish, write.key, write.stamp)
+            if extra is not None:
+                extra(pipe)
+
+        try:
+            replies = await writes.write(write.key, build)
+        except L2Error as exc:
+            if keep:
+                self.backlog.add(write)
+            self._l2_failed(exc)
+            return None
+        return int(replies[0])
 
     def _start_reconnect(self) -> None:
         if self._reconnect_task is None or self._reconnect_task.done():
@@ -243,12 +277,10 @@ class CacheEngine:
     async def _reconnect(self) -> None:
         assert self.l2 is not None
         delay = 0.05
-        writes = self.writes
-        assert writes is not None
         while True:
             if await self.l2.ping():
                 try:
-                    replayed = await self.backlog.replay(writes, self.l2, self._publish, self._l1_current)
+                    replayed = await self._replay()
                 except L2Error:
                     self.counters["l2_errors"] += 1
                 else:
@@ -256,38 +288,91 @@ class CacheEngine:
             await asyncio.sleep(delay)  # backoff between reconnect attempts
             delay = min(delay * 2, 2.0)
         self.l2_up = True
+        await self._inspect_redis()
         self.counters["backlog_replayed"] += replayed
         log.info("Redis at %s answers again (%d writes made meanwhile replayed)", self.settings.redacted_redis_url,
                  replayed)
 
-    def _l1_current(self, key: str) -> tuple[bytes, float] | None:
-        value = self.store.peek(key)
-        ttl = self.store.remaining_ttl(key)
-        if value is None or ttl is None:
-            return None
-        return value, min(ttl, self.settings.l2_ttl)
+    async def _replay(self) -> int:
+        """Send the backlog with the conditional script (an older write never replaces
+        a newer one, from any host); drop from L1 the writes that lost. Returns how many
+        writes were replayed.
+
+        :raises L2Error: Redis failed again; what is not replayed stays in the backlog.
+        """
+        writes, l2, backlog = self.writes, self.l2, self.backlog
+        assert writes is not None and l2 is not None
+        replayed = 0
+        while backlog:
+            if backlog.overflowed:
+                # writes were dropped: clear everything, everywhere, newer than any of them
+                self.counters["backlog_overflows"] += 1
+                floor = self.clock.now()
+                await self._send_clear(floor)
+                self.floor = max(self.floor, floor)
+                self.local.clear(keep=lambda _key, held, floor=floor: held > floor)  # type: ignore[misc]
+                backlog.reset()
+                continue
+            clear = backlog.clear
+            if clear is not None:
+                await self._send_clear(clear.stamp)
+                backlog.done(clear)
+                replayed += 1
+                continue
+            batch = backlog.batch(REPLAY_BATCH)
+            # one write each, all queued at once: the write queue sends them in one round trip
+            results = await asyncio.gather(*(self._replay_one(w) for w in batch), return_exceptions=True)
+            for w, result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    raise result
+                backlog.done(w)
+                if result <= WriteResult.OLDER:
+                    self.counters["writes_superseded"] += 1
+                    self.local.drop_if(w.key, w.stamp)
+            replayed += len(batch)
+        return replayed
+
+    async def _replay_one(self, write: Write) -> int:
+        writes, l2 = self.writes, self.l2
+        assert writes is not None and l2 is not None
+
+        def build(pipe: Any) -> None:
+            l2.queue_write(pipe, write.key, write.value, write.ttl, write.stamp)
+            self._publish(pipe, "set" if write.value is not None else "del", write.key, write.stamp)
+
+        return int((await writes.write(write.key, build))[0])
+
+    async def _send_clear(self, stamp: int) -> None:
+        writes, l2 = self.writes, self.l2
+        assert writes is not None and l2 is not None
+
+        def build(pipe: Any) -> None:
+            l2.queue_raise_floor(pipe, stamp)
+            self._publish(pipe, "clear", "", stamp)
+
+        await writes.clear(stamp, build)
 
     # -- reads --------------------------------------------------------------
 
     def get_l1(self, key: str) -> Reply | None:
         """The reply for an L1 hit, or None."""
-        value = self.store.get(key)
-        if value is None:
+        hit = self.local.get(key)
+        if hit is None:
             return None
-        return [Status.OK, value, self.version_of(key), self.store.remaining_ttl(key) or 0.0]
+        return [Status.OK, hit.value, hit.version, hit.ttl]
 
-    def _usable(self, found: tuple[Envelope, float] | None, count_miss: bool) -> tuple[bytes, float] | None:
-        if found is None:
+    def _usable(self, env: Envelope | None, count_miss: bool) -> tuple[bytes, float, int] | None:
+        if env is not None:
+            self.clock.observe(env.stamp)
+        if env is None or env.tombstone or env.stamp <= self.floor:
             self.counters["l2_misses"] += count_miss
             return None
-        env, remaining = found
-        logical_left = env.logical_expiry_ms / 1000.0 - time.time()
-        ttl = min(remaining, logical_left)
+        ttl = env.logical_expiry_ms / 1000.0 - time.time()
         if ttl <= 0:
             self.counters["l2_misses"] += count_miss
             return None
         self.counters["l2_hits"] += 1
-        return env.value, ttl
+        return env.value, ttl, env.stamp
 
     async def _read_l2(self, key: str, *, recheck: bool = False) -> Reply | None:
         """Read ``key`` from L2 and promote it into L1 if no write raced the read.
@@ -303,73 +388,70 @@ class CacheEngine:
             # a write of this key is on its way to Redis, or did not get there while it
             # was down: what L2 holds may be what that write replaced, so do not read it
             return None
-        before = self.version_of(key)
+        before = self.local.version_of(key)
         found = self._usable(await self._l2(lambda l2: l2.get(key)), count_miss=not recheck)
         if found is None:
             return None
-        if self.version_of(key) != before:
+        if self.local.version_of(key) != before:
             return self.get_l1(key)
-        value, ttl = found
-        if self._l1_put(key, value, ttl):
-            self.counters["promotions"] += 1
-        return [Status.OK, value, before, ttl]
+        value, ttl, stamp = found
+        version = self.local.put(key, value, ttl, stamp)
+        self.counters["promotions"] += 1
+        return [Status.OK, value, version, ttl]
 
     async def get_miss(self, key: str) -> Reply:
         """After an L1 miss (see :meth:`get_l1`): L2, promoting a hit, else a miss."""
         reply = await self._read_l2(key)
-        return reply if reply is not None else [Status.MISS, self.version_of(key)]
+        return reply if reply is not None else [Status.MISS, self.local.version_of(key)]
 
     # -- writes -------------------------------------------------------------
 
-    def _publish(self, pipe: Any, op: str, key: str = "") -> None:
+    def _publish(self, pipe: Any, op: str, key: str, stamp: int) -> None:
         if self.inval is not None:
-            self.inval.publish(pipe, op, key)
+            self.inval.publish(pipe, op, key, stamp)
 
     async def set(self, key: str, value: bytes, ttl: float) -> Reply:
-        """Store in L1 (bumping the version before the ack) and in L2, and tell
-        the other hosts, in one round trip."""
+        """Store in L1 (moving the version before the ack) and in L2, and tell the
+        other hosts, in one round trip. The reply says whether the worker may keep a
+        near copy (not if a newer write from another host already replaced it)."""
         self.counters["sets"] += 1
-        self._l1_put(key, value, ttl)
-        version = self.table.bump_key(key)
-
-        def build(pipe: Any) -> None:
-            assert self.l2 is not None
-            self.l2.queue_set(pipe, key, value, min(ttl, self.settings.l2_ttl))
-            self._publish(pipe, "set", key)
-
-        if await self._write(key, build) is None and self.l2 is not None:
-            self.backlog.add(key)
-        return [Status.OK, version]
+        stamp = self.clock.now()
+        self.local.put(key, value, ttl, stamp)
+        result = await self._write(Write(key, value, min(ttl, self.settings.l2_ttl), stamp), publish="set")
+        kept = True
+        if result is not None and result <= WriteResult.OLDER:
+            self.counters["writes_superseded"] += 1
+            self.local.drop_if(key, stamp)
+            kept = False
+        return [Status.OK, self.local.version_of(key), kept]
 
     async def delete(self, key: str) -> Reply:
-        """Remove from L1 and L2 and tell the other hosts; the reply says whether
-        either tier held the key."""
+        """Remove from L1, write a tombstone to L2 and tell the other hosts; the reply
+        says whether either tier held a value."""
         self.counters["deletes"] += 1
-        existed = self._l1_delete(key)
-        self.table.bump_key(key)
-
-        def build(pipe: Any) -> None:
-            assert self.l2 is not None
-            self.l2.queue_delete(pipe, key)
-            self._publish(pipe, "del", key)
-
-        replies = await self._write(key, build)
-        if replies is None and self.l2 is not None:
-            self.backlog.add(key)
-        return [Status.OK, bool(existed or (replies and replies[0]))]
+        stamp = self.clock.now()
+        existed = self.local.delete(key)
+        result = await self._write(Write(key, None, self.settings.tombstone_ttl, stamp), publish="del")
+        return [Status.OK, bool(existed or result == WriteResult.REPLACED)]
 
     async def clear(self) -> Reply:
         """Empty L1 and this namespace in L2, tell the other hosts; every version
         moves on."""
         self.counters["clears"] += 1
-        removed = self._l1_clear()
-        self.table.bump_all()
-        writes = self.writes
-        if writes is not None:
-            cleared = await self._l2(lambda l2: writes.clear(lambda pipe: self._publish(pipe, "clear")))
-            if cleared is None:
-                self.backlog.add_all()
-            removed += cleared or 0
+        stamp = self.clock.now()
+        self.floor = max(self.floor, stamp)
+        removed = self.local.clear()
+        if self.writes is None:
+            return [Status.OK, removed]
+        write = Write("", None, self.settings.tombstone_ttl, stamp, clear=True)
+        if not self.l2_up:
+            self.backlog.add(write)
+            return [Status.OK, removed]
+        try:
+            await self._send_clear(stamp)
+        except L2Error as exc:
+            self.backlog.add(write)
+            self._l2_failed(exc)
         return [Status.OK, removed]
 
     # -- leases -------------------------------------------------------------
@@ -378,137 +460,158 @@ class CacheEngine:
         """After an L1 miss (see :meth:`get_l1`): take the key's lease (and read L2
         as its holder, so one L2 read serves every waiter) or wait for its holder."""
         deadline = time.monotonic() + wait
-        start = self.version_of(key)
-        got = self.leases.acquire(key, holder, start)
+        got = self.leases.acquire(key, holder)
         if isinstance(got, bytes):
-            reply = await self._read_l2(key)
-            if reply is not None:
-                self.leases.finish(key, got, ("value", *reply[1:]))
-                return reply
-            return await self._granted(key, got, start, deadline)
-        # asyncio.wait, not wait_for: since Python 3.12 wait_for drops a result that
-        # arrives in the same loop step as the timeout, and a lease handed over then
-        # would stay with a waiter that already answered TIMEOUT
-        done, _ = await asyncio.wait({got}, timeout=wait)
-        if not done:
-            got.cancel()  # the registry skips it from now on
-            self.counters["lease_timeouts"] += 1
-            return [Status.TIMEOUT]
-        outcome = got.result()
-        kind = outcome[0]
-        if kind == "value":
-            return [Status.OK, *outcome[1:]]
-        if kind == "granted":  # handed over: the holder died, ran out of time, or filled too late
-            token = outcome[1]
-            reply = await self._read_l2(key)  # a write may have put the value there meanwhile
+            token = got
+        else:
+            # asyncio.wait, not wait_for: since Python 3.12 wait_for drops a result that
+            # arrives in the same loop step as the timeout, and a lease handed over then
+            # would stay with a waiter that already answered TIMEOUT
+            done, _ = await asyncio.wait({got}, timeout=wait)
+            if not done:
+                got.cancel()  # the registry skips it from now on
+                self.counters["lease_timeouts"] += 1
+                return [Status.TIMEOUT]
+            outcome = got.result()
+            if outcome[0] == "value":
+                return [Status.OK, *outcome[1:]]
+            if outcome[0] == "error":
+                return [Status.COMPUTE_ERROR, *outcome[1:]]
+            token = outcome[1]  # handed over: the holder died, ran out of time, or gave up
+        reply = await self._read_l2(key)  # a write may have put the value there meanwhile
+        if reply is not None:
+            self.leases.finish(key, token, ("value", *reply[1:]))
+            return reply
+        return await self._take_cross_host(key, token, deadline)
+
+    def _grant(self, key: str, token: bytes) -> Reply:
+        version = self.local.version_of(key)
+        if not self.leases.grant(key, token, version, self.clock.now()):
+            return [Status.TIMEOUT]  # our caller went away meanwhile; nobody reads this
+        return [Status.GRANTED, token, version]
+
+    async def _take_cross_host(self, key: str, token: bytes, deadline: float) -> Reply:
+        """This host's lease on ``key`` is ours: take the Redis lease too (when
+        Redis is up), or wait for the host that holds it to fill L2. The local
+        lease's TTL does not run meanwhile; the caller's deadline does."""
+        dist = self.dist
+        if dist is None:
+            return self._grant(key, token)
+        # handed over within this host: the new holder gets a full TTL
+        if key in dist.held and await self._l2(lambda _l2: dist.renew(key)) is not False:
+            return self._grant(key, token)
+        delay = 0.02
+        waited = False
+        while True:
+            taken = await self._l2(lambda _l2: dist.take(key))
+            if not self.leases.is_holder(key, token):
+                if taken and self.leases.get(key) is None:
+                    self._lease_ended(key)  # the local lease is over: free the Redis one
+                return [Status.TIMEOUT]  # our caller went away meanwhile; nobody reads this
+            if taken:
+                self.counters["redis_leases_taken"] += 1
+                # another host may have filled and released between our L2 miss and
+                # the take: look once more, or we would compute what L2 already holds
+                reply = await self._read_l2(key, recheck=True)
+                if reply is not None:
+                    self.leases.finish(key, token, ("value", *reply[1:]))  # also frees the Redis lease
+                    return reply
+            if taken is None or taken:  # None: Redis down, per-host lease only (degraded)
+                return self._grant(key, token)
+            if not waited:
+                waited = True
+                self.counters["cross_host_lease_waits"] += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.counters["lease_timeouts"] += 1
+                self.leases.pass_on(key, token)  # the next local waiter tries, with its own deadline
+                return [Status.TIMEOUT]
+            # another host computes: woken by its fill notice, or poll as a back-up
+            await dist.wait_for_fill(key, min(delay, remaining))
+            delay = min(delay * 2, 0.5)
+            reply = await self._read_l2(key, recheck=True)
             if reply is not None:
                 self.leases.finish(key, token, ("value", *reply[1:]))
                 return reply
-            return await self._granted(key, token, outcome[2], deadline)
-        return [Status.COMPUTE_ERROR, *outcome[1:]]
-
-    async def _granted(self, key: str, token: bytes, version: int, deadline: float) -> Reply:
-        """This host's lease on ``key`` is ours: take the Redis lease too (when
-        Redis is up), or wait for the host that holds it to fill L2."""
-        if self.dist is None:
-            return [Status.GRANTED, token, version]
-        dist = self.dist
-        if key in self._redis_leases:  # handed over within this host: the new holder gets a full TTL
-            await self._l2(lambda l2: dist.renew(l2.redis, key))
-            return [Status.GRANTED, token, version]
-        delay = 0.02
-        waited = False
-        try:
-            while True:
-                # counted as ours before the take: if this task is cancelled while the
-                # SET NX is in flight, the lease's end still releases it (the release
-                # only deletes a lease this host owns)
-                self._redis_leases.add(key)
-                taken = await self._l2(lambda l2: dist.try_take(l2.redis, key))
-                if taken is False:
-                    self._redis_leases.discard(key)
-                if not self.leases.is_holder(key, token):
-                    if taken and self.leases.get(key) is None:
-                        self._lease_ended(key)  # the local lease is over: free the Redis one
-                    return [Status.TIMEOUT]  # our caller went away meanwhile; nobody reads this
-                if taken:
-                    self.counters["redis_leases_taken"] += 1
-                    # another host may have filled and released between our L2 miss and
-                    # the take: look once more, or we would compute what L2 already holds
-                    reply = await self._read_l2(key, recheck=True)
-                    if reply is not None:
-                        self.leases.finish(key, token, ("value", *reply[1:]))  # also frees the Redis lease
-                        return reply
-                if taken is None or taken:  # None: Redis down, per-host lease only (degraded)
-                    return [Status.GRANTED, token, self.version_of(key)]
-                if not waited:
-                    waited = True
-                    self.counters["cross_host_lease_waits"] += 1
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self.counters["lease_timeouts"] += 1
-                    self.leases.pass_on(key, token)  # the next local waiter tries, with its own deadline
-                    return [Status.TIMEOUT]
-                # another host computes: woken by its fill notice, or poll as a back-up
-                event = self._fill_events.setdefault(key, asyncio.Event())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(delay, remaining))
-                delay = min(delay * 2, 0.5)
-                reply = await self._read_l2(key, recheck=True)
-                if reply is not None:
-                    self.leases.finish(key, token, ("value", *reply[1:]))
-                    return reply
-        finally:
-            self._fill_events.pop(key, None)
 
     def _lease_ended(self, key: str) -> None:
         # the local lease ended without a fill (failure, or nobody left to take it
         # over): free the Redis lease so another host need not wait for its TTL
-        if key in self._redis_leases:
-            self._redis_leases.discard(key)
-            self._spawn(self._release_redis_lease(key))
+        dist = self.dist
+        if dist is not None and key in dist.held:
+            self._release_redis_lease(key)
 
-    async def _release_redis_lease(self, key: str) -> None:
+    def _release_redis_lease(self, key: str) -> None:
         dist = self.dist
         assert dist is not None
-        await self._l2(lambda l2: l2.pipeline("release", lambda pipe: dist.queue_release(pipe, key)))
+        dist.held.discard(key)
+        self._spawn(self._l2(lambda _l2: dist.release(key)))
 
     async def fill(self, key: str, token: bytes, value: bytes, ttl: float) -> Reply:
-        """The lease holder's computed value: stored in L1 only if the key's version
-        did not move since the lease began (else a newer write wins), written to L2
-        with SET NX, and handed to every waiter."""
+        """A lease holder's computed value. Stored in L1 if the key's version did not
+        move since the lease was granted (else a newer write wins), and in L2 with the
+        stamp of the grant (so any write made after the grant, on any host, beats it);
+        handed to every waiter. A fill that arrives after its lease passed on is
+        accepted on the same terms."""
         self.counters["fills"] += 1
+        grant = self.leases.grant_of(token)
         lease = self.leases.get(key)
-        current = self.version_of(key)
-        if lease is None or lease.token != token or lease.version != current:
+        current = lease is not None and lease.token == token
+        if grant is None or grant.key != key or grant.version != self.local.version_of(key):
             self.counters["fills_discarded"] += 1
-            newer = self.get_l1(key)
-            if newer is not None:
-                self.leases.finish(key, token, ("value", *newer[1:]))
-            else:
-                # the value predates a write (a delete, another host's set): waiters may
-                # have asked after that write, so none gets it; the next one computes
-                self.leases.pass_on(key, token)
-            return [Status.OK, current, False]
-        self._l1_put(key, value, ttl)
-        cross_host = key in self._redis_leases
-        self._redis_leases.discard(key)  # released below, with the write
-        self.leases.finish(key, token, ("value", value, current, ttl))
+            if current:
+                newer = self.get_l1(key)
+                if newer is not None:
+                    self.leases.finish(key, token, ("value", *newer[1:]))
+                else:
+                    # the value predates a write (a delete, another host's set): waiters may
+                    # have asked after that write, so none gets it; the next one computes
+                    self.leases.pass_on(key, token)
+            self.leases.forget_grant(token)
+            return [Status.OK, self.local.version_of(key), False]
+        self.leases.forget_grant(token)
+        version = self.local.put(key, value, ttl, grant.stamp)
+        if not current:
+            self.counters["fills_late"] += 1
+        dist = self.dist
+        cross_host = dist is not None and key in dist.held
+        if dist is not None:
+            dist.held.discard(key)  # released with the write below (so the lease's end does not)
+        if lease is not None:  # its waiters (and a later holder's) take this value
+            self.leases.finish(key, lease.token, ("value", value, version, ttl))
+        age = time.time() - stamp_ms(grant.stamp) / 1000
+        if age >= self.settings.tombstone_ttl - self.settings.staleness_bound:
+            # a tombstone of a delete made since the grant may be gone from Redis: L1 only
+            if cross_host:
+                self._release_redis_lease(key)
+            return [Status.OK, version, True]
 
-        def build(pipe: Any) -> None:
-            assert self.l2 is not None
-            self.l2.queue_set(pipe, key, value, min(ttl, self.settings.l2_ttl), nx=True)
-            if cross_host and self.dist is not None:
-                self.dist.queue_release(pipe, key)
-                self._publish(pipe, "fill", key)
+        def release(pipe: Any) -> None:
+            if cross_host and dist is not None:
+                dist.queue_release(pipe, key)
 
-        await self._write(key, build)
-        return [Status.OK, current, True]
+        result = await self._write(Write(key, value, min(ttl, self.settings.l2_ttl), grant.stamp),
+                                   publish="fill" if cross_host else None, extra=release, keep=False)
+        if result is not None and result <= WriteResult.OLDER:
+            # a newer write reached Redis first (another host's set, a delete, a clear)
+            self.counters["fills_discarded"] += 1
+            self.local.drop_if(key, grant.stamp)
+            return [Status.OK, self.local.version_of(key), False]
+        return [Status.OK, version, True]
 
     def fail(self, key: str, token: bytes, exc_type: str, message: str) -> Reply:
         """The holder's function raised: every waiter gets the error; nothing is cached."""
         self.counters["compute_errors"] += 1
+        self.leases.forget_grant(token)
         self.leases.finish(key, token, ("error", exc_type, message))
+        return [Status.OK]
+
+    def release(self, key: str, token: bytes) -> Reply:
+        """The holder gives its lease up without a value or an error (it was cancelled
+        or interrupted): the next waiter computes; nobody receives an error."""
+        self.counters["lease_releases"] += 1
+        self.leases.forget_grant(token)
+        self.leases.pass_on(key, token)
         return [Status.OK]
 
     def drop_connection(self, holder: Hashable) -> None:
@@ -529,8 +632,9 @@ class CacheEngine:
     def stats(self) -> dict[str, Any]:
         """Counters of every part, as plain data for the wire."""
         leases = self.leases.stats()
+        mirror = self.local.mirror
         return {
-            "l1": self.store.stats().as_dict(),
+            "l1": self.local.store.stats().as_dict(),
             **self.counters,
             "leases_granted": leases.granted,
             "coalesced": leases.coalesced,
@@ -539,22 +643,37 @@ class CacheEngine:
             "inflight_leases": leases.inflight,
             "l2": self.l2.stats() if self.l2 is not None else {},
             **(self.inval.stats() if self.inval is not None else {}),
-            "mirror": self.mirror.stats() if self.mirror is not None else {},
+            "mirror": mirror.stats() if mirror is not None else {},
             "l2_write_batches": self.writes.batches if self.writes is not None else 0,
             "l2_writes": self.writes.writes if self.writes is not None else 0,
             "l2_backlog": len(self.backlog),
-            "l2_backlog_clear": self.backlog.everything,
+            "l2_backlog_bytes": self.backlog.bytes,
+            "l2_backlog_overflowed": self.backlog.overflowed,
+            "l2_backlog_dropped": self.backlog.dropped,
         }
 
     def health(self) -> dict[str, Any]:
-        """Liveness and mode, as plain data for the wire."""
+        """Liveness and mode, as plain data for the wire. ``mode`` is ``"ok"`` only
+        while Redis answers and the stream reader reads."""
         redis = self.redis_state
+        reader = self.inval.state if self.inval is not None else "disabled"
+        warnings = []
+        if self.eviction_policy and self.eviction_policy.startswith("allkeys"):
+            warnings.append(f"Redis maxmemory-policy {self.eviction_policy} may evict mtcache's tombstones and "
+                            f"stream; use volatile-lru or volatile-ttl")
+        if self.backlog.overflowed:
+            warnings.append("the outage backlog overflowed: the namespace will be cleared on reconnect")
         return {
             "coordinator": "ok",
             "redis": redis,
-            "mode": "ok" if redis == "ok" else "degraded",
+            "stream_reader": reader,
+            "stream_reader_lag_ms": round(self.inval.lag_ms, 3) if self.inval is not None else None,
+            "mode": "ok" if redis == "ok" and reader == "connected" else "degraded",
             "pid": os.getpid(),
             "uptime": time.monotonic() - self._started,
             "namespace": self.settings.namespace,
             "redis_url": self.settings.redacted_redis_url if self.l2 is not None else None,
+            "clock_skew_ms": None if self.skew_ms is None else round(self.skew_ms, 3),
+            "redis_eviction_policy": self.eviction_policy,
+            "warnings": warnings,
         }

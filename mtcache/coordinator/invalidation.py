@@ -2,25 +2,30 @@
 
 Every ``set``, ``delete`` and ``clear`` a coordinator serves is appended to the
 Redis stream ``<prefix>inval`` (``XADD ... MAXLEN ~ N``) as ``{seq, origin, op,
-key}``, in the same pipelined round trip as the L2 write. ``seq`` comes from
-``INCR <prefix>inval:seq`` in the same Lua script as the ``XADD``, so entries
-carry consecutive numbers across all hosts. Fill notices (``op = "fill"``: a
-computed value just reached L2) travel the same way but invalidate nothing;
-they wake other hosts waiting for that key's distributed lease.
+key, stamp}``, in the same pipelined round trip as the L2 write. Fill notices
+(``op = "fill"``: a computed value just reached L2) travel the same way but
+invalidate nothing; they wake other hosts waiting for that key's distributed
+lease.
 
 Each coordinator runs one reader task on its own connection (blocking
 ``XREAD``): it skips its own entries and, for the others', drops the key from
-L1 and bumps its version counter, so near copies die too.
+L1 unless L1 holds a newer write (by stamp), so near copies die too.
 
-Gaps: the reader remembers the id and ``seq`` of the last entry it applied and
-resumes after that id when the connection comes back. A ``seq`` that does not
-follow the last one means entries were trimmed away before we read them (a
-paused host, a tiny MAXLEN). A changed ``<prefix>inval:epoch`` (a random token
-that the first reader sets with ``SET NX``) after a reconnect means Redis lost
-its data (restarted empty): entries may have come and gone unseen. Either way we
-cannot know which keys changed, so the whole L1 is dropped and every counter
-bumped (``invalidation_gaps``). Pub/sub would lose messages silently on a disconnect;
-a stream does not.
+Sequence numbers and gaps. ``seq`` is computed by the publishing script from
+the stream itself (the newest entry's ``seq``, plus one for every entry after
+it, foreign ones included), so every entry of the stream, whoever wrote it,
+takes the next number and there is no side key for ``maxmemory`` to evict. The
+reader remembers the id and ``seq`` of the last entry it read and resumes after
+that id. An entry whose ``seq`` does not follow, or a stream that, on resuming,
+no longer continues from the last entry read (trimmed while the reader was
+away, or gone with a Redis that restarted empty), is a *gap*: entries came and
+went unseen, the coordinator cannot know which keys changed, and L1 is dropped
+(except this host's own writes still waiting to be replayed). Pub/sub would
+lose messages silently on a disconnect; a stream does not.
+
+The reader is supervised: a Redis failure is a disconnect (resume later); any
+other exception is logged, counted, and treated as a gap; a malformed entry
+(not written by mtcache) is skipped and counted.
 """
 
 from __future__ import annotations
@@ -40,15 +45,30 @@ __all__ = ["InvalidationStream", "new_origin"]
 
 log = logging.getLogger("mtcache.coordinator")
 
-# KEYS: stream, seq counter; ARGV: maxlen, origin, op, key
+# KEYS: stream; ARGV: maxlen, origin, op, key, stamp. The new entry's seq follows the newest entry that
+# carries one, counting every entry after it (entries written by others than mtcache take a number too).
 _PUBLISH = """
-local seq = redis.call('INCR', KEYS[2])
+local seq = 1
+local recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 16)
+for i, entry in ipairs(recent) do
+  local f = entry[2]
+  local found = nil
+  for j = 1, #f, 2 do
+    if f[j] == 'seq' then found = tonumber(f[j + 1]) break end
+  end
+  if found then seq = found + i break end
+end
 return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-                  'seq', seq, 'origin', ARGV[2], 'op', ARGV[3], 'key', ARGV[4])
+                  'seq', seq, 'origin', ARGV[2], 'op', ARGV[3], 'key', ARGV[4], 'stamp', ARGV[5])
 """
 
 BLOCK_MS = 1000
 BATCH = 1000
+#: How many entries the publishing script and the resume check look through for one with a ``seq``.
+_LOOKBACK = 16
+_OPS = ("set", "del", "clear", "fill")
+
+Entry = tuple[bytes, dict[bytes, bytes]]
 
 
 def new_origin() -> str:
@@ -56,14 +76,28 @@ def new_origin() -> str:
     return f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+def _seq(fields: dict[bytes, bytes]) -> int | None:
+    raw = fields.get(b"seq")
+    if raw is None or not raw.isdigit():
+        return None
+    return int(raw)
+
+
+def _entry_ms(entry_id: str) -> int:
+    head = entry_id.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
 class InvalidationStream:
     """Publishes this host's writes and applies the other hosts'.
 
     :param writer: the L2 client (publishes go into its pipelines).
     :param reader_url: the Redis URL for the reader's own connection.
-    :param on_invalidate: ``(key)`` another host changed ``key``.
-    :param on_clear: ``(is_gap)`` drop the whole L1 (another host's clear, or a gap).
+    :param on_invalidate: ``(key, stamp)`` another host wrote ``key``; True if that applied (L1 held nothing newer).
+    :param on_clear: ``(stamp)`` another host cleared the namespace.
+    :param on_gap: ``(reason)`` entries were lost: L1 cannot be vouched for.
     :param on_fill: ``(key)`` another host filled ``key`` (its value is in L2 now).
+    :param on_stamp: ``(stamp, entry_ms)`` a stamp and a Redis time read from the stream (for the clock).
     """
 
     def __init__(
@@ -75,15 +109,13 @@ class InvalidationStream:
         maxlen: int,
         timeout: float,
         origin: str,
-        on_invalidate: Callable[[str], None],
-        on_clear: Callable[[bool], None],
+        on_invalidate: Callable[[str, int], bool],
+        on_clear: Callable[[int], None],
+        on_gap: Callable[[str], None],
         on_fill: Callable[[str], None],
+        on_stamp: Callable[[int, int], None],
     ) -> None:
         self.stream = prefix + "inval"
-        self.seq_key = prefix + "inval:seq"
-        self.epoch_key = prefix + "inval:epoch"
-        self.epoch: bytes | None = None
-        self.ever_connected = False
         self.maxlen = maxlen
         self.origin = origin
         self._reader = Redis.from_url(
@@ -91,11 +123,13 @@ class InvalidationStream:
         )
         self._on_invalidate = on_invalidate
         self._on_clear = on_clear
+        self._on_gap = on_gap
         self._on_fill = on_fill
+        self._on_stamp = on_stamp
         self.last_id: str | None = None
         self.last_seq = 0
         self.connected = False
-        self.disconnected_since: float | None = time.monotonic()
+        self.ever_connected = False
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         #: when the reader last heard from Redis (a blocking read returns at least
@@ -105,24 +139,31 @@ class InvalidationStream:
         #: set once the reader has connected and found where to read from
         self.synced = asyncio.Event()
         self.counters = dict.fromkeys(
-            ("invalidations_sent", "invalidations_received", "invalidations_applied", "invalidation_gaps",
-             "fill_notices_received"),
+            ("invalidations_sent", "invalidations_received", "invalidations_applied", "invalidations_ignored",
+             "invalidation_gaps", "fill_notices_received", "stream_malformed", "stream_reader_errors"),
             0,
         )
         self.lag_ms = 0.0
 
     # -- publishing -----------------------------------------------------------
 
-    def publish(self, pipe: Any, op: str, key: str = "") -> None:
-        """Queue the publication of ``op`` on ``key`` into ``pipe`` (a pipeline of the
-        writer), so it travels with the L2 write it describes."""
-        # EVAL, not EVALSHA: redis-py pipelines check every registered script with an
-        # extra SCRIPT EXISTS round trip; the script text is small and Redis caches it
-        pipe.eval(_PUBLISH, 2, self.stream, self.seq_key, self.maxlen, self.origin, op, key)
+    def publish(self, pipe: Any, op: str, key: str, stamp: int) -> None:
+        """Queue the publication of ``op`` on ``key`` with the write's ``stamp`` into
+        ``pipe`` (a pipeline of the writer), so it travels with the L2 write it describes."""
+        # EVAL, not EVALSHA: redis-py pipelines check every registered script with an extra SCRIPT EXISTS
+        # round trip; the script text is small and Redis caches it
+        pipe.eval(_PUBLISH, 1, self.stream, self.maxlen, self.origin, op, key, stamp)
         if op != "fill":
             self.counters["invalidations_sent"] += 1
 
     # -- reading --------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """``"connected"`` (reading), ``"connecting"`` (not connected yet) or ``"disconnected"``."""
+        if self.connected:
+            return "connected"
+        return "disconnected" if self.ever_connected else "connecting"
 
     def start(self) -> None:
         """Start the reader task."""
@@ -148,7 +189,6 @@ class InvalidationStream:
                     self.connected = self.ever_connected = True
                     self.last_ok = time.monotonic()
                     self.synced.set()
-                    self.disconnected_since = None
                     delay = 0.05
                 # redis-py's stubs type these replies loosely: they are the raw RESP shapes
                 reply: Any = await self._reader.xread({self.stream: self.last_id or "0-0"}, count=BATCH, block=BLOCK_MS)
@@ -160,55 +200,91 @@ class InvalidationStream:
                 if self.connected:
                     log.warning("invalidation stream reader lost Redis (%s); will resume after %s", exc, self.last_id)
                     self.connected = False
-                    self.disconnected_since = time.monotonic()
                 await asyncio.sleep(delay)  # reconnect back-off
+                delay = min(delay * 2, 1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not end the reader: start again from a clean slate
+                self.counters["stream_reader_errors"] += 1
+                log.exception("invalidation stream reader failed; dropping L1 and reading on from the newest entry")
+                self.connected = False
+                self.last_id = None
+                self._gap("the reader failed")
+                await asyncio.sleep(delay)  # back-off before trying again
                 delay = min(delay * 2, 1.0)
 
     async def _resync(self) -> None:
-        """On (re)connect: find where to read from, and whether Redis lost entries."""
+        """On (re)connect: find where to read from, and whether entries were lost meanwhile."""
         r = self._reader
-        epoch: Any = await r.set(self.epoch_key, secrets.token_hex(8), nx=True, get=True)
-        if epoch is None:  # we just created it: Redis had no epoch
-            epoch = await r.get(self.epoch_key)
-        restarted = self.epoch is not None and epoch != self.epoch
-        self.epoch = epoch
-        if self.last_id is not None and not restarted:
-            return  # resume after the last entry applied; seq numbers reveal any trim
-        if restarted:
-            log.warning("Redis lost the invalidation stream (restarted empty?): dropping L1")
-            self._gap()
+        newest: Any = await r.xrevrange(self.stream, count=_LOOKBACK)
+        newest_id, newest_seq = self._newest(newest)
+        if self.last_id is None:
+            # the first connection: whatever L1 took in before it (a coordinator that started while the reader
+            # could not connect) saw no invalidations
+            self._gap("the reader connects for the first time", count=False)
+        elif newest_id is None:
+            if self.last_seq > 0:
+                self._gap("the invalidation stream is gone (Redis restarted empty?)")
+        elif newest_seq != self.last_seq or newest_id != self.last_id:
+            after: Any = await r.xrange(self.stream, min=f"({self.last_id}", count=_LOOKBACK)
+            if newest_seq < self.last_seq or not self._continues(after):
+                self._gap("entries were trimmed from the invalidation stream while the reader was away")
+            else:
+                return  # continuous: resume after the last entry read
         else:
-            # the first connection: whatever L1 took in before it (a coordinator that
-            # started while the reader could not connect) saw no invalidations
-            self._on_clear(False)
-        newest: Any = await r.xrevrange(self.stream, count=1)
-        if newest:
-            entry_id, fields = newest[0]
-            self.last_id = entry_id.decode()
-            self.last_seq = int(fields[b"seq"])
-        else:
-            raw_seq = await r.get(self.seq_key)
-            self.last_id, self.last_seq = "0-0", int(raw_seq) if raw_seq is not None else 0
+            return  # nothing new
+        self.last_id = newest_id or "0-0"
+        self.last_seq = newest_seq
 
-    def _gap(self) -> None:
-        self.counters["invalidation_gaps"] += 1
-        self._on_clear(True)
+    @staticmethod
+    def _newest(entries: list[Entry]) -> tuple[str | None, int]:
+        """The id of the newest entry and its seq (0 for an empty stream)."""
+        if not entries:
+            return None, 0
+        for i, (_, fields) in enumerate(entries):
+            seq = _seq(fields)
+            if seq is not None:
+                return entries[0][0].decode(), seq + i
+        return entries[0][0].decode(), 0
+
+    def _continues(self, after: list[Entry]) -> bool:
+        """True if the entries after the last one read carry the next numbers."""
+        for i, (_, fields) in enumerate(after):
+            seq = _seq(fields)
+            if seq is not None:
+                return seq == self.last_seq + 1 + i
+        return False
+
+    def _gap(self, reason: str, *, count: bool = True) -> None:
+        if count:
+            self.counters["invalidation_gaps"] += 1
+            log.warning("%s: dropping L1", reason)
+        self._on_gap(reason)
 
     def _apply(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
-        try:
-            seq = int(fields[b"seq"])
-            origin, op, key = (fields[name].decode() for name in (b"origin", b"op", b"key"))
-        except (KeyError, ValueError, UnicodeDecodeError):
-            # not written by mtcache: skip it (our entries' seq numbers still reveal gaps)
-            log.warning("invalidation stream entry %s is malformed; skipped", entry_id)
-            self.last_id = entry_id
+        seq = _seq(fields)
+        self.last_id = entry_id
+        if seq is None:
+            # not written by mtcache: skipped, but it took a number (see _PUBLISH)
+            self.counters["stream_malformed"] += 1
+            log.warning("invalidation stream entry %s was not written by mtcache; skipped", entry_id)
+            self.last_seq += 1
             return
         if seq != self.last_seq + 1:
-            log.warning("invalidation stream gap (seq %d after %d): dropping L1", seq, self.last_seq)
-            self._gap()
+            self._gap(f"invalidation stream gap (seq {seq} after {self.last_seq})")
         self.last_seq = seq
-        self.last_id = entry_id
-        self.lag_ms = max(0.0, time.time() * 1000 - int(entry_id.split("-", 1)[0]))
+        try:
+            origin, op, key = (fields[name].decode() for name in (b"origin", b"op", b"key"))
+            stamp = int(fields[b"stamp"])
+            if op not in _OPS or stamp < 0:
+                raise ValueError(op)
+        except (KeyError, ValueError, UnicodeDecodeError):
+            self.counters["stream_malformed"] += 1
+            log.warning("invalidation stream entry %s is malformed; skipped", entry_id)
+            return
+        entry_ms = _entry_ms(entry_id)
+        self.lag_ms = max(0.0, time.time() * 1000 - entry_ms)
+        self._on_stamp(stamp, entry_ms)
         if origin == self.origin:
             return
         if op == "fill":
@@ -217,9 +293,10 @@ class InvalidationStream:
             return
         self.counters["invalidations_received"] += 1
         if op == "clear":
-            self._on_clear(False)
-        else:
-            self._on_invalidate(key)
+            self._on_clear(stamp)
+        elif not self._on_invalidate(key, stamp):
+            self.counters["invalidations_ignored"] += 1
+            return
         self.counters["invalidations_applied"] += 1
 
     def stats(self) -> dict[str, Any]:
@@ -227,7 +304,7 @@ class InvalidationStream:
         its application, for the last entry read)."""
         return {
             **self.counters,
-            "stream_reader": "connected" if self.connected else "disconnected",
+            "stream_reader": self.state,
             "stream_reader_lag_ms": round(self.lag_ms, 3),
             "stream_last_id": self.last_id,
         }

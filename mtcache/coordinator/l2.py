@@ -1,11 +1,13 @@
 """The Redis L2 tier of the coordinator, on ``redis.asyncio`` (hiredis parser when installed).
 
-Every L2 value is an *envelope*: msgpack of ``[format_version, logical_expiry_ms, value, tags]``, where ``value``
-is the user value as the worker encoded it (never decoded here). It is stored under
-``mtcache:<namespace>:v<FORMAT_VERSION>:k:<key>`` with a physical TTL (``PX``) equal to the TTL it was set with;
-other modules (leases, streams) put their keys under the same :attr:`L2Tier.prefix`, so :meth:`L2Tier.clear`
-removes them too. The format version is part of the prefix: a build with another envelope format reads and
-writes other keys instead of misreading these.
+Every L2 entry is a *record*: a 27-byte header (``V`` for a value or ``T`` for a tombstone, then the stamp of
+the write that made it, see :mod:`mtcache.coordinator.stamps`) followed by msgpack of ``[format_version,
+logical_expiry_ms, value, tags]``, where ``value`` is the user value as the worker encoded it (never decoded
+here). It is stored under ``mtcache:<namespace>:v<FORMAT_VERSION>:k:<key>`` with a physical TTL (``PX``).
+Writes are conditional (one Lua script each, reading only the header with ``GETRANGE``): a record replaces
+another only if its stamp is newer, and only if it is newer than the namespace *floor*, the stamp of the last
+``clear``. The format version is part of the prefix: a build with another format reads and writes other keys
+instead of misreading these.
 
 Failure: whatever Redis does wrong (refuses, resets, times out, is paused, answers an error) reaches the caller
 as :class:`~mtcache.errors.L2Error`, naming the operation and the redacted URL, with the redis-py exception
@@ -34,6 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from mtcache.config import redact_url
+from mtcache.coordinator.stamps import format_stamp, parse_stamp
 from mtcache.errors import L2Error
 
 if sys.version_info >= (3, 11, 3):
@@ -42,9 +45,20 @@ else:
     # asyncio.timeout misbehaves before 3.11.3 (redis-py issue #2633); redis-py requires async-timeout there
     from async_timeout import timeout as _deadline  # type: ignore[no-redef, import-not-found, unused-ignore]
 
-__all__ = ["FORMAT_VERSION", "Envelope", "L2Tier", "decode_envelope", "encode_envelope", "key_prefix"]
+__all__ = [
+    "FORMAT_VERSION",
+    "HEADER_BYTES",
+    "Envelope",
+    "L2Tier",
+    "WriteResult",
+    "decode_envelope",
+    "encode_envelope",
+    "key_prefix",
+]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: A record starts with its kind (``V`` or ``T``) and its stamp in 26 digits.
+HEADER_BYTES = 27
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -58,14 +72,18 @@ _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
 class Envelope(NamedTuple):
-    """What L2 stores for one key."""
+    """What L2 stores for one key: a value, or a tombstone (a delete), with the stamp of the write."""
 
     format_version: int
-    #: wall-clock epoch milliseconds after which the value is logically expired
+    #: wall-clock epoch milliseconds after which the value (or tombstone) is logically expired
     logical_expiry_ms: int
-    #: the encoded user value; the coordinator never decodes it
+    #: the encoded user value (empty for a tombstone); the coordinator never decodes it
     value: bytes
     tags: tuple[str, ...]
+    #: the stamp of the write that made this record (see :mod:`mtcache.coordinator.stamps`)
+    stamp: int = 0
+    #: a delete: read as a miss by every tier, kept so that older writes cannot land after it
+    tombstone: bool = False
 
 
 def _is_int(obj: object) -> bool:
@@ -73,15 +91,17 @@ def _is_int(obj: object) -> bool:
 
 
 def encode_envelope(env: Envelope) -> bytes:
-    """Encode ``env`` as msgpack ``[format_version, logical_expiry_ms, value, list(tags)]``.
+    """Encode ``env`` as a record: its kind (``V`` value, ``T`` tombstone) and its stamp in 26 ASCII digits
+    (the header the Lua scripts read with ``GETRANGE``), then msgpack ``[format_version, logical_expiry_ms,
+    value, list(tags)]``.
 
     :raises TypeError: ``env`` is not an :class:`Envelope` or a field has the wrong type.
-    :raises ValueError: the format version is not :data:`FORMAT_VERSION` or the expiry is out of range.
+    :raises ValueError: the format version is not :data:`FORMAT_VERSION`, or the expiry or stamp is out of range.
     """
     if not isinstance(env, Envelope):
         raise TypeError(f"expected an Envelope, got {type(env).__name__}")
-    if not _is_int(env.format_version) or not _is_int(env.logical_expiry_ms):
-        raise TypeError("Envelope.format_version and Envelope.logical_expiry_ms must be int")
+    if not _is_int(env.format_version) or not _is_int(env.logical_expiry_ms) or not _is_int(env.stamp):
+        raise TypeError("Envelope.format_version, logical_expiry_ms and stamp must be int")
     if env.format_version != FORMAT_VERSION:
         raise ValueError(f"Envelope.format_version is {env.format_version}; this build writes {FORMAT_VERSION}")
     if not 0 <= env.logical_expiry_ms < _MAX_EXPIRY_MS:
@@ -90,19 +110,30 @@ def encode_envelope(env: Envelope) -> bytes:
         raise TypeError(f"Envelope.value must be bytes, got {type(env.value).__name__}")
     if not isinstance(env.tags, tuple) or not all(isinstance(t, str) for t in env.tags):
         raise TypeError("Envelope.tags must be a tuple of str")
-    return msgpack.packb([env.format_version, env.logical_expiry_ms, env.value, list(env.tags)], use_bin_type=True)
+    header = (b"T" if env.tombstone else b"V") + format_stamp(env.stamp)
+    return header + msgpack.packb(
+        [env.format_version, env.logical_expiry_ms, env.value, list(env.tags)], use_bin_type=True
+    )
 
 
 def decode_envelope(data: bytes) -> Envelope:
     """Decode bytes written by :func:`encode_envelope`.
 
     :raises TypeError: ``data`` is not bytes-like.
-    :raises ValueError: ``data`` is not a well-formed envelope of format :data:`FORMAT_VERSION`.
+    :raises ValueError: ``data`` is not a well-formed record of format :data:`FORMAT_VERSION`.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"envelope data must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    kind = data[:1]
+    if kind not in (b"V", b"T") or len(data) < HEADER_BYTES:
+        raise ValueError("malformed L2 envelope: no V/T header")
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        stamp = parse_stamp(data[1:HEADER_BYTES])
+    except ValueError as exc:
+        raise ValueError(f"malformed L2 envelope: {exc}") from None
+    try:
+        obj = msgpack.unpackb(data[HEADER_BYTES:], raw=False, strict_map_key=True)
     except (ValueError, msgpack.UnpackException) as exc:
         raise ValueError(f"malformed L2 envelope: not msgpack ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, list) or len(obj) != 4:
@@ -117,7 +148,7 @@ def decode_envelope(data: bytes) -> Envelope:
         raise ValueError(f"malformed L2 envelope: value is {type(value).__name__}, not bytes")
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise ValueError("malformed L2 envelope: tags are not an array of strings")
-    return Envelope(version, expiry, value, tuple(tags))
+    return Envelope(version, expiry, value, tuple(tags), stamp, kind == b"T")
 
 
 def key_prefix(namespace: str) -> str:
@@ -150,6 +181,13 @@ def _check_seconds(name: str, value: object) -> float:
     return float(value)
 
 
+def _check_stamp(stamp: object) -> int:
+    if not _is_int(stamp):
+        raise TypeError(f"stamp must be an int, got {type(stamp).__name__}")
+    assert isinstance(stamp, int)
+    return stamp
+
+
 def _check_tags(tags: object) -> tuple[str, ...]:
     if isinstance(tags, (str, bytes)) or not isinstance(tags, Sequence):
         raise TypeError(f"tags must be a sequence of str (not a single string), got {type(tags).__name__}")
@@ -159,8 +197,85 @@ def _check_tags(tags: object) -> tuple[str, ...]:
     return tuple(tags)
 
 
+# Lua helpers of every script: a stamp is exactly 26 digits (anything else is not a stamp: never
+# trusted, never compared), and Lua compares its two parts as numbers (both below 2**53).
+_STAMP_LUA = """
+local function stamp(s)
+  if string.len(s) ~= 26 or string.find(s, '%D') then return nil end
+  return tonumber(string.sub(s, 1, 16)), tonumber(string.sub(s, 17, 26))
+end
+local function newer(h1, n1, h2, n2) return h1 > h2 or (h1 == h2 and n1 > n2) end
+local function record_stamp(header)
+  local kind = string.sub(header, 1, 1)
+  if kind ~= 'V' and kind ~= 'T' then return nil end
+  local h, n = stamp(string.sub(header, 2, 27))
+  return h, n, kind
+end
+"""
+
+# KEYS: the record's key, the namespace floor; ARGV: record, px ms, hlc (16 digits), node (10 digits).
+# Stores the record only if its stamp is newer than the floor and than the record Redis holds (what is not
+# a record, foreign data, is overwritten). Returns -1 (older than the floor: a clear came after it),
+# 0 (older than what Redis holds), 1 (stored; no live value was there), 2 (stored over a live value),
+# 3 (this very write is there already: a replay).
+_WRITE = _STAMP_LUA + """
+local hlc, node = tonumber(ARGV[3]), tonumber(ARGV[4])
+local fh, fn = nil, nil
+local floor = redis.call('GET', KEYS[2])
+if floor then fh, fn = stamp(floor) end
+if fh and not newer(hlc, node, fh, fn) then return -1 end
+local ch, cn, kind = record_stamp(redis.call('GETRANGE', KEYS[1], 0, 26))
+if ch then
+  if ch == hlc and cn == node then return 3 end
+  if not newer(hlc, node, ch, cn) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ch and kind == 'V' and (not fh or newer(ch, cn, fh, fn)) then return 2 end
+return 1
+"""
+
+# KEYS: the namespace floor; ARGV: a stamp (26 digits). Raises the floor to it; 1 if it moved.
+_RAISE_FLOOR = _STAMP_LUA + """
+local nh, nn = stamp(ARGV[1])
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local h, n = stamp(cur)
+  if h and not newer(nh, nn, h, n) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS: a record's key; ARGV: the floor (26 digits). Removes the record unless it is newer than the floor
+# (what is not a record goes too); 1 if a value was removed.
+_PURGE = _STAMP_LUA + """
+local fh, fn = stamp(ARGV[1])
+local header = redis.call('GETRANGE', KEYS[1], 0, 26)
+if header == '' then return 0 end
+local h, n, kind = record_stamp(header)
+if h and newer(h, n, fh, fn) then return 0 end
+redis.call('UNLINK', KEYS[1])
+if h and kind == 'V' then return 1 end
+return 0
+"""
+
+
+class WriteResult:
+    """What :data:`_WRITE` answered."""
+
+    BELOW_FLOOR = -1
+    OLDER = 0
+    STORED = 1
+    REPLACED = 2
+    SAME = 3
+
+
 class L2Tier:
-    """Envelopes in Redis under one namespace's prefix.
+    """Stamped records in Redis under one namespace's prefix.
+
+    Every write is one Lua script that stores a record only if its stamp is newer than what Redis holds for the
+    key and than the namespace *floor* (the stamp of the last ``clear``), so no write, replayed or late, ever
+    replaces a newer one, from any host. A delete writes a tombstone (see :class:`Envelope`).
 
     Builds its client with ``redis.asyncio.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)``
     unless ``client`` is given (the tier then owns it and closes it in :meth:`aclose`). The client retries a
@@ -209,8 +324,11 @@ class L2Tier:
             raise TypeError(f"client must be a redis.asyncio.Redis, got {type(client).__name__}")
         self.redis = client
         self._bound = 2 * timeout
-        # clear() removes values only: the invalidation stream and leases under the same
-        # prefix must survive it (a clear is itself published on the stream)
+        self.floor_key = self.prefix + "floor"
+        #: the namespace floor as last read: records with an older stamp are dead
+        self.floor = 0
+        # clear() removes records only: the invalidation stream, the floor and leases under the same
+        # prefix must survive it
         self._match = _GLOB_SPECIAL.sub(r"\\\1", self.prefix) + "k:*"
         self._gets = self._hits = self._misses = self._sets = self._errors = self._corrupt = 0
 
@@ -218,24 +336,26 @@ class L2Tier:
         return f"L2Tier(url={self._url!r}, prefix={self.prefix!r})"
 
     def key(self, key: str) -> str:
-        """The Redis key that holds the envelope of ``key``: ``prefix + "k:" + key``.
+        """The Redis key that holds the record of ``key``: ``prefix + "k:" + key``.
 
         :raises TypeError: ``key`` is not a str.
         :raises ValueError: ``key`` is empty.
         """
         return self.prefix + "k:" + _check_key(key)
 
-    async def get(self, key: str) -> tuple[Envelope, float] | None:
-        """The envelope of ``key`` and its remaining physical TTL in seconds (``math.inf`` if the Redis key has
-        no TTL), or None when absent. One round trip; a malformed envelope counts as absent and is deleted.
+    # -- reads ------------------------------------------------------------------
+
+    async def get(self, key: str) -> Envelope | None:
+        """The record of ``key`` (a value or a tombstone), or None when there is none or it is older than the
+        namespace floor. One round trip; a malformed record counts as absent and is deleted.
 
         :raises TypeError, ValueError: ``key`` is invalid.
         :raises L2Error: Redis failed.
         """
         return (await self._read("get", [key]))[0]
 
-    async def mget(self, keys: Sequence[str]) -> list[tuple[Envelope, float] | None]:
-        """What :meth:`get` gives, for each of ``keys`` in order, in one pipelined round trip.
+    async def mget(self, keys: Sequence[str]) -> list[Envelope | None]:
+        """What :meth:`get` gives, for each of ``keys`` in order, in one round trip.
 
         :raises TypeError, ValueError: a key is invalid.
         :raises L2Error: Redis failed.
@@ -244,17 +364,19 @@ class L2Tier:
             raise TypeError(f"keys must be a sequence of str, got {type(keys).__name__}")
         return await self._read("mget", keys)
 
-    async def _read(self, op: str, keys: Sequence[str]) -> list[tuple[Envelope, float] | None]:
+    async def _read(self, op: str, keys: Sequence[str]) -> list[Envelope | None]:
         rkeys = [self.key(k) for k in keys]
         if not rkeys:
             return []
-        replies = await self._run(op, self._get_and_pttl(rkeys))
-        found: list[tuple[Envelope, float] | None] = []
+        replies: list[Any] = await self._run(op, self.redis.mget([*rkeys, self.floor_key]))
+        *datas, floor = replies
+        self._note_floor(floor)
+        found: list[Envelope | None] = []
         corrupt: list[str] = []
-        for rkey, data, pttl in zip(rkeys, replies[::2], replies[1::2], strict=True):
-            found.append(self._entry(rkey, data, pttl, corrupt))
+        for rkey, data in zip(rkeys, datas, strict=True):
+            found.append(self._entry(rkey, data, corrupt))
         self._gets += len(found)
-        hits = sum(entry is not None for entry in found)
+        hits = sum(entry is not None and not entry.tombstone for entry in found)
         self._hits += hits
         self._misses += len(found) - hits
         if corrupt:
@@ -262,8 +384,16 @@ class L2Tier:
             await self._run(op, self.redis.unlink(*dict.fromkeys(corrupt)))
         return found
 
-    def _entry(self, rkey: str, data: bytes | None, pttl: int, corrupt: list[str]) -> tuple[Envelope, float] | None:
-        if data is None or pttl == -2:  # -2: expired between the GET and the PTTL
+    def _note_floor(self, data: bytes | None) -> None:
+        if data is None:
+            return
+        try:
+            self.floor = max(self.floor, parse_stamp(data))
+        except ValueError:
+            _log.warning("ignoring the malformed namespace floor %r on %s", data[:40], self._url)
+
+    def _entry(self, rkey: str, data: bytes | None, corrupt: list[str]) -> Envelope | None:
+        if data is None:
             return None
         try:
             env = decode_envelope(data)
@@ -272,58 +402,54 @@ class L2Tier:
             corrupt.append(rkey)
             _log.warning("dropping the malformed L2 entry %r on %s: %s", rkey, self._url, exc)
             return None
-        return env, (math.inf if pttl == -1 else pttl / 1000)
+        return env if env.stamp > self.floor else None
 
-    async def _get_and_pttl(self, rkeys: list[str]) -> list[Any]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for rkey in rkeys:
-                pipe.get(rkey)
-                pipe.pttl(rkey)
-            return await pipe.execute()
+    # -- writes -----------------------------------------------------------------
 
-    def _envelope(self, key: str, value: bytes, ttl: float, tags: Sequence[str]) -> tuple[str, bytes, int]:
-        rkey = self.key(key)
-        if not isinstance(value, bytes):
+    def record(self, value: bytes | None, ttl: float, stamp: int, tags: Sequence[str] = ()) -> tuple[bytes, int]:
+        """The record of a write (``value`` None: a tombstone) and its physical TTL in ms.
+
+        :raises TypeError, ValueError: an argument is invalid (``value`` must be bytes, ``ttl`` positive finite).
+        """
+        if value is not None and not isinstance(value, bytes):
             raise TypeError(f"value must be bytes (the encoded value), got {type(value).__name__}")
         ttl_ms = max(1, round(_check_seconds("ttl", ttl) * 1000))
         expiry_ms = time.time_ns() // 1_000_000 + ttl_ms
         if expiry_ms >= _MAX_EXPIRY_MS:
             raise ValueError(f"ttl {ttl!r} s is too long")
-        data = encode_envelope(Envelope(FORMAT_VERSION, expiry_ms, value, _check_tags(tags)))
-        return rkey, data, ttl_ms
+        env = Envelope(FORMAT_VERSION, expiry_ms, value or b"", _check_tags(tags), stamp, value is None)
+        return encode_envelope(env), ttl_ms
 
-    async def set(self, key: str, value: bytes, ttl: float, tags: Sequence[str] = ()) -> None:
-        """Store ``value`` under ``key`` for ``ttl`` seconds (``SET PX``), overwriting what is there.
-
-        :raises TypeError, ValueError: an argument is invalid (``value`` must be bytes, ``ttl`` positive finite).
-        :raises L2Error: Redis failed; the key may or may not have been written.
-        """
-        rkey, data, ttl_ms = self._envelope(key, value, ttl, tags)
-        await self._run("set", self.redis.set(rkey, data, px=ttl_ms))
+    def queue_write(
+        self, pipe: Pipeline, key: str, value: bytes | None, ttl: float, stamp: int, tags: Sequence[str] = ()
+    ) -> None:
+        """Queue the conditional write of ``key`` (``value`` None: a tombstone) into ``pipe``; its reply is a
+        :class:`WriteResult` code."""
+        rkey = self.key(key)
+        data, ttl_ms = self.record(value, ttl, stamp, tags)
+        digits = format_stamp(stamp)
+        # EVAL, not EVALSHA: redis-py pipelines check every registered script with an extra SCRIPT EXISTS
+        # round trip; the script text is small and Redis caches it
+        pipe.eval(_WRITE, 2, rkey, self.floor_key, data, ttl_ms, digits[:16], digits[16:])
         self._sets += 1
 
-    async def set_nx(self, key: str, value: bytes, ttl: float, tags: Sequence[str] = ()) -> bool:
-        """Store ``value`` under ``key`` for ``ttl`` seconds only if ``key`` is absent (``SET NX PX``, for fills
-        that must not overwrite a newer ``set``). True if it was stored.
+    async def write(
+        self, key: str, value: bytes | None, ttl: float, stamp: int, tags: Sequence[str] = ()
+    ) -> int:
+        """Write ``key`` conditionally (see :meth:`queue_write`) in one round trip; the :class:`WriteResult`.
 
         :raises TypeError, ValueError: an argument is invalid.
         :raises L2Error: Redis failed; the key may or may not have been written.
         """
-        rkey, data, ttl_ms = self._envelope(key, value, ttl, tags)
-        stored = await self._run("set_nx", self.redis.set(rkey, data, px=ttl_ms, nx=True))
-        self._sets += 1
-        return bool(stored)
+        replies = await self.pipeline("write", lambda pipe: self.queue_write(pipe, key, value, ttl, stamp, tags))
+        return int(replies[0])
 
-    def queue_set(self, pipe: Pipeline, key: str, value: bytes, ttl: float, *, nx: bool = False) -> None:
-        """Queue what :meth:`set` (or :meth:`set_nx` with ``nx``) sends into ``pipe``,
-        so it can travel with other commands in one round trip (see :meth:`pipeline`)."""
-        rkey, data, ttl_ms = self._envelope(key, value, ttl, ())
-        pipe.set(rkey, data, px=ttl_ms, nx=nx)
-        self._sets += 1
+    def queue_raise_floor(self, pipe: Pipeline, stamp: int) -> None:
+        """Queue the move of the namespace floor up to ``stamp`` (a clear): every record older is dead.
 
-    def queue_delete(self, pipe: Pipeline, key: str) -> None:
-        """Queue what :meth:`delete` sends for one key into ``pipe``."""
-        pipe.unlink(self.key(key))
+        :raises TypeError, ValueError: ``stamp`` is not a stamp.
+        """
+        pipe.eval(_RAISE_FLOOR, 1, self.floor_key, format_stamp(_check_stamp(stamp)))
 
     async def pipeline(self, op: str, build: Callable[[Pipeline], None]) -> list[Any]:
         """Run the commands ``build(pipe)`` queues in one non-transactional round
@@ -332,32 +458,40 @@ class L2Tier:
             build(pipe)
             return await self._run(op, pipe.execute())
 
-    async def delete(self, *keys: str) -> int:
-        """Remove ``keys`` (``UNLINK``); the number that existed.
+    async def purge(self, floor: int) -> int:
+        """Remove the records of this namespace older than ``floor`` (after a clear), by ``SCAN MATCH`` and a
+        conditional delete per record, so a write that raced the clear and is newer survives. The number of
+        values removed. Each round trip is bounded on its own.
 
-        :raises TypeError, ValueError: a key is invalid.
-        :raises L2Error: Redis failed.
+        :raises TypeError, ValueError: ``floor`` is not a stamp.
+        :raises L2Error: Redis failed; the records removed so far stay removed.
         """
-        rkeys = [self.key(k) for k in keys]
-        if not rkeys:
-            return 0
-        return int(await self._run("delete", self.redis.unlink(*rkeys)))
-
-    async def clear(self) -> int:
-        """Remove every value of this namespace (the keys under ``prefix + "k:"``; leases and the invalidation
-        stream stay) with
-        ``SCAN MATCH`` and ``UNLINK`` in batches; the number removed. Each round trip is bounded on its own.
-
-        :raises L2Error: Redis failed; the keys removed so far stay removed.
-        """
+        digits = format_stamp(_check_stamp(floor))
         removed = 0
         cursor = 0
         while True:
             cursor, batch = await self._run("clear", self.redis.scan(cursor, match=self._match, count=_SCAN_COUNT))
             if batch:
-                removed += int(await self._run("clear", self.redis.unlink(*batch)))
+
+                def build(pipe: Pipeline, batch: list[Any] = batch) -> None:
+                    for rkey in batch:
+                        pipe.eval(_PURGE, 1, rkey, digits)
+
+                removed += sum(int(r) for r in await self.pipeline("clear", build))
             if int(cursor) == 0:
                 return removed
+
+    # -- the rest ---------------------------------------------------------------
+
+    async def server_time_ms(self) -> tuple[float, float]:
+        """Redis' clock and ours at the middle of one ``TIME`` round trip: ``(redis_ms, local_ms)``.
+
+        :raises L2Error: Redis failed.
+        """
+        before = time.time()
+        secs, usecs = await self._run("time", self.redis.time())
+        after = time.time()
+        return secs * 1000 + usecs / 1000, (before + after) * 500
 
     async def ping(self) -> bool:
         """True if Redis answers PING within the deadline; False on any Redis failure. Never raises one."""
@@ -372,9 +506,9 @@ class L2Tier:
         await self.redis.aclose()
 
     def stats(self) -> dict[str, int]:
-        """Counters since the tier was built: ``gets`` (keys asked for), ``hits``, ``misses``, ``sets`` (writes
-        that Redis answered, including ``set_nx`` that did not store), ``errors`` (calls that raised
-        :class:`L2Error`) and ``corrupt`` (malformed envelopes found and dropped, also counted as misses)."""
+        """Counters since the tier was built: ``gets`` (keys asked for), ``hits`` (values found), ``misses``
+        (absent, dead or tombstones), ``sets`` (writes sent), ``errors`` (calls that raised :class:`L2Error`) and
+        ``corrupt`` (malformed records found and dropped, also counted as misses)."""
         return {
             "gets": self._gets,
             "hits": self._hits,

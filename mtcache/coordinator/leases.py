@@ -1,43 +1,66 @@
-"""The stampede registry: at most one computation per key on this host.
+"""Stampede leases: at most one computation per key on this host, and across hosts.
 
-A lease is granted to one connection for one key. Every other ``LEASE`` request
-for that key while the lease is held becomes a waiter. The holder ends the
-lease with a fill (every waiter receives the value) or a failure (every waiter
-receives the error). If the holder's connection closes, or the lease runs past
-its TTL, the lease passes to the oldest waiter still waiting, with a new token,
-so a dead or hung holder costs the others at most one lease TTL.
+:class:`LeaseRegistry` (this host). A lease is taken by one connection for one
+key. Every other ``LEASE`` request for that key while the lease is held becomes
+a waiter. The holder ends the lease with a fill (every waiter receives the
+value) or a failure (every waiter receives the error), or gives it up (the next
+waiter takes it). If the holder's connection closes, or the lease runs past its
+TTL, the lease passes to the oldest waiter still waiting, with a new token, so a
+dead or hung holder costs the others at most one lease TTL. The TTL starts when
+the lease is *granted* (handed to the worker to compute), not while the
+coordinator is still waiting for another host's lease on the caller's behalf.
+
+Each grant is remembered with the key's version and the stamp of the moment it
+was granted: a fill is judged against them (a write after the grant wins), also
+a fill that arrives after the lease passed on.
+
+:class:`DistributedLeases` (across hosts): ``SET <prefix>lease:<key> <owner> NX
+PX <ttl>``, held by the host on behalf of its local holder.
 
 Outcomes delivered to waiters (the result of their future):
 
 * ``("value", value_bytes, version, ttl)``
-* ``("granted", token, version)`` — the waiter now holds the lease
+* ``("granted", token)`` — the waiter now holds the lease (not yet granted: see :meth:`LeaseRegistry.grant`)
 * ``("error", exc_type, message)``
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Lease", "LeaseRegistry", "LeaseStats"]
+from mtcache.coordinator.l2 import L2Tier
+
+__all__ = ["DistributedLeases", "Grant", "Lease", "LeaseRegistry", "LeaseStats"]
 
 Outcome = tuple[Any, ...]
 
 
 @dataclass(eq=False)
 class Lease:
-    """One key's lease: who holds it, since which version, who waits."""
+    """One key's lease: who holds it, who waits."""
 
     key: str
     token: bytes
     holder: Hashable
-    version: int
     timer: asyncio.TimerHandle | None = None
     waiters: deque[tuple[Hashable, asyncio.Future[Outcome]]] = field(default_factory=deque)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A lease handed to a worker to compute: the key's version and the stamp at that moment."""
+
+    key: str
+    version: int
+    stamp: int
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,24 +77,25 @@ class LeaseStats:
 class LeaseRegistry:
     """Per-host lease registry (single-threaded: used from the event loop only).
 
-    ``version_of(key)`` gives a key's current version; a lease handed over starts
-    from the version current at the handover. ``on_end(key)`` is called whenever
-    a key's lease ends (filled, failed, or nobody left to hand it to).
+    ``on_end(key)`` is called whenever a key's lease ends (filled, failed, or
+    nobody left to hand it to).
     """
 
     def __init__(
         self,
         lease_ttl: float,
-        version_of: Callable[[str], int],
         on_end: Callable[[str], None] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not lease_ttl > 0:
             raise ValueError(f"lease_ttl must be positive, got {lease_ttl!r}")
         self.lease_ttl = lease_ttl
-        self._version_of = version_of
         self._on_end = on_end
+        self._clock = clock
         self._leases: dict[str, Lease] = {}
         self._by_holder: dict[Hashable, set[str]] = {}
+        self._grants: dict[bytes, Grant] = {}
         self._granted = 0
         self._coalesced = 0
         self._handovers = 0
@@ -81,9 +105,10 @@ class LeaseRegistry:
         """The lease held on ``key``, if any."""
         return self._leases.get(key)
 
-    def acquire(self, key: str, holder: Hashable, version: int) -> bytes | asyncio.Future[Outcome]:
-        """Grant a lease on ``key`` to ``holder`` (returns the token), or, if one is
-        held, register ``holder`` as a waiter (returns a future of its outcome).
+    def acquire(self, key: str, holder: Hashable) -> bytes | asyncio.Future[Outcome]:
+        """Give the lease on ``key`` to ``holder`` (returns the token; :meth:`grant` it
+        once the caller may compute), or, if one is held, register ``holder`` as a
+        waiter (returns a future of its outcome).
 
         A waiter that stops waiting cancels its future; the lease then skips it.
         """
@@ -91,7 +116,7 @@ class LeaseRegistry:
         if lease is None:
             self._granted += 1
             token = secrets.token_bytes(16)
-            lease = Lease(key, token, holder, version)
+            lease = Lease(key, token, holder)
             self._leases[key] = lease
             self._hold(lease, holder)
             return token
@@ -99,6 +124,35 @@ class LeaseRegistry:
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         lease.waiters.append((holder, fut))
         return fut
+
+    def grant(self, key: str, token: bytes, version: int, stamp: int) -> bool:
+        """The holder of ``token`` starts computing: its TTL starts now, and the grant
+        (``version``, ``stamp``) is remembered for its fill. False for a stale token."""
+        lease = self._leases.get(key)
+        if lease is None or lease.token != token:
+            return False
+        if lease.timer is not None:
+            lease.timer.cancel()
+        lease.timer = asyncio.get_running_loop().call_later(self.lease_ttl, self._expire, key, token)
+        self._grants[token] = Grant(key, version, stamp, self._clock())
+        return True
+
+    def grant_of(self, token: bytes) -> Grant | None:
+        """The grant of ``token`` (also after its lease passed on), until it is used or pruned."""
+        return self._grants.get(token)
+
+    def forget_grant(self, token: bytes) -> None:
+        """``token``'s fill or failure arrived: its grant is used."""
+        self._grants.pop(token, None)
+
+    def prune_grants(self, older_than: float) -> int:
+        """Forget grants made more than ``older_than`` seconds ago (a fill that late is not
+        accepted); the number forgotten."""
+        limit = self._clock() - older_than
+        old = [token for token, grant in self._grants.items() if grant.at < limit]
+        for token in old:
+            del self._grants[token]
+        return len(old)
 
     def is_holder(self, key: str, token: bytes) -> bool:
         """True if ``token`` is the current token of ``key``'s lease."""
@@ -149,7 +203,6 @@ class LeaseRegistry:
 
     def _handover(self, lease: Lease) -> None:
         self._release(lease)
-        version = self._version_of(lease.key)
         while lease.waiters:
             holder, fut = lease.waiters.popleft()
             if fut.done():
@@ -157,16 +210,13 @@ class LeaseRegistry:
             self._handovers += 1
             lease.holder = holder
             lease.token = secrets.token_bytes(16)
-            lease.version = version
             self._hold(lease, holder)
-            fut.set_result(("granted", lease.token, version))
+            fut.set_result(("granted", lease.token))
             return
         self._end(lease)
 
     def _hold(self, lease: Lease, holder: Hashable) -> None:
         self._by_holder.setdefault(holder, set()).add(lease.key)
-        loop = asyncio.get_running_loop()
-        lease.timer = loop.call_later(self.lease_ttl, self._expire, lease.key, lease.token)
 
     def _release(self, lease: Lease) -> None:
         if lease.timer is not None:
@@ -211,25 +261,82 @@ class DistributedLeases:
     behalf of whichever local caller holds the local lease, so a local handover
     (a worker died) keeps it. Release is a compare-and-delete script, so a
     coordinator never deletes a lease that expired and was taken by another host.
+    Every Redis call goes through :meth:`L2Tier.run`: a failure is an
+    :class:`~mtcache.errors.L2Error`, as on every other L2 path.
+
+    It also keeps which keys this host holds a Redis lease for, and who waits for
+    another host's fill of a key (woken by the fill notice on the stream).
     """
 
-    def __init__(self, prefix: str, owner: str, ttl: float) -> None:
-        self.prefix = prefix + "lease:"
+    def __init__(self, l2: L2Tier, owner: str, ttl: float) -> None:
+        self.l2 = l2
+        self.prefix = l2.prefix + "lease:"
         self.owner = owner
         self.ttl_ms = max(1, round(ttl * 1000))
+        self.held: set[str] = set()
+        self._waiting: dict[str, set[asyncio.Event]] = {}
 
     def key(self, key: str) -> str:
         """The Redis key of ``key``'s lease."""
         return self.prefix + key
 
-    async def try_take(self, redis: Any, key: str) -> bool:
-        """Take the lease if nobody holds it (one round trip on ``redis``)."""
-        return bool(await redis.set(self.key(key), self.owner, nx=True, px=self.ttl_ms))
+    async def take(self, key: str) -> bool:
+        """Take the lease if nobody holds it (one round trip). Counted as held
+        before the round trip: if the caller is cancelled while the ``SET NX`` is in
+        flight, the lease's end still releases it (the release only deletes a lease
+        this host owns).
 
-    async def renew(self, redis: Any, key: str) -> bool:
-        """Give the new local holder a full TTL (a handover within this host)."""
-        return bool(await redis.eval(_RENEW, 1, self.key(key), self.owner, self.ttl_ms))
+        :raises L2Error: Redis failed.
+        """
+        self.held.add(key)
+        try:
+            taken = bool(await self.l2.run("lease", self.l2.redis.set(self.key(key), self.owner, nx=True,
+                                                                      px=self.ttl_ms)))
+        except BaseException:
+            self.held.discard(key)
+            raise
+        if not taken:
+            self.held.discard(key)
+        return taken
+
+    async def renew(self, key: str) -> bool:
+        """Give a new local holder a full TTL; False (and no longer held) if the
+        lease is not ours any more.
+
+        :raises L2Error: Redis failed.
+        """
+        renewed = bool(await self.l2.run("lease", self.l2.redis.eval(_RENEW, 1, self.key(key), self.owner,
+                                                                      self.ttl_ms)))
+        if not renewed:
+            self.held.discard(key)
+        return renewed
 
     def queue_release(self, pipe: Any, key: str) -> None:
         """Queue the release of ``key``'s lease (if still ours) into ``pipe``."""
+        self.held.discard(key)
         pipe.eval(_RELEASE, 1, self.key(key), self.owner)
+
+    async def release(self, key: str) -> None:
+        """Release ``key``'s lease now, if still ours.
+
+        :raises L2Error: Redis failed (the lease then expires by its TTL).
+        """
+        await self.l2.pipeline("release", lambda pipe: self.queue_release(pipe, key))
+
+    async def wait_for_fill(self, key: str, timeout: float) -> None:
+        """Wait until another host's fill notice for ``key`` arrives, or ``timeout`` passes."""
+        event = asyncio.Event()
+        waiting = self._waiting.setdefault(key, set())
+        waiting.add(event)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        finally:
+            waiting.discard(event)
+            if not waiting and self._waiting.get(key) is waiting:
+                del self._waiting[key]
+
+    def filled(self, key: str) -> None:
+        """Another host filled ``key``: wake whoever waits for it."""
+        for event in self._waiting.pop(key, ()):
+            event.set()

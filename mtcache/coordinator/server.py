@@ -30,8 +30,8 @@ from mtcache.coordinator.cache import CacheEngine
 from mtcache.coordinator.l2 import L2Tier
 from mtcache.errors import ProtocolError
 from mtcache.mirror import MirrorWriter
-from mtcache.protocol import PROTOCOL_VERSION, FrameDecoder, Op, Status, encode_frame, validate_request
-from mtcache.shm import VersionTable, remove_orphans
+from mtcache.protocol import INSPECT, PROTOCOL_VERSION, FrameDecoder, Op, Status, encode_frame, validate_request
+from mtcache.shm import VersionTable, remove_orphans, retire_segment
 
 __all__ = ["AlreadyRunning", "Coordinator"]
 
@@ -40,6 +40,7 @@ log = logging.getLogger("mtcache.coordinator")
 _PEERCRED = struct.Struct("3i")
 SWEEP_INTERVAL = 0.25
 _TSO_MACHINES = ("x86_64", "amd64", "i386", "i686")
+_INSPECT_OPS = (Op.STATS, Op.HEALTH, Op.PING)
 
 
 class AlreadyRunning(RuntimeError):
@@ -53,6 +54,7 @@ class _Connection(asyncio.Protocol):
         self.decoder = FrameDecoder()
         self.transport: asyncio.Transport | None = None
         self.ready = False
+        self.inspect_only = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.peer_pid = 0
 
@@ -103,6 +105,8 @@ class _Connection(asyncio.Protocol):
         if not self.ready:
             self._hello(op, rid, args)
             return
+        if self.inspect_only and op not in _INSPECT_OPS:
+            raise ProtocolError(f"op {op} is not allowed on an inspecting connection")
         engine = self.engine
         if op == Op.GET:
             reply = engine.get_l1(args[0])
@@ -117,15 +121,17 @@ class _Connection(asyncio.Protocol):
             else:
                 self._spawn(rid, engine.lease_miss(self, args[0], args[1]))
         elif op == Op.SET:
-            self._spawn(rid, engine.set(*args))
+            self._spawn(rid, engine.set(*args), write=True)
         elif op == Op.FILL:
-            self._spawn(rid, engine.fill(*args))
+            self._spawn(rid, engine.fill(*args), write=True)
         elif op == Op.FAIL:
             self._send(rid, engine.fail(*args))
+        elif op == Op.RELEASE:
+            self._send(rid, engine.release(*args))
         elif op == Op.DELETE:
-            self._spawn(rid, engine.delete(args[0]))
+            self._spawn(rid, engine.delete(args[0]), write=True)
         elif op == Op.CLEAR:
-            self._spawn(rid, engine.clear())
+            self._spawn(rid, engine.clear(), write=True)
         elif op == Op.STATS:
             self._send(rid, [Status.OK, self.server.stats()])
         elif op == Op.HEALTH:
@@ -143,17 +149,22 @@ class _Connection(asyncio.Protocol):
             self._send(rid, [Status.ERROR, "protocol", f"coordinator speaks protocol {PROTOCOL_VERSION}, "
                                                        f"client speaks {version}"])
             raise ProtocolError(f"client protocol {version} != {PROTOCOL_VERSION}")
-        if namespace != self.server.settings.namespace:
+        self.inspect_only = namespace == INSPECT
+        if namespace != self.server.settings.namespace and not self.inspect_only:
             self._send(rid, [Status.ERROR, "namespace", f"this coordinator serves namespace "
                                                         f"{self.server.settings.namespace!r}, not {namespace!r}"])
             raise ProtocolError(f"client namespace {namespace!r} does not match")
         self.ready = True
         self._send(rid, [Status.OK, self.server.hello_info()])
 
-    def _spawn(self, rid: int, coro: Any) -> None:
+    def _spawn(self, rid: int, coro: Any, *, write: bool = False) -> None:
+        # a write that reached the coordinator completes (or reaches the backlog) whatever
+        # happens to its connection: it is held by the server, not cancelled with the
+        # connection's reads and lease waits
+        tasks = self.server.writes if write else self.tasks
         task = asyncio.get_running_loop().create_task(self._run(rid, coro))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def _run(self, rid: int, coro: Any) -> None:
         try:
@@ -175,6 +186,8 @@ class Coordinator:
         self.use_redis = use_redis
         self.socket_path = Path(settings.socket_path)
         self.connections: set[_Connection] = set()
+        #: writes in flight (see _Connection._spawn)
+        self.writes: set[asyncio.Task[None]] = set()
         self.counters = {"refused": 0, "protocol_errors": 0}
         self.table: VersionTable | None = None
         self.mirror: MirrorWriter | None = None
@@ -213,11 +226,12 @@ class Coordinator:
             os.close(fd)
             raise AlreadyRunning(f"another coordinator is serving {self.socket_path}") from None
         # a coordinator killed with SIGKILL left its segments behind (their paths are
-        # in the lock file), and so may others whose process is gone: remove them
+        # in the lock file), and so may others whose process is gone: retire them
+        # before serving (its workers stop trusting their near copies and reconnect
+        # here), then remove them
         for previous in os.pread(fd, 4096, 0).decode(errors="replace").split():
             if Path(previous).name.startswith("mtcache-") and previous.endswith((".ver", ".mirror")):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(previous)
+                retire_segment(previous)
         remove_orphans()
         self._lock_fd = fd
 

@@ -90,13 +90,14 @@ class StoreStats:
 
 
 class _Entry:
-    __slots__ = ("expires_at", "nbytes", "seq", "value")
+    __slots__ = ("expires_at", "nbytes", "seq", "stamp", "value")
 
-    def __init__(self, value: bytes, expires_at: float, nbytes: int, seq: int) -> None:
+    def __init__(self, value: bytes, expires_at: float, nbytes: int, seq: int, stamp: int) -> None:
         self.value = value
         self.expires_at = expires_at
         self.nbytes = nbytes
         self.seq = seq
+        self.stamp = stamp
 
 
 def _positive_int(value: object, what: str) -> int:
@@ -187,6 +188,13 @@ class L1Store:
             return None
         return entry.value
 
+    def stamp_of(self, key: str) -> int | None:
+        """The stamp ``key`` was stored with, if a live entry is there. Counts nothing."""
+        entry = self._data.get(key)
+        if entry is None or entry.expires_at <= self._clock():
+            return None
+        return entry.stamp
+
     def remaining_ttl(self, key: str) -> float | None:
         """Seconds until ``key`` expires, or ``None`` if it is absent or expired.
 
@@ -229,9 +237,10 @@ class L1Store:
 
     # writes
 
-    def set(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+    def set(self, key: str, value: bytes, ttl: float | None = None, stamp: int = 0) -> bool:
         """Store ``value`` under ``key`` for ``ttl`` seconds (``None``: the default
         TTL), replacing any entry for ``key`` and making it the most recently used.
+        ``stamp`` is kept with it (the stamp of the write, see :meth:`stamp_of`).
 
         Then removes expired entries and evicts least-recently-used ones until both
         bounds hold (``on_remove`` is called for each).
@@ -261,7 +270,7 @@ class L1Store:
             return False
         now = self._clock()
         self._seq += 1
-        entry = _Entry(value, now + seconds, nbytes, self._seq)
+        entry = _Entry(value, now + seconds, nbytes, self._seq, stamp)
         self._data[key] = entry
         self._bytes += nbytes
         heapq.heappush(self._heap, (entry.expires_at, entry.seq, key))

@@ -33,7 +33,7 @@ Build = Callable[[Any], None]
 class _Item:
     build: Build
     key: str | None
-    clear: bool
+    clear: int | None  # the stamp of a clear
     fut: asyncio.Future[list[Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -59,19 +59,20 @@ class WriteQueue:
 
         :raises L2Error: the round trip that carried them failed.
         """
-        item = _Item(build, key, clear=False)
+        item = _Item(build, key, clear=None)
         if key is not None:
             self._pending[key] += 1
         return await self._enqueue(item)
 
-    async def clear(self, build: Build) -> int:
-        """Remove every value of the namespace (after every write queued before),
-        then run ``build(pipe)`` (its stream entry); the number of values removed.
+    async def clear(self, stamp: int, build: Build) -> int:
+        """After every write queued before: run ``build(pipe)`` (the new namespace
+        floor ``stamp`` and its stream entry), then remove the records older than
+        the floor; the number of values removed.
 
         :raises L2Error: Redis failed.
         """
         self._clearing += 1
-        return (await self._enqueue(_Item(build, None, clear=True)))[0]
+        return (await self._enqueue(_Item(build, None, clear=stamp)))[0]
 
     async def _enqueue(self, item: _Item) -> list[Any]:
         self._queue.append(item)
@@ -92,18 +93,19 @@ class WriteQueue:
     async def _flush(self) -> None:
         queue = self._queue
         while queue:
-            if queue[0].clear:
+            if queue[0].clear is not None:
                 item = queue.popleft()
+                assert item.clear is not None
                 try:
-                    removed = await self.l2.clear()
                     await self.l2.pipeline("clear", item.build)
+                    removed = await self.l2.purge(item.clear)
                 except L2Error as exc:
                     self._settle([item], error=exc)
                 else:
                     self._settle([item], replies=[removed])
                 continue
             batch: list[_Item] = []
-            while queue and not queue[0].clear:
+            while queue and queue[0].clear is None:
                 batch.append(queue.popleft())
             counts: list[int] = []
 
@@ -131,7 +133,7 @@ class WriteQueue:
                 self._pending[item.key] -= 1
                 if self._pending[item.key] <= 0:
                     del self._pending[item.key]
-            if item.clear:
+            if item.clear is not None:
                 self._clearing -= 1
             if item.fut.done():
                 continue
