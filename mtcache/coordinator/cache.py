@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from mtcache.config import Settings
 from mtcache.coordinator.backlog import Write, WriteBacklog
-from mtcache.coordinator.invalidation import InvalidationStream, new_origin
+from mtcache.coordinator.invalidation import BLOCK_MS, InvalidationStream, new_origin
 from mtcache.coordinator.l2 import Envelope, L2Tier, WriteResult
 from mtcache.coordinator.leases import DistributedLeases, LeaseRegistry
 from mtcache.coordinator.local import LocalTier
@@ -81,6 +81,8 @@ class CacheEngine:
                 on_gap=self._unvouched,
                 on_fill=self._filled_elsewhere,
                 on_stamp=self._observed,
+                # the reader must hear from a healthy Redis well within the staleness bound
+                block_ms=max(10, min(BLOCK_MS, int(settings.staleness_bound * 1000 / 3))),
             )
             self.dist = DistributedLeases(l2, self.origin, settings.lease_ttl)
         #: the newest clear this host knows of: entries written before it are dead

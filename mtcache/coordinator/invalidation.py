@@ -98,6 +98,7 @@ class InvalidationStream:
     :param on_gap: ``(reason)`` entries were lost: L1 cannot be vouched for.
     :param on_fill: ``(key)`` another host filled ``key`` (its value is in L2 now).
     :param on_stamp: ``(stamp, entry_ms)`` a stamp and a Redis time read from the stream (for the clock).
+    :param block_ms: the longest blocking read (keep it well under the staleness bound).
     """
 
     def __init__(
@@ -114,12 +115,15 @@ class InvalidationStream:
         on_gap: Callable[[str], None],
         on_fill: Callable[[str], None],
         on_stamp: Callable[[int, int], None],
+        block_ms: int = BLOCK_MS,
     ) -> None:
         self.stream = prefix + "inval"
+        #: how long one blocking read waits: the reader hears from Redis at least this often
+        self.block_ms = block_ms
         self.maxlen = maxlen
         self.origin = origin
         self._reader = Redis.from_url(
-            reader_url, socket_timeout=BLOCK_MS / 1000 + timeout + 1, socket_connect_timeout=timeout
+            reader_url, socket_timeout=block_ms / 1000 + timeout + 1, socket_connect_timeout=timeout
         )
         self._on_invalidate = on_invalidate
         self._on_clear = on_clear
@@ -133,7 +137,7 @@ class InvalidationStream:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         #: when the reader last heard from Redis (a blocking read returns at least
-        #: every BLOCK_MS): the staleness bound counts from here, so a Redis that
+        #: every block_ms): the staleness bound counts from here, so a Redis that
         #: hangs counts as gone before the socket timeout says so
         self.last_ok = time.monotonic()
         #: set once the reader has connected and found where to read from
@@ -177,7 +181,7 @@ class InvalidationStream:
             # a cancel that lands together with redis-py's own read timeout can be
             # swallowed (the task goes back to XREAD); the flag ends the loop then,
             # at the latest when that block returns
-            await asyncio.wait({self._task}, timeout=BLOCK_MS / 1000 * 2 + 1)
+            await asyncio.wait({self._task}, timeout=self.block_ms / 1000 * 2 + 1)
         await self._reader.aclose()
 
     async def _run(self) -> None:
@@ -191,7 +195,8 @@ class InvalidationStream:
                     self.synced.set()
                     delay = 0.05
                 # redis-py's stubs type these replies loosely: they are the raw RESP shapes
-                reply: Any = await self._reader.xread({self.stream: self.last_id or "0-0"}, count=BATCH, block=BLOCK_MS)
+                reply: Any = await self._reader.xread({self.stream: self.last_id or "0-0"}, count=BATCH,
+                                                   block=self.block_ms)
                 self.last_ok = time.monotonic()
                 for _stream, entries in reply or ():
                     for entry_id, fields in entries:

@@ -63,8 +63,10 @@ HEADER_BYTES = 27
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-# What a Redis call fails with: redis-py's errors, raw socket errors, and the deadline around the call.
-_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+# What a Redis call fails with: redis-py's errors, raw socket errors, the deadline around the call, and
+# the RuntimeError uvloop raises when redis-py writes to a transport a reset already closed
+# ("unable to perform operation on <TCPTransport closed=True>").
+_FAILURES = (RedisError, OSError, asyncio.TimeoutError, RuntimeError)
 # An expiry must stay a signed 64-bit integer for msgpack and for Redis.
 _MAX_EXPIRY_MS = 2**62
 _SCAN_COUNT = 1000
@@ -531,6 +533,10 @@ class L2Tier:
                 return await call
         except _FAILURES as exc:
             self._errors += 1
+            if isinstance(exc, RuntimeError):
+                # redis-py does not drop a connection on this error: drop them all, or the pool
+                # hands out the dead one again
+                await self.redis.connection_pool.disconnect()
             if isinstance(exc, RedisError) or str(exc):
                 detail = f"{type(exc).__name__}: {exc}"
             else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from mtcache.errors import L2Error
 
 __all__ = ["WriteQueue"]
 
+log = logging.getLogger("mtcache.coordinator")
+
 Build = Callable[[Any], None]
 
 
@@ -35,6 +38,17 @@ class _Item:
     key: str | None
     clear: int | None  # the stamp of a clear
     fut: asyncio.Future[list[Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+def _l2_error(exc: Exception) -> L2Error:
+    """``exc`` as the L2Error its writers expect; anything else is a bug, logged, and still
+    never leaves a write unsettled (its caller would wait, and its key stay busy, for good)."""
+    if isinstance(exc, L2Error):
+        return exc
+    log.error("an L2 write batch failed unexpectedly", exc_info=exc)
+    error = L2Error(f"L2 write failed: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 class WriteQueue:
@@ -99,8 +113,8 @@ class WriteQueue:
                 try:
                     await self.l2.pipeline("clear", item.build)
                     removed = await self.l2.purge(item.clear)
-                except L2Error as exc:
-                    self._settle([item], error=exc)
+                except Exception as exc:  # every queued write is settled, whatever failed
+                    self._settle([item], error=_l2_error(exc))
                 else:
                     self._settle([item], replies=[removed])
                 continue
@@ -119,8 +133,8 @@ class WriteQueue:
             self.writes += len(batch)
             try:
                 replies = await self.l2.pipeline("write", build_all)
-            except L2Error as exc:
-                self._settle(batch, error=exc)
+            except Exception as exc:  # every queued write is settled, whatever failed
+                self._settle(batch, error=_l2_error(exc))
             else:
                 start = 0
                 for item, count in zip(batch, counts, strict=True):

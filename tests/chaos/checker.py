@@ -1,0 +1,376 @@
+"""The history checker: pure functions from a recorded :class:`~tests.chaos.history.History` to
+violations of mtcache's consistency contract (README, "Consistency: what you can rely on").
+
+Definitions (all times ``monotonic_ns``; ``tol`` absorbs clock-stamp granularity):
+
+- A *write* is a ``set`` (its value), a ``delete`` (value None) or a *fill*: a ``get_or_compute``
+  whose function ran and returned, its value written from ``fn_start``. A write is *acknowledged*
+  (``ack``), *skipped* (definitely not applied: it never happened) or *unknown* (maybe applied:
+  raised, counted as unknown by the client, or cut short by a SIGKILL).
+- Write A *precedes* write B if ``A.order_end + tol < B.start``, where ``order_end`` is the end of an
+  acknowledged set or delete, the ``fn_start`` of a fill (mtcache stamps a fill with the moment its
+  lease began, before ``fn_start``), and "never" for an unknown write (it may have been applied at
+  any time, so it precedes nothing).
+- W *supersedes* W' if W' precedes W and W is an acknowledged set or delete. Fills and unknown
+  writes never supersede; their values may always be read.
+- A *read* is a ``get``, or a ``get_or_compute`` that returned a value it did not compute. A read
+  that returns None is never stale (a miss is always allowed; see ``lost_write``).
+- A fault is *disruptive* unless it is a ``worker_kill``.
+
+The violation kinds are the functions below whose names end in ``_violations``; each docstring
+defines its kind exactly.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.chaos.history import DATA_LOSS, INF, Fault, History, Op
+from tests.chaos.intervals import RangeMax, Timeline
+from tests.chaos.workload import ValueId, value_id
+
+KINDS = ("stale_read_same_host", "stale_read_cross_host", "lost_write", "unknown_value", "not_converged",
+         "unexpected_exception", "duplicate_compute")
+
+
+@dataclass(frozen=True)
+class CheckParams:
+    """Bounds of the contract, in seconds."""
+
+    tol: float = 0.005
+    propagation_bound: float = 1.0
+    heal_bound: float = 8.0
+    #: a duplicate computation this soon after a fault ended is the fault's doing: a coordinator
+    #: that lost Redis takes leases per host only until it reconnects (back-off up to 2 s)
+    dup_slack: float = 3.0
+    examples: int = 5
+
+
+@dataclass
+class Violation:
+    """One violation: its kind, when (the read's start, mostly), why, and the operations involved
+    (the read first, then the writes that make it wrong)."""
+
+    kind: str
+    time: int
+    why: str
+    ops: list[Op] = field(default_factory=list)
+
+
+@dataclass
+class CheckResult:
+    """Counts per kind and the first ``examples`` violations of each, in time order."""
+
+    counts: dict[str, int]
+    examples: dict[str, list[Violation]]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A write derived from an operation (see the module docstring)."""
+
+    op: Op
+    kind: str  # "set" | "delete" | "fill"
+    vid: ValueId | None
+    status: str  # "ack" | "skipped" | "unknown" | "fill"
+    start: int  # the earliest its value can exist: the call's start, or fn_start for a fill
+    order_end: int  # see "precedes" in the module docstring
+
+    @property
+    def supersedes(self) -> bool:
+        return self.status == "ack"
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+def derive_writes(ops: Iterable[Op]) -> list[Write]:
+    """Every write of the history, skipped ones included (callers filter)."""
+    out = []
+    for op in ops:
+        if op.op in ("set", "delete"):
+            status = op.ack if op.ack in ("ack", "skipped") and op.outcome == "ok" else "unknown"
+            vid = _vid(op.value) if op.op == "set" else None
+            order_end = op.end if status == "ack" and op.end is not None else INF
+            out.append(Write(op, op.op, vid, status, op.start, order_end))
+        elif op.op == "goc" and op.fn_result == "ok" and op.fn_start is not None:
+            out.append(Write(op, "fill", (op.worker, op.index, 1), "fill", op.fn_start, op.fn_start))
+        elif op.op == "goc" and op.fn_result == "unknown":  # a SIGKILLed worker's last call
+            out.append(Write(op, "fill", (op.worker, op.index, 1), "unknown", op.start, INF))
+    return out
+
+
+def reads(ops: Iterable[Op]) -> list[Op]:
+    """Operations that read a value: gets, and get_or_compute calls that did not fill."""
+    return [op for op in ops if op.outcome == "ok" and op.end is not None
+            and (op.op == "get" or (op.op == "goc" and op.fn_result != "ok"))]
+
+
+def _vid(value: Any) -> ValueId | None:
+    try:
+        return value_id(value)
+    except ValueError:
+        return None
+
+
+class _Acked:
+    """The acknowledged sets and deletes of one key by one host, ordered by end."""
+
+    def __init__(self, writes: list[Write]) -> None:
+        self.writes = sorted(writes, key=lambda w: w.order_end)
+        self.ends = [w.order_end for w in self.writes]
+        self.starts = RangeMax([w.start for w in self.writes])
+
+    def witness(self, lo: int, hi: int, after: int) -> Write | None:
+        """A write among ``writes[lo:hi]`` that started after ``after``."""
+        if hi > lo and self.starts.query(lo, hi) > after:
+            return next(w for w in reversed(self.writes[lo:hi]) if w.start > after)
+        return None
+
+
+def _acked_index(writes: list[Write]) -> dict[tuple[str, int], _Acked]:
+    groups: dict[tuple[str, int], list[Write]] = defaultdict(list)
+    for w in writes:
+        if w.supersedes:
+            groups[(w.op.key, w.op.host)].append(w)
+    return {k: _Acked(v) for k, v in groups.items()}
+
+
+def stale_read_violations(history: History, writes: list[Write], p: CheckParams) -> list[Violation]:
+    """``stale_read_same_host``: a read R on host h returns the value of W' while an acknowledged
+    write W by a worker of host h supersedes W' and ``W.end < R.start``. No fault excuses it.
+
+    ``stale_read_cross_host``: the same with W on another host, checked only when
+    ``W.end + propagation_bound < R.start``, no disruptive fault is active at ``R.start`` or during
+    ``[W.end, R.start]``, and ``R.start`` is more than ``heal_bound`` after the end of the latest
+    disruptive fault."""
+    tol, pb, heal = _ns(p.tol), _ns(p.propagation_bound), _ns(p.heal_bound)
+    by_vid = {w.vid: w for w in writes if w.vid is not None}
+    acked = _acked_index(writes)
+    hosts = sorted({h for _, h in acked})
+    timeline = Timeline(f for f in history.faults if f.disruptive)
+    out = []
+    for r in reads(history.ops):
+        vid = _vid(r.value)
+        old = by_vid.get(vid) if vid is not None else None
+        if old is None or old.order_end == INF:
+            continue
+        after = old.order_end + tol
+        same = acked.get((r.key, r.host))
+        if same is not None and (w := same.witness(0, bisect_left(same.ends, r.start), after)) is not None:
+            out.append(Violation("stale_read_same_host", r.start, f"returned the value of a write superseded "
+                                 f"by {w.kind} w{w.op.worker}#{w.op.index} of the same host", [r, old.op, w.op]))
+            continue
+        if timeline.active(r.start):
+            continue
+        last = timeline.last_end_before(r.start)
+        if last is not None and r.start <= last + heal:
+            continue
+        for host in hosts:
+            other = acked.get((r.key, host))
+            if host == r.host or other is None:
+                continue
+            lo = 0 if last is None else bisect_right(other.ends, last)
+            w = other.witness(lo, bisect_left(other.ends, r.start - pb), after)
+            if w is not None:
+                out.append(Violation("stale_read_cross_host", r.start, f"returned the value of a write "
+                                     f"superseded {(r.start - w.order_end) / 1e9:.3f}s earlier by {w.kind} "
+                                     f"w{w.op.worker}#{w.op.index} of host {host}", [r, old.op, w.op]))
+                break
+    return out
+
+
+def lost_write_violations(history: History, writes: list[Write], p: CheckParams) -> list[Violation]:
+    """``lost_write``: a get R on host h returns None (the client not degraded) while the latest
+    acknowledged write of the key by host h that ended before ``R.start`` is a set W, no other write
+    of any kind by any host on that key (unknown, skipped, deletes, fills; a fill counted over its
+    whole call) overlaps W or follows it before ``R.start``, and no disruptive fault is active
+    anywhere in ``[W.start, R.start]``."""
+    tol = _ns(p.tol)
+    acked = _acked_index(writes)
+    timeline = Timeline(f for f in history.faults if f.disruptive)
+    by_key: dict[str, list[Write]] = defaultdict(list)
+    for w in writes:
+        by_key[w.op.key].append(w)
+    # per key, writes by the start of their call, with the two largest ends so far (and whose)
+    starts: dict[str, list[int]] = {}
+    tops: dict[str, list[tuple[int, int, int]]] = {}
+    for key, ws in by_key.items():
+        ws.sort(key=lambda w: w.op.start)
+        starts[key] = [w.op.start for w in ws]
+        top: list[tuple[int, int, int]] = []
+        best = (-INF, -1, -INF)  # (largest end, its write's id, second largest end)
+        for w in ws:
+            end = w.op.finished
+            best = (end, id(w), best[0]) if end >= best[0] else (best[0], best[1], max(best[2], end))
+            top.append(best)
+        tops[key] = top
+    out = []
+    for r in history.ops:
+        if r.op != "get" or r.value is not None or r.outcome != "ok" or r.degraded or r.end is None:
+            continue
+        own = acked.get((r.key, r.host))
+        n = bisect_left(own.ends, r.start) if own else 0
+        if own is None or n == 0 or own.writes[n - 1].kind != "set":
+            continue
+        w = own.writes[n - 1]
+        i = bisect_left(starts[r.key], r.start) - 1
+        first, whose, second = tops[r.key][i]
+        if (second if whose == id(w) else first) >= w.op.start - tol:
+            continue
+        if timeline.intersects(w.op.start, r.start):
+            continue
+        out.append(Violation("lost_write", r.start, "host forgot its own acknowledged set", [r, w.op]))
+    return out
+
+
+def unknown_value_violations(history: History, writes: list[Write], p: CheckParams) -> list[Violation]:
+    """``unknown_value``: a read returns something no recorded write produced (a malformed value, or
+    an id with no write; excused when the writer was SIGKILLed and the id is past its last recorded
+    operation), the value of a write reported *skipped* (it happened after all), or a value read
+    before its write began (before the set's call, or before the fill's ``fn_start``)."""
+    tol = _ns(p.tol)
+    by_vid = {w.vid: w for w in writes if w.vid is not None}
+    last_index: dict[int, int] = defaultdict(int)
+    for op in history.ops:
+        last_index[op.worker] = max(last_index[op.worker], op.index)
+    out = []
+    for r in reads(history.ops):
+        if r.value is None:
+            continue
+        vid = _vid(r.value)
+        w = by_vid.get(vid) if vid is not None else None
+        if vid is None:
+            why = "not a value this workload writes"
+        elif w is None:
+            if vid[0] in history.killed and vid[1] > last_index[vid[0]]:
+                continue
+            why = "no recorded write produced it"
+        elif w.status == "skipped":
+            why = "the value of a write its client reported as skipped"
+        elif r.finished + tol < w.start:
+            why = "read before its write began"
+        else:
+            continue
+        out.append(Violation("unknown_value", r.start, why, [r] + ([w.op] if w else [])))
+    return out
+
+
+def convergence_violations(history: History, writes: list[Write], p: CheckParams) -> list[Violation]:
+    """``not_converged``: after the run (faults healed, ``heal_bound`` of quiet time, workers
+    stopped) every host reads every key twice, 1 s apart, with a fresh client. Every one of those
+    reads of a key must return the same thing, and that must be the value of a *maximal* write of
+    the key: one not superseded by any acknowledged write (skipped writes excluded). None is allowed
+    only if there is no write, a maximal write is a delete (acknowledged or unknown), or a
+    data-losing fault (``redis_restart_empty``, ``maxmemory_allkeys_lru``) ended after the earliest
+    maximal write began (Redis may have lost it)."""
+    if history.final is None:
+        return []
+    tol = _ns(p.tol)
+    by_key: dict[str, list[Write]] = defaultdict(list)
+    for w in writes:
+        if w.status != "skipped":
+            by_key[w.op.key].append(w)
+    losses = [f.end for f in history.faults if f.kind in DATA_LOSS]
+    keys = sorted({k for per_host in history.final.values() for k in per_host})
+    out = []
+    for key in keys:
+        ws = by_key.get(key, [])
+        newest = max((w.start for w in ws if w.supersedes), default=-1)
+        maximal = [w for w in ws if w.order_end + tol >= newest]
+        allowed: set[Any] = {w.vid for w in maximal if w.vid is not None}
+        earliest = min((w.start for w in maximal), default=INF)
+        if not ws or any(w.kind == "delete" for w in maximal) or any(end >= earliest for end in losses):
+            allowed.add(None)
+        seen = {h: per_host.get(key, []) for h, per_host in history.final.items()}
+        ids = {_final_id(v) for vs in seen.values() for v in vs}
+        if len(ids) == 1 and ids <= allowed:
+            continue
+        why = (f"{key}: final reads {seen} (as ids {sorted(map(str, ids))}); maximal writes allow "
+               f"{sorted(map(str, allowed))}")
+        out.append(Violation("not_converged", max((w.op.finished for w in ws), default=0), why,
+                             [w.op for w in maximal][:4]))
+    return out
+
+
+def _final_id(value: Any) -> Any:
+    """The id of a final read; a malformed value stands for itself (it matches no write)."""
+    vid = _vid(value)
+    return ("malformed", repr(value)) if vid is None and value is not None else vid
+
+
+def _excused_exception(op: Op) -> bool:
+    if op.outcome in ("ok", "killed", "unfinished"):
+        return True
+    if op.outcome.startswith("CacheTimeout"):
+        return True
+    if op.outcome.startswith("ComputeError") and "InjectedFailure" in op.outcome:
+        return True
+    return op.cancelled and op.outcome.split(":", 1)[0] in ("TimeoutError", "CancelledError")
+
+
+def exception_violations(history: History, writes: list[Write], p: CheckParams) -> list[Violation]:
+    """``unexpected_exception``: an exception reached a caller, other than a ComputeError caused by
+    the injected failure (here or in the lease holder), CacheTimeout, and the TimeoutError /
+    CancelledError of the worker's own deliberate cancellation."""
+    return [Violation("unexpected_exception", op.start, op.outcome, [op])
+            for op in history.ops if not _excused_exception(op)]
+
+
+def duplicate_compute_violations(history: History, writes: list[Write], p: CheckParams) -> list[Violation]:
+    """``duplicate_compute``: two executions of a key's function (through the coordinator: not a
+    local compute) whose ``[fn_start, fn_end]`` overlap, neither cancelled nor slow, while no slow
+    execution of that key was running and no fault window (disruptive or ``worker_kill``, each
+    extended by ``dup_slack`` after its end) touched ``[earlier fn_start, later fn_end]``."""
+    slack = _ns(p.dup_slack)
+    faults = Timeline(Fault(f.index, f.kind, f.target, f.start, min(INF, f.end + slack)) for f in history.faults)
+    runs: dict[str, list[Op]] = defaultdict(list)
+    for op in history.ops:
+        if op.op == "goc" and op.fn_start is not None and op.fn_end is not None:
+            runs[op.key].append(op)
+    out = []
+    for key_runs in runs.values():
+        key_runs.sort(key=lambda op: op.fn_start or 0)
+        slow = Timeline(Fault(0, "slow", None, op.fn_start or 0, op.fn_end or INF) for op in key_runs if op.slow)
+        active: list[Op] = []
+        for op in key_runs:
+            assert op.fn_start is not None and op.fn_end is not None
+            active = [a for a in active if (a.fn_end or 0) >= op.fn_start]
+            for a in active:
+                pair = (a, op)
+                if any(x.slow or x.cancelled or x.local for x in pair):
+                    continue
+                lo, hi = a.fn_start or 0, max(a.fn_end or 0, op.fn_end)
+                if slow.intersects(lo, hi) or faults.intersects(lo, hi):
+                    continue
+                out.append(Violation("duplicate_compute", op.fn_start, "two computations of one key at once",
+                                     [a, op]))
+            active.append(op)
+    return out
+
+
+CHECKS = (stale_read_violations, lost_write_violations, unknown_value_violations, convergence_violations,
+          exception_violations, duplicate_compute_violations)
+
+
+def check(history: History, params: CheckParams | None = None) -> CheckResult:
+    """Run every check; count the violations of each kind and keep the first few."""
+    p = params or CheckParams()
+    writes = derive_writes(history.ops)
+    counts = dict.fromkeys(KINDS, 0)
+    examples: dict[str, list[Violation]] = {k: [] for k in KINDS}
+    found = [v for fn in CHECKS for v in fn(history, writes, p)]
+    for v in sorted(found, key=lambda v: v.time):
+        counts[v.kind] += 1
+        if len(examples[v.kind]) < p.examples:
+            examples[v.kind].append(v)
+    return CheckResult(counts, examples)

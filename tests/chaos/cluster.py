@@ -1,0 +1,261 @@
+"""The chaos topology: one redis-server, and H "hosts", each a coordinator process that reaches
+Redis through its own :class:`~tests.tcp_proxy.FaultProxy`, with W worker processes of its own.
+
+Everything started here is stopped by :meth:`Cluster.close` (workers SIGKILLed, coordinators
+continued if stopped and then SIGTERMed, proxies and Redis stopped, temporary folders removed),
+which is safe to call at any point and more than once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from mtcache import Client
+from mtcache.coordinator.l2 import key_prefix
+from mtcache.shm import remove_orphans
+from tests.chaos.history import append_json
+from tests.chaos.workload import WorkloadSettings
+from tests.coordinator_proc import CoordinatorProcess
+from tests.redis_server import RedisServer
+from tests.tcp_proxy import FaultProxy
+
+ROOT = Path(__file__).resolve().parents[2]
+READY_DEADLINE = 30.0
+STOP_DEADLINE = 20.0
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """The topology and the coordinators' settings (the quick-fault ones by default)."""
+
+    hosts: int = 2
+    workers: int = 3
+    async_workers: int = 1
+    seed: int = 1
+    namespace: str = "chaos"
+    staleness_bound: float = 1.0
+    redis_timeout: float = 0.3
+    lease_ttl: float = 3.0
+    workload: WorkloadSettings = field(default_factory=WorkloadSettings)
+
+    def coordinator_env(self) -> dict[str, str]:
+        return {"MTCACHE_STALENESS_BOUND": f"{self.staleness_bound:g}",
+                "MTCACHE_REDIS_TIMEOUT": f"{self.redis_timeout:g}",
+                "MTCACHE_LEASE_TTL": f"{self.lease_ttl:g}"}
+
+
+@dataclass
+class WorkerProc:
+    id: int
+    host: int
+    slot: int
+    mode: str
+    popen: subprocess.Popen[bytes]
+
+
+@dataclass
+class Host:
+    index: int
+    proxy: FaultProxy
+    coordinator: CoordinatorProcess
+    workers: list[WorkerProc] = field(default_factory=list)
+
+
+class Cluster:
+    """Start with :meth:`start`; ``history`` is where workers and the harness record."""
+
+    def __init__(self, settings: ClusterSettings, history: Path, *, redis_server: RedisServer | None = None) -> None:
+        self.settings = settings
+        self.history = history
+        self.hosts: list[Host] = []
+        self.stop_file = history / "STOP"
+        self.stream = key_prefix(settings.namespace) + "inval"
+        self._own_redis = redis_server is None
+        self._tmp: list[Path] = []
+        self.redis = redis_server or RedisServer(self._mkdtemp("mtc-redis-"))
+        self._next_id = 1
+
+    def _mkdtemp(self, prefix: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+        self._tmp.append(path)
+        return path
+
+    # -- starting --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Redis, then per host a proxy and a coordinator, then every worker; returns once every
+        worker is connected (or the readiness deadline passes: RuntimeError)."""
+        self.history.mkdir(parents=True, exist_ok=True)
+        if self.redis.proc is None or self.redis.proc.poll() is not None:
+            self.redis.start()
+        sockets = self._mkdtemp("mtc-")
+        for i in range(self.settings.hosts):
+            proxy = FaultProxy("127.0.0.1", self.redis.port)
+            proxy.start()
+            coordinator = CoordinatorProcess(sockets / f"h{i}.sock", redis_url=proxy.url(),
+                                             namespace=self.settings.namespace, env=self.settings.coordinator_env())
+            self.hosts.append(Host(i, proxy, coordinator))
+            coordinator.start()
+        for host in self.hosts:
+            host.workers = [self._spawn(host.index, slot) for slot in range(self.settings.workers)]
+        self.wait_ready([w for h in self.hosts for w in h.workers])
+
+    def _spawn(self, host: int, slot: int) -> WorkerProc:
+        s, wl = self.settings, self.settings.workload
+        wid, self._next_id = self._next_id, self._next_id + 1
+        mode = "async" if slot < s.async_workers else "sync"
+        cmd = [sys.executable, "-m", "tests.chaos.worker", "--socket", self.hosts[host].coordinator.socket_path,
+               "--namespace", s.namespace, "--host", str(host), "--id", str(wid), "--mode", mode,
+               "--seed", str(s.seed), "--out", str(self.history), "--stop-file", str(self.stop_file),
+               "--keys", str(wl.keys), "--slow-prob", str(wl.slow_prob), "--fail-prob", str(wl.fail_prob),
+               "--cancel-prob", str(wl.cancel_prob), "--lease-ttl", str(wl.lease_ttl), "--think-ms", str(wl.think_ms),
+               "--idle-prob", str(wl.idle_prob)]
+        with open(self.history / f"worker-{wid}.log", "ab") as log:
+            popen = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        append_json(self.history / "workers.jsonl", {"event": "start", "w": wid, "host": host, "slot": slot,
+                                                     "mode": mode, "pid": popen.pid, "t": time.monotonic_ns()})
+        return WorkerProc(wid, host, slot, mode, popen)
+
+    def wait_ready(self, workers: list[WorkerProc], deadline: float = READY_DEADLINE) -> None:
+        """Poll until each worker has connected (its ready file), with a deadline."""
+        end = time.monotonic() + deadline
+        pending = list(workers)
+        while pending:
+            pending = [w for w in pending if not (self.history / f"ready-{w.id}").exists()]
+            for w in pending:
+                if w.popen.poll() is not None:
+                    raise RuntimeError(f"worker {w.id} exited with {w.popen.returncode} before it was ready: "
+                                       + (self.history / f"worker-{w.id}.log").read_text(errors="replace")[-2000:])
+            if pending and time.monotonic() > end:
+                raise RuntimeError(f"workers {[w.id for w in pending]} not ready within {deadline:g}s")
+            time.sleep(0.02)  # readiness poll with a deadline
+
+    # -- workers during the run ------------------------------------------------------------------
+
+    def kill_worker(self, host: int, slot: int) -> tuple[int, int]:
+        """SIGKILL a worker and start its replacement (a new id); ``(old id, new id)``."""
+        old = self.hosts[host].workers[slot]
+        t = time.monotonic_ns()
+        with contextlib.suppress(ProcessLookupError):
+            old.popen.send_signal(signal.SIGKILL)
+        old.popen.wait(timeout=10)
+        append_json(self.history / "workers.jsonl",
+                    {"event": "killed", "w": old.id, "host": host, "slot": slot, "t": t})
+        new = self.hosts[host].workers[slot] = self._spawn(host, slot)
+        return old.id, new.id
+
+    def reap(self) -> list[int]:
+        """Restart any worker that exited on its own (recorded as ``exited``); their ids."""
+        gone: list[int] = []
+        if self.stop_file.exists():
+            return gone
+        for host in self.hosts:
+            for slot, w in enumerate(host.workers):
+                if w.popen.poll() is not None:
+                    append_json(self.history / "workers.jsonl", {"event": "exited", "w": w.id, "host": host.index,
+                                                                 "code": w.popen.returncode, "t": time.monotonic_ns()})
+                    host.workers[slot] = self._spawn(host.index, slot)
+                    gone.append(w.id)
+        return gone
+
+    def stop_workers(self) -> dict[int, int | None]:
+        """The stop file, then a deadline (SIGTERM, then SIGKILL for laggards); exit codes by id."""
+        self.stop_file.touch()
+        workers = [w for h in self.hosts for w in h.workers]
+        end = time.monotonic() + STOP_DEADLINE
+        while any(w.popen.poll() is None for w in workers) and time.monotonic() < end:
+            time.sleep(0.02)  # waiting for the workers to finish their current call, with a deadline
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for w in workers:
+                if w.popen.poll() is None:
+                    w.popen.send_signal(sig)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        w.popen.wait(timeout=5)
+        codes = {w.id: w.popen.returncode for w in workers}
+        for w in workers:
+            append_json(self.history / "workers.jsonl", {"event": "exited", "w": w.id, "host": w.host,
+                                                         "code": codes[w.id], "t": time.monotonic_ns()})
+        return codes
+
+    # -- probes ----------------------------------------------------------------------------------
+
+    def admin(self) -> redis.Redis:
+        """A direct connection to Redis (not through a proxy); the caller closes it."""
+        return self.redis.client()
+
+    def final_reads(self, keys: list[str], interval: float = 1.0) -> dict[int, dict[str, list[Any]]]:
+        """Every key on every host, twice, ``interval`` apart, through fresh clients without near copies."""
+        clients = [Client(h.coordinator.socket_path, namespace=self.settings.namespace, spawn=False, near_capacity=0)
+                   for h in self.hosts]
+        try:
+            out: dict[int, dict[str, list[Any]]] = {h.index: {k: [] for k in keys} for h in self.hosts}
+            for round_ in range(2):
+                if round_:
+                    time.sleep(interval)  # the second read is the stability check, 1 s later by design
+                for host, client in zip(self.hosts, clients, strict=True):
+                    for key in keys:
+                        out[host.index][key].append(client.get(key))
+            return out
+        finally:
+            for client in clients:
+                client.close()
+
+    def coordinator_stats(self) -> dict[int, dict[str, Any]]:
+        """Each host's coordinator counters (STATS), for the report; empty if it does not answer."""
+        out: dict[int, dict[str, Any]] = {}
+        for host in self.hosts:
+            with Client(host.coordinator.socket_path, namespace=self.settings.namespace, spawn=False,
+                        near_capacity=0) as probe:
+                out[host.index] = probe.stats().coordinator or {}
+        return out
+
+    def rss_kib(self) -> dict[int, int | None]:
+        """Each host's coordinator resident set (VmRSS, KiB); None if it is not running."""
+        out: dict[int, int | None] = {}
+        for host in self.hosts:
+            proc = host.coordinator.proc
+            out[host.index] = None
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            out[host.index] = int(line.split()[1])
+        return out
+
+    # -- teardown --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop everything this cluster started and remove its temporary folders (idempotent)."""
+        for host in self.hosts:
+            for w in host.workers:
+                if w.popen.poll() is None:
+                    w.popen.kill()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        w.popen.wait(timeout=10)
+        for host in self.hosts:
+            proc = host.coordinator.proc
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+            host.coordinator.stop()
+            with contextlib.suppress(OSError):
+                shutil.copyfile(host.coordinator.log_path, self.history / f"coordinator-{host.index}.log")
+            host.proxy.stop()
+        if self._own_redis:
+            self.redis.stop()
+        for path in self._tmp:
+            shutil.rmtree(path, ignore_errors=True)
+        self._tmp = []
+        remove_orphans()  # shared memory of coordinators killed with SIGKILL

@@ -1,0 +1,182 @@
+"""One chaos run, start to verdict: start the cluster, play the fault schedule while the workers
+load it, stop, read the final state, check the history and write the report. Shared by
+``tests/chaos/test_chaos.py`` and ``bench/chaos.py`` (whose command line reruns any run exactly)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.chaos.checker import CheckParams, check
+from tests.chaos.cluster import Cluster, ClusterSettings
+from tests.chaos.faults import FaultInjector
+from tests.chaos.history import load_history
+from tests.chaos.report import markdown, ok, short_text, summarize
+from tests.chaos.schedule import KINDS, Window, make_schedule
+from tests.chaos.workload import WorkloadSettings
+from tests.redis_server import RedisServer
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a run; the same config (seed included) replays the same schedule and
+    the same per-worker operations. Durations in seconds."""
+
+    seed: int = 1
+    hosts: int = 2
+    workers: int = 3
+    async_workers: int = 1
+    keys: int = 8
+    seconds: float = 50.0
+    faults: int = 10
+    no_faults: bool = False
+    kinds: str = ",".join(KINDS)
+    warmup: float = 2.0
+    heal_bound: float = 8.0
+    propagation_bound: float = 1.0
+    tol_ms: float = 5.0
+    staleness_bound: float = 1.0
+    redis_timeout: float = 0.3
+    lease_ttl: float = 3.0
+    slow_prob: float = 0.003
+    fail_prob: float = 0.05
+    cancel_prob: float = 0.1
+    think_ms: float = 3.0
+    idle_prob: float = 0.0005
+    dup_slack: float = 3.0
+    rss_every: float = 5.0
+
+    def schedule(self) -> list[Window]:
+        """The fault windows: between the warm-up and ``heal_bound`` (+1 s) before the load ends."""
+        if self.no_faults:
+            return []
+        return make_schedule(self.seed, count=self.faults, begin=self.warmup,
+                             end=self.seconds - self.heal_bound - 1.0, hosts=self.hosts, workers=self.workers,
+                             kinds=tuple(k for k in self.kinds.split(",") if k))
+
+    def cluster_settings(self) -> ClusterSettings:
+        workload = WorkloadSettings(self.keys, self.slow_prob, self.fail_prob, self.cancel_prob, self.lease_ttl,
+                                    self.think_ms, self.idle_prob)
+        return ClusterSettings(self.hosts, self.workers, self.async_workers, self.seed,
+                               staleness_bound=self.staleness_bound, redis_timeout=self.redis_timeout,
+                               lease_ttl=self.lease_ttl, workload=workload)
+
+    def check_params(self) -> CheckParams:
+        return CheckParams(tol=self.tol_ms / 1000, propagation_bound=self.propagation_bound,
+                           heal_bound=self.heal_bound, dup_slack=self.dup_slack)
+
+    def command(self, profile: str) -> str:
+        """The command line that reruns this config (``profile`` plus what differs from it)."""
+        base = PROFILES[profile]
+        args = [f"--profile {profile}"]
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value != getattr(base, f.name) or f.name == "seed":
+                flag = "--" + f.name.replace("_", "-")
+                args.append(flag if value is True else f"{flag} {value}")
+        return ".venv/bin/python bench/chaos.py " + " ".join(args)
+
+
+#: ``short``: the pytest profile (~60 s in all; 12 windows, so every fault kind once);
+#: ``soak``: 30 minutes, a fault every ~4.5 s.
+PROFILES = {
+    "short": RunConfig(seed=14, seconds=50.0, faults=12),
+    "soak": RunConfig(seconds=1800.0, faults=390),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser, default_profile: str = "short") -> None:
+    """One option per :class:`RunConfig` field (default: the profile's value), and ``--profile``."""
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=default_profile)
+    for f in dataclasses.fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action="store_true", default=None)
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(f.type)]
+            parser.add_argument(flag, type=kind, default=None)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The profile's config with every option given on the command line applied."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if getattr(args, f.name) is not None}
+    return dataclasses.replace(PROFILES[args.profile], **given)
+
+
+@dataclass
+class RunResult:
+    """A finished run: its report (see :func:`tests.chaos.report.summarize`), the short text, the verdict."""
+
+    summary: dict[str, Any]
+    text: str
+    ok: bool
+
+
+class _Ticker:
+    """Sleeps until a deadline while restarting dead workers and sampling coordinator memory."""
+
+    def __init__(self, cluster: Cluster, t0: int, rss_every: float) -> None:
+        self.cluster, self.t0, self.rss_every = cluster, t0, rss_every
+        self.rss: list[dict[str, Any]] = []
+        self._next_rss = 0.0
+
+    def until(self, offset: float) -> None:
+        deadline = self.t0 + int(offset * 1e9)
+        while True:
+            now = time.monotonic_ns()
+            if (now - self.t0) / 1e9 >= self._next_rss:
+                self.rss.append({"t": round((now - self.t0) / 1e9, 1), "kib": self.cluster.rss_kib()})
+                self._next_rss += self.rss_every
+            if now >= deadline:
+                return
+            self.cluster.reap()
+            time.sleep(min(0.1, (deadline - now) / 1e9))  # the schedule is timed: sleep to the next event
+
+
+def run(config: RunConfig, out: Path, *, profile: str = "short", redis_server: RedisServer | None = None,
+        log: Callable[[str], None] = print) -> RunResult:
+    """Run ``config`` with its history in ``out``; write ``report.md`` and ``report.json`` there."""
+    started = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    schedule = config.schedule()
+    cluster = Cluster(config.cluster_settings(), out, redis_server=redis_server)
+    injector = FaultInjector(cluster, out / "faults.jsonl")
+    command = config.command(profile)
+    rss: list[dict[str, Any]] = []
+    try:
+        cluster.start()
+        t0 = time.monotonic_ns()
+        (out / "run.json").write_text(json.dumps({"t0": t0, "command": command, "config": dataclasses.asdict(config),
+                                                  "schedule": [w.as_dict() for w in schedule]}, indent=1))
+        log(f"chaos: seed {config.seed}, {len(schedule)} faults over {config.seconds:g}s; rerun: {command}")
+        ticker = _Ticker(cluster, t0, config.rss_every)
+        rss = ticker.rss
+        for window in schedule:
+            ticker.until(window.start)
+            injector.apply(window)
+            if window.duration:
+                ticker.until(window.start + window.duration)
+                injector.heal()
+        ticker.until(config.seconds)
+        cluster.stop_workers()
+        final = cluster.final_reads([f"k{i}" for i in range(config.keys)])
+        (out / "final.json").write_text(json.dumps(final))
+        (out / "coordinators.json").write_text(json.dumps(cluster.coordinator_stats(), default=str))
+    finally:
+        injector.heal()
+        cluster.close()
+    history = load_history(out)
+    result = check(history, config.check_params())
+    stats_path = out / "coordinators.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    summary = summarize(history, result, config=dataclasses.asdict(config), schedule=schedule, command=command,
+                        wall_seconds=time.monotonic() - started, rss=rss, history_dir=str(out), coordinators=stats)
+    (out / "report.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "report.md").write_text(markdown(summary))
+    return RunResult(summary, short_text(summary), ok(summary))

@@ -1,0 +1,284 @@
+"""The checker on small hand-made histories: it catches each violation kind, and accepts valid
+histories, including the cases the contract allows (misses, concurrent writes, faults)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chaos.checker import CheckParams, check
+from tests.chaos.history import Fault, History, Op, load_history
+
+MS = 1_000_000
+S = 1000 * MS
+
+
+def v(w: int, s: int, c: int = 0) -> dict[str, int]:
+    return {"w": w, "s": s, "c": 1} if c else {"w": w, "s": s}
+
+
+def put(w: int, s: int, start: int, end: int, *, host: int = 0, key: str = "k", ack: str = "ack") -> Op:
+    """A set by worker ``w`` (on ``host``) writing v(w, s)."""
+    return Op(w, host, s, "set", key, start, end, value=v(w, s), ack=ack)
+
+
+def delete(w: int, s: int, start: int, end: int, *, host: int = 0, key: str = "k", ack: str = "ack") -> Op:
+    return Op(w, host, s, "delete", key, start, end, ack=ack)
+
+
+def get(w: int, s: int, start: int, end: int, value: Any, *, host: int = 0, key: str = "k", **kw: Any) -> Op:
+    return Op(w, host, s, "get", key, start, end, value=value, **kw)
+
+
+def fill(w: int, s: int, start: int, fn_start: int, fn_end: int, end: int, *, host: int = 0, key: str = "k",
+         **kw: Any) -> Op:
+    """A get_or_compute whose function ran and returned (its own value)."""
+    return Op(w, host, s, "goc", key, start, end, value=v(w, s, 1), fn_start=fn_start, fn_end=fn_end,
+              fn_result="ok", **kw)
+
+
+def fault(kind: str, start: int, end: int, index: int = 0) -> Fault:
+    return Fault(index, kind, 0, start, end)
+
+
+def kinds(history: History, **params: Any) -> dict[str, int]:
+    """The non-zero violation counts (a tolerance of 0.5 ms unless told: these histories tick in ms)."""
+    result = check(history, CheckParams(**{"tol": 0.0005, **params}))
+    return {k: n for k, n in result.counts.items() if n}
+
+
+# -- valid histories -------------------------------------------------------------------------------
+
+
+def test_a_valid_history_has_no_violation() -> None:
+    ops = [
+        put(1, 1, 0, 1 * MS),
+        get(2, 1, 2 * MS, 3 * MS, v(1, 1)),
+        put(3, 1, 4 * MS, 6 * MS, host=1),
+        get(2, 2, 5 * MS, 5 * MS + 10, v(1, 1)),  # before the other host's set ended
+        get(2, 3, 100 * MS, 101 * MS, v(1, 1)),  # other host, inside the propagation bound
+        get(4, 1, 2 * S, 2 * S + MS, v(3, 1), host=1),
+        get(2, 4, 3 * S, 3 * S + MS, None),  # a miss is always allowed
+        delete(1, 2, 4 * S, 4 * S + MS),
+        fill(2, 5, 5 * S, 5 * S + MS, 5 * S + 2 * MS, 5 * S + 3 * MS),
+        Op(4, 1, 2, "goc", "k", 6 * S, 6 * S + MS, value=v(2, 5, 1)),  # read the fill
+        Op(4, 1, 3, "goc", "k", 7 * S, 7 * S + MS, outcome="CacheTimeout: gave up"),
+    ]
+    final = {0: {"k": [v(2, 5, 1)] * 2}, 1: {"k": [v(2, 5, 1)] * 2}}
+    assert kinds(History(ops, final=final)) == {}
+
+
+def test_concurrent_writes_may_be_read_in_either_order() -> None:
+    ops = [put(1, 1, 0, 10 * MS), put(2, 1, 5 * MS, 15 * MS),
+           get(3, 1, 20 * MS, 21 * MS, v(1, 1)), get(3, 2, 30 * MS, 31 * MS, v(2, 1))]
+    final = {0: {"k": [v(1, 1), v(1, 1)]}}
+    assert kinds(History(ops, final=final)) == {}
+
+
+def test_skipped_and_unknown_writes_never_supersede() -> None:
+    ops = [put(1, 1, 0, MS), put(2, 1, 2 * MS, 3 * MS, ack="skipped"), delete(2, 2, 4 * MS, 5 * MS, ack="unknown"),
+           get(3, 1, 10 * MS, 11 * MS, v(1, 1))]
+    assert kinds(History(ops)) == {}
+
+
+# -- stale reads ---------------------------------------------------------------------------------
+
+
+def test_a_read_of_a_value_its_own_host_overwrote_is_stale() -> None:
+    ops = [put(1, 1, 0, MS), put(2, 1, 2 * MS, 3 * MS), get(3, 1, 4 * MS, 5 * MS, v(1, 1))]
+    assert kinds(History(ops)) == {"stale_read_same_host": 1}
+    # ... also when the newer write was a delete
+    ops = [put(1, 1, 0, MS), delete(2, 1, 2 * MS, 3 * MS), get(3, 1, 4 * MS, 5 * MS, v(1, 1))]
+    assert kinds(History(ops)) == {"stale_read_same_host": 1}
+
+
+def test_same_host_staleness_has_no_fault_excuse() -> None:
+    ops = [put(1, 1, 0, MS), put(2, 1, 2 * MS, 3 * MS), get(3, 1, 4 * MS, 5 * MS, v(1, 1))]
+    assert kinds(History(ops, faults=[fault("coordinator_kill", 0, 10 * MS)])) == {"stale_read_same_host": 1}
+
+
+def test_a_read_that_began_before_the_newer_write_ended_is_not_stale() -> None:
+    ops = [put(1, 1, 0, MS), put(2, 1, 2 * MS, 6 * MS), get(3, 1, 4 * MS, 7 * MS, v(1, 1))]
+    assert kinds(History(ops)) == {}
+
+
+def test_writes_closer_than_the_tolerance_are_concurrent() -> None:
+    ops = [put(1, 1, 0, MS), put(2, 1, MS + MS // 2, 3 * MS), get(3, 1, 4 * MS, 5 * MS, v(1, 1))]
+    assert kinds(History(ops), tol=0.005) == {}
+    assert kinds(History(ops), tol=0.0001) == {"stale_read_same_host": 1}
+
+
+def test_a_fill_is_written_from_fn_start() -> None:
+    # the fill's function began before the delete began: the delete supersedes it
+    ops = [fill(1, 1, 0, MS, 50 * MS, 51 * MS), delete(2, 1, 20 * MS, 21 * MS),
+           get(3, 1, 60 * MS, 61 * MS, v(1, 1, 1))]
+    assert kinds(History(ops)) == {"stale_read_same_host": 1}
+    # the function began after the delete began: concurrent, either may win
+    ops = [fill(1, 1, 0, 20 * MS, 50 * MS, 51 * MS), delete(2, 1, 19 * MS, 21 * MS),
+           get(3, 1, 60 * MS, 61 * MS, v(1, 1, 1))]
+    assert kinds(History(ops)) == {}
+
+
+def test_a_read_of_a_value_another_host_overwrote_is_stale_after_the_propagation_bound() -> None:
+    ops = [put(1, 1, 0, MS), put(2, 1, 2 * MS, 3 * MS, host=1)]
+    early = get(3, 1, 500 * MS, 501 * MS, v(1, 1))
+    late = get(3, 2, 2 * S, 2 * S + MS, v(1, 1))
+    assert kinds(History([*ops, early])) == {}
+    assert kinds(History([*ops, late])) == {"stale_read_cross_host": 1}
+
+
+def test_cross_host_staleness_is_excused_around_disruptive_faults() -> None:
+    ops = [put(1, 1, 0, MS), put(2, 1, 2 * MS, 3 * MS, host=1)]
+    # a fault that healed less than heal_bound before the read
+    recent = fault("link_cut", S, 2 * S)
+    assert kinds(History([*ops, get(3, 1, 5 * S, 5 * S + MS, v(1, 1))], faults=[recent])) == {}
+    # healed long ago, but after the newer write ended: the write may have been lost in it
+    assert kinds(History([*ops, get(3, 1, 20 * S, 20 * S + MS, v(1, 1))], faults=[recent])) == {}
+    # a fault active at the read
+    active = fault("link_slow", 19 * S, 21 * S)
+    assert kinds(History([*ops, get(3, 1, 20 * S, 20 * S + MS, v(1, 1))], faults=[active])) == {}
+    # a worker_kill is not disruptive
+    kill = fault("worker_kill", S, S)
+    assert kinds(History([*ops, get(3, 1, 5 * S, 5 * S + MS, v(1, 1))], faults=[kill])) == {
+        "stale_read_cross_host": 1}
+    # a newer write after the fault healed, read long after
+    later = [put(1, 1, 0, MS), put(2, 1, 15 * S, 15 * S + MS, host=1), get(3, 1, 20 * S, 20 * S + MS, v(1, 1))]
+    assert kinds(History(later, faults=[recent])) == {"stale_read_cross_host": 1}
+
+
+# -- lost writes ---------------------------------------------------------------------------------
+
+
+def test_a_host_that_forgets_its_own_acknowledged_set_lost_it() -> None:
+    ops = [put(1, 1, 0, MS), get(2, 1, S, S + MS, None)]
+    assert kinds(History(ops)) == {"lost_write": 1}
+    # another host's set: not this host's own write
+    assert kinds(History([put(1, 1, 0, MS, host=1), get(2, 1, S, S + MS, None)])) == {}
+
+
+@pytest.mark.parametrize("other", [
+    delete(3, 1, 2 * MS, 3 * MS, host=1),  # any later write by any host, deletes included
+    put(3, 1, 2 * MS, 3 * MS, host=1, ack="skipped"),  # skipped too
+    put(3, 1, -MS, MS // 2, host=1, ack="unknown"),  # overlapping
+    fill(3, 1, -5 * MS, -4 * MS, -3 * MS, 2 * MS, host=1),  # a fill whose call overlaps
+    Op(3, 1, 1, "goc", "k", 2 * MS, None, outcome="killed", fn_result="unknown"),  # a SIGKILLed call
+], ids=["delete", "skipped", "overlapping-unknown", "fill", "killed"])
+def test_a_miss_after_any_other_write_is_not_a_lost_write(other: Op) -> None:
+    assert kinds(History([put(1, 1, 0, MS), other, get(2, 1, S, S + MS, None)])).get("lost_write", 0) == 0
+
+
+def test_a_miss_is_excused_by_a_fault_a_delete_or_a_degraded_client() -> None:
+    ops = [put(1, 1, 0, MS), get(2, 1, S, S + MS, None)]
+    assert kinds(History(ops, faults=[fault("stream_trim", S // 2, S // 2)])) == {}
+    assert kinds(History(ops, faults=[fault("worker_kill", S // 2, S // 2)])) == {"lost_write": 1}
+    assert kinds(History([ops[0], get(2, 1, S, S + MS, None, degraded=True)])) == {}
+    assert kinds(History([*ops[:1], delete(1, 2, 2 * MS, 3 * MS), ops[1]])) == {}
+
+
+# -- unknown values --------------------------------------------------------------------------------
+
+
+def test_values_no_write_produced_are_unknown() -> None:
+    base = [put(1, 1, 0, MS)]
+    assert kinds(History([*base, get(2, 1, S, S + MS, v(9, 9))])) == {"unknown_value": 1}
+    assert kinds(History([*base, get(2, 1, S, S + MS, "garbage")])) == {"unknown_value": 1}
+    assert kinds(History([*base, get(2, 1, S, S + MS, v(1, 1, 1))])) == {"unknown_value": 1}  # not a fill
+    # a SIGKILLed writer's unrecorded last operation may have written it
+    assert kinds(History([*base, get(2, 1, S, S + MS, v(1, 2))], killed={1: S // 2})) == {}
+    assert kinds(History([*base, get(2, 1, S, S + MS, v(1, 1, 0)), put(1, 3, 2 * S, 2 * S + MS)],
+                         killed={1: 3 * S})) == {}
+
+
+def test_a_skipped_write_that_is_read_was_not_skipped() -> None:
+    ops = [put(1, 1, 0, MS, ack="skipped"), get(2, 1, S, S + MS, v(1, 1))]
+    assert kinds(History(ops)) == {"unknown_value": 1}
+
+
+def test_a_value_read_before_its_write_began_is_unknown() -> None:
+    ops = [get(2, 1, 0, MS, v(1, 1)), put(1, 1, S, S + MS)]
+    assert kinds(History(ops)) == {"unknown_value": 1}
+
+
+# -- convergence -----------------------------------------------------------------------------------
+
+
+def test_hosts_must_converge_on_a_maximal_write() -> None:
+    ops = [put(1, 1, 0, MS), put(2, 1, 2 * MS, 3 * MS, host=1)]
+    agree = {0: {"k": [v(2, 1)] * 2}, 1: {"k": [v(2, 1)] * 2}}
+    assert kinds(History(ops, final=agree)) == {}
+    disagree = {0: {"k": [v(1, 1)] * 2}, 1: {"k": [v(2, 1)] * 2}}
+    assert kinds(History(ops, final=disagree)) == {"not_converged": 1}
+    superseded = {0: {"k": [v(1, 1)] * 2}, 1: {"k": [v(1, 1)] * 2}}
+    assert kinds(History(ops, final=superseded)) == {"not_converged": 1}
+    unstable: dict[int, dict[str, list[Any]]] = {0: {"k": [v(2, 1), None]}, 1: {"k": [v(2, 1)] * 2}}
+    assert kinds(History(ops, final=unstable)) == {"not_converged": 1}
+
+
+def test_none_converges_only_after_a_delete_or_data_loss() -> None:
+    ops = [put(1, 1, 0, MS)]
+    gone: dict[int, dict[str, list[Any]]] = {0: {"k": [None, None]}, 1: {"k": [None, None]}}
+    assert kinds(History(ops, final=gone)) == {"not_converged": 1}
+    assert kinds(History(ops, final=gone, faults=[fault("redis_restart_empty", S, 2 * S)])) == {}
+    assert kinds(History(ops, final=gone, faults=[fault("link_cut", S, 2 * S)])) == {"not_converged": 1}
+    assert kinds(History([*ops, delete(2, 1, 2 * MS, 3 * MS, ack="unknown")], final=gone)) == {}
+    assert kinds(History([], final=gone)) == {}
+    # concurrent set and delete: either outcome
+    racing = [put(1, 1, 0, 10 * MS), delete(2, 1, 5 * MS, 15 * MS, host=1)]
+    assert kinds(History(racing, final=gone)) == {}
+    assert kinds(History(racing, final={0: {"k": [v(1, 1)] * 2}, 1: {"k": [v(1, 1)] * 2}})) == {}
+
+
+# -- exceptions and duplicate computations -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("outcome", "cancelled", "flagged"), [
+    ("CacheTimeout: gave up waiting", False, False),
+    ("ComputeError: computing 'k' raised tests.chaos.workload.InjectedFailure: planned", False, False),
+    ("TimeoutError: ", True, False),
+    ("CancelledError: ", True, False),
+    ("TimeoutError: ", False, True),
+    ("ComputeError: computing 'k' raised asyncio.exceptions.CancelledError: ", False, True),
+    ("CoordinatorUnavailable: boom", False, True),
+])
+def test_exceptions_other_than_the_planned_ones_are_unexpected(outcome: str, cancelled: bool, flagged: bool) -> None:
+    op = Op(1, 0, 1, "goc", "k", 0, MS, outcome=outcome, cancelled=cancelled)
+    assert kinds(History([op])) == ({"unexpected_exception": 1} if flagged else {})
+
+
+def test_two_computations_of_one_key_at_once_are_duplicates() -> None:
+    a = fill(1, 1, 0, MS, 20 * MS, 21 * MS)
+    b = fill(2, 1, 0, 10 * MS, 30 * MS, 31 * MS, host=1)
+    after = fill(2, 1, 0, 25 * MS, 30 * MS, 31 * MS, host=1)
+    assert kinds(History([a, b])) == {"duplicate_compute": 1}
+    assert kinds(History([a, after])) == {}
+    assert kinds(History([a, b], faults=[fault("worker_kill", 0, 0)])) == {}  # within dup_slack
+    assert kinds(History([a, b], faults=[fault("worker_kill", -5 * S, -5 * S)])) == {"duplicate_compute": 1}
+    slow = fill(3, 1, 0, 0, 5 * S, 5 * S, slow=True)
+    assert kinds(History([a, b, slow])) == {}
+    cancelled = Op(2, 1, 1, "goc", "k", 0, 31 * MS, outcome="TimeoutError: ", fn_start=10 * MS, fn_end=30 * MS,
+                   fn_result="cancelled", cancelled=True)
+    assert kinds(History([a, cancelled])) == {}
+
+
+# -- the history files -------------------------------------------------------------------------------
+
+
+def test_a_history_directory_round_trips_and_keeps_a_killed_workers_last_write(tmp_path: Path) -> None:
+    done = put(1, 1, 0, MS)
+    lines = [{"b": 1, "w": 1, "h": 0, "i": 1, "op": "set", "k": "k", "start": 0, "v": v(1, 1)}, done.to_json(),
+             {"b": 1, "w": 1, "h": 0, "i": 2, "op": "set", "k": "k", "start": 2 * MS, "v": v(1, 2)}]
+    (tmp_path / "ops-1.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"cut sho')
+    (tmp_path / "ops-2.jsonl").write_text(json.dumps(get(2, 1, S, S + MS, v(1, 2)).to_json()) + "\n")
+    (tmp_path / "workers.jsonl").write_text(json.dumps({"event": "killed", "w": 1, "t": 3 * MS}) + "\n")
+    (tmp_path / "faults.jsonl").write_text("".join(json.dumps(x) + "\n" for x in [
+        {"i": 0, "kind": "worker_kill", "target": [0, 0], "phase": "apply", "t": 3 * MS},
+        {"i": 0, "kind": "worker_kill", "target": [0, 0], "phase": "heal", "t": 4 * MS}]))
+    history = load_history(tmp_path)
+    assert history.ops[0] == done
+    pending = history.ops[1]
+    assert (pending.end, pending.ack, pending.outcome, pending.value) == (None, "unknown", "killed", v(1, 2))
+    assert history.faults == [Fault(0, "worker_kill", [0, 0], 3 * MS, 4 * MS, {})]
+    assert kinds(history) == {}  # the killed worker's unfinished set may have written what was read

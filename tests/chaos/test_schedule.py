@@ -1,0 +1,64 @@
+"""The seeded parts of a chaos run are reproducible: the same seed gives the same fault schedule and
+the same per-worker operations, and the runner's command line reruns the same config."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import shlex
+from typing import Any
+
+import pytest
+
+from tests.chaos.runner import PROFILES, RunConfig, add_arguments, config_from_args
+from tests.chaos.schedule import INSTANT, KINDS, MIN_GAP, make_schedule
+from tests.chaos.workload import WorkloadSettings, plans, value_id
+
+
+def test_the_same_seed_gives_the_same_schedule_and_another_seed_another() -> None:
+    args: dict[str, Any] = {"count": 24, "begin": 2.0, "end": 80.0, "hosts": 3, "workers": 3}
+    assert make_schedule(7, **args) == make_schedule(7, **args)
+    assert make_schedule(7, **args) != make_schedule(8, **args)
+
+
+def test_windows_never_overlap_and_twelve_windows_cover_every_kind() -> None:
+    windows = make_schedule(3, count=12, begin=2.0, end=41.0, hosts=2, workers=3)
+    assert sorted(w.kind for w in windows) == sorted(KINDS)
+    for a, b in itertools.pairwise(windows):
+        assert a.start + a.duration + MIN_GAP <= b.start + 1e-6
+    assert all((w.duration == 0) == (w.kind in INSTANT) for w in windows)
+    assert all(w.host is not None for w in windows if w.kind.startswith(("link_", "coordinator_", "worker_")))
+
+
+def test_a_schedule_that_does_not_fit_is_refused() -> None:
+    with pytest.raises(ValueError, match="do not fit"):
+        make_schedule(1, count=50, begin=0.0, end=10.0, hosts=2, workers=3)
+    with pytest.raises(ValueError, match="unknown fault kinds"):
+        make_schedule(1, count=1, begin=0.0, end=10.0, hosts=2, workers=3, kinds=("meteor",))
+
+
+def test_a_worker_replays_the_same_operations_for_the_same_seed() -> None:
+    settings = WorkloadSettings()
+    first = list(itertools.islice(plans(5, 3, settings), 500))
+    assert first == list(itertools.islice(plans(5, 3, settings), 500))
+    assert first != list(itertools.islice(plans(5, 4, settings), 500))
+    counts = {op: sum(p.op == op for p in first) for op in ("get", "set", "delete", "goc")}
+    assert counts["get"] > counts["goc"] > counts["set"] > counts["delete"] > 0
+
+
+def test_values_name_their_write() -> None:
+    assert value_id({"w": 3, "s": 9}) == (3, 9, 0)
+    assert value_id({"w": 3, "s": 9, "c": 1}) == (3, 9, 1)
+    assert value_id(None) is None
+    with pytest.raises(ValueError):
+        value_id({"w": 3})
+
+
+def test_the_rerun_command_gives_back_the_same_config() -> None:
+    config = dataclasses.replace(PROFILES["short"], seed=99, hosts=3, no_faults=True, kinds="link_cut,stream_trim")
+    argv = shlex.split(config.command("short"))[2:]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args(argv)) == config
+    assert isinstance(config, RunConfig)
