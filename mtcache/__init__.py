@@ -11,6 +11,7 @@ from mtcache.errors import (
     CoordinatorUnavailable,
     L2Error,
     ProtocolError,
+    UntrustedSocket,
 )
 from mtcache.stats import Health, Stats
 from mtcache.strategies import CacheStrategy
@@ -34,5 +35,6 @@ __all__ = [
     "ProtocolError",
     "Settings",
     "Stats",
+    "UntrustedSocket",
     "__version__",
 ]

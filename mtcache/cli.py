@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mtcache.config import Settings
@@ -28,7 +28,11 @@ def _coordinator_parser() -> argparse.ArgumentParser:
         description="Run the mtcache coordinator for this host in the foreground (SIGTERM/SIGINT stop it).",
     )
     p.add_argument("--socket", help="Unix socket path (env MTCACHE_SOCKET)")
-    p.add_argument("--redis-url", help="Redis URL (env REDIS_URL; default redis://127.0.0.1:6379)")
+    p.add_argument(
+        "--redis-url",
+        help="Redis URL (env REDIS_URL; default redis://127.0.0.1:6379). Every local user sees a command line "
+        "(ps): give a URL with a password in REDIS_URL instead",
+    )
     p.add_argument("--namespace", help="cache namespace (env MTCACHE_NAMESPACE; default 'default')")
     p.add_argument("--l1-capacity", type=int, help="L1 entries (default 2000)")
     p.add_argument("--l1-max-bytes", type=int, help="L1 bytes (default 64 MiB)")
@@ -43,11 +47,20 @@ def _coordinator_parser() -> argparse.ArgumentParser:
 
 def coordinator_main(argv: Sequence[str] | None = None) -> int:
     """``mtcache-coordinator``: serve until SIGTERM/SIGINT. Exit status 0 on a clean
-    stop, 2 on bad arguments, 3 if another coordinator already serves the socket."""
+    stop, 2 on bad arguments or a socket folder that is not this user's alone
+    (see :func:`mtcache.client.trust.check_socket_dir`), 3 if another coordinator
+    already serves the socket.
+
+    With ``--detach`` the process that was started returns once the coordinator
+    (forked into its own session) serves: status 0, or at once the status the
+    coordinator exited with (3: another one holds the lock) if it could not start.
+    The Redis URL is best given in ``REDIS_URL``: a ``--redis-url`` with a password
+    is visible to every local user in ``ps``."""
     args = _coordinator_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
     )
+    from mtcache.client.trust import ensure_socket_dir
     from mtcache.coordinator.server import AlreadyRunning, Coordinator
 
     try:
@@ -61,26 +74,57 @@ def coordinator_main(argv: Sequence[str] | None = None) -> int:
             l1_ttl=args.l1_ttl,
             lease_ttl=args.lease_ttl,
         )
-    except (TypeError, ValueError) as exc:
+        ensure_socket_dir(settings.socket_path)
+    except (TypeError, ValueError, OSError) as exc:
         print(f"mtcache-coordinator: {exc}", file=sys.stderr)
         return 2
-    if args.detach:
-        _detach()
+    serving = _detach() if args.detach else None
     coordinator = Coordinator(settings, use_redis=not args.no_redis)
     try:
-        _run(coordinator.serve())
+        _run(coordinator.serve(on_serving=serving))
     except AlreadyRunning as exc:
         print(f"mtcache-coordinator: {exc}", file=sys.stderr)
         return 3
     return 0
 
 
-def _detach() -> None:
-    # classic daemon fork: the parent returns to whoever started it, the child
-    # leads a new session so a terminal's signals and the starter's exit spare it
-    if os.fork() > 0:
-        os._exit(0)
+#: what the detached coordinator writes to its starter once it serves
+_SERVING = b"serving"
+
+
+def _detach() -> Callable[[], None]:
+    """Fork into the background; return (in the daemon child only) the function
+    to call once the coordinator serves.
+
+    The daemon child leads a new session, so a terminal's signals and the
+    starter's exit spare it. The first process waits on a pipe and exits as soon
+    as the child reports: status 0 when it serves; else, once the child has
+    exited without serving, the child's exit status (1 if it was 0 or a signal).
+    """
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()  # nothing buffered is written twice
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid > 0:
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            said = pipe.read()  # until the child reports and closes its end, or exits
+        if said == _SERVING:
+            os._exit(0)
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        os._exit(code if code > 0 else 1)
+    os.close(read_fd)
     os.setsid()
+
+    def serving() -> None:
+        try:
+            os.write(write_fd, _SERVING)
+        except OSError:  # the starter gave up waiting (killed): serve all the same
+            pass
+        finally:
+            os.close(write_fd)
+
+    return serving
 
 
 def _run(coro: Any) -> Any:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,13 +30,19 @@ _SCHEMES = ("redis", "rediss", "unix")
 
 
 def default_socket_path(namespace: str = "default") -> str:
-    """``$XDG_RUNTIME_DIR/mtcache/<namespace>.sock``, else the same name in a per-user
-    folder of the system temporary directory; both are private to the user. One
-    namespace, one coordinator: two apps of one user with different namespaces
-    each get their own."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(runtime) / "mtcache" if runtime else Path(tempfile.gettempdir()) / f"mtcache-{os.getuid()}"
-    return str(base / f"{namespace}.sock")
+    """``$XDG_RUNTIME_DIR/mtcache/<namespace>.sock`` when ``XDG_RUNTIME_DIR`` is set
+    (to an absolute path, as the XDG spec requires), else
+    ``/tmp/mtcache-<uid>/<namespace>.sock``. One namespace, one coordinator: two
+    apps of one user with different namespaces each get their own.
+
+    Only computes the path, never touches the disk: a spawning client creates the
+    folder (mode 0700) with :func:`mtcache.client.trust.ensure_socket_dir`, and
+    every client refuses a folder that is not its user's alone
+    (:func:`mtcache.client.trust.check_socket_dir`) before it connects.
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    base = os.path.join(runtime, "mtcache") if os.path.isabs(runtime) else f"/tmp/mtcache-{os.getuid()}"
+    return os.path.join(base, f"{namespace}.sock")
 
 
 def redact_url(url: str) -> str:
@@ -106,9 +111,11 @@ class Settings:
     Redis, so a strategy longer than ``l2_ttl`` (``LONG_TERM``, 3 h, against the
     1 h default) needs ``l2_ttl`` raised to take full effect.
 
-    ``tombstone_ttl`` is how long a delete's tombstone stays in Redis (a fill whose
-    lease began earlier than that is kept in L1 only); ``backlog_max_bytes`` bounds
-    the writes a coordinator keeps while Redis is unreachable.
+    ``lease_ttl`` is how long a lease outlives a holder that stopped living;
+    ``lease_max`` how long a living holder may keep renewing it. ``tombstone_ttl``
+    is how long a delete's tombstone stays in Redis (a fill whose lease began
+    earlier than that is kept in L1 only); ``backlog_max_bytes`` bounds the writes
+    a coordinator keeps while Redis is unreachable.
     """
 
     redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
@@ -125,6 +132,7 @@ class Settings:
     inval_maxlen: int = 100_000
     staleness_bound: float = 5.0
     l1_shm_bytes: int = 64 * 1024 * 1024
+    lease_max: float = 300.0
     tombstone_ttl: float = 600.0
     backlog_max_bytes: int = 64 * 1024 * 1024
 
@@ -144,6 +152,7 @@ class Settings:
         "inval_maxlen": "MTCACHE_INVAL_MAXLEN",
         "staleness_bound": "MTCACHE_STALENESS_BOUND",
         "l1_shm_bytes": "MTCACHE_L1_SHM_BYTES",
+        "lease_max": "MTCACHE_LEASE_MAX",
         "tombstone_ttl": "MTCACHE_TOMBSTONE_TTL",
         "backlog_max_bytes": "MTCACHE_BACKLOG_MAX_BYTES",
     }
@@ -162,15 +171,19 @@ class Settings:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.l1_shm_bytes, int) or isinstance(self.l1_shm_bytes, bool) or self.l1_shm_bytes < 0:
             raise ValueError(f"l1_shm_bytes must be a non-negative integer (0: no mirror), got {self.l1_shm_bytes!r}")
-        for name in ("l1_ttl", "l2_ttl", "redis_timeout", "lease_ttl", "staleness_bound", "tombstone_ttl"):
+        for name in ("l1_ttl", "l2_ttl", "redis_timeout", "lease_ttl", "staleness_bound", "lease_max",
+                     "tombstone_ttl"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        if self.tombstone_ttl < self.lease_ttl + self.staleness_bound:
-            # a fill may land up to a lease (and a staleness bound) after the delete it must not undo
+        if self.lease_max < self.lease_ttl:
+            raise ValueError(f"lease_max ({self.lease_max:g} s) must be at least lease_ttl ({self.lease_ttl:g} s)")
+        if self.tombstone_ttl < self.lease_max + self.staleness_bound:
+            # a fill may land up to a lease's longest life (and a staleness bound) after the delete it must
+            # not undo
             raise ValueError(
-                f"tombstone_ttl ({self.tombstone_ttl:g} s) must be at least lease_ttl + staleness_bound "
-                f"({self.lease_ttl:g} + {self.staleness_bound:g} s)"
+                f"tombstone_ttl ({self.tombstone_ttl:g} s) must be at least lease_max + staleness_bound "
+                f"({self.lease_max:g} + {self.staleness_bound:g} s)"
             )
 
     def __repr__(self) -> str:

@@ -19,6 +19,7 @@ __all__ = [
     "CoordinatorUnavailable",
     "L2Error",
     "ProtocolError",
+    "UntrustedSocket",
 ]
 
 
@@ -28,6 +29,13 @@ class CacheError(Exception):
 
 class CoordinatorUnavailable(CacheError, OSError):
     """The coordinator could not be reached, or went away during a request."""
+
+
+class UntrustedSocket(CoordinatorUnavailable, PermissionError):
+    """The coordinator socket, its folder or the process serving it belongs to
+    another user (or the folder is open to others): the client refuses to use it.
+    A :class:`CoordinatorUnavailable`, so a client degrades (and logs this message
+    once) as for a missing coordinator."""
 
 
 class ProtocolError(CacheError):

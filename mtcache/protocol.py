@@ -37,7 +37,8 @@ PING       —                                               OK
 (not when a newer write from another host already replaced the value). RELEASE
 gives a lease up without a value or an error (its holder was cancelled).
 
-Any request may instead get ``ERROR kind message``.
+Any request may instead get ``ERROR kind message``. Clients check every reply
+against these shapes (:func:`check_reply`): a coordinator's reply is not trusted.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ __all__ = [
     "Op",
     "Status",
     "check_key",
+    "check_reply",
     "encode_frame",
     "validate_request",
 ]
@@ -134,13 +136,29 @@ def encode_frame(message: list[Any], *, max_frame: int = MAX_FRAME) -> bytes:
 
 class FrameDecoder:
     """Incremental frame decoder: :meth:`feed` bytes as they arrive, get back every
-    complete message. After it raises, the stream is unusable (close it)."""
+    complete message. After it raises, the stream is unusable (close it).
 
-    __slots__ = ("_buf", "_max")
+    A reader that must not decode ahead of what it can handle (the coordinator, which
+    stops taking requests from a peer that does not read its replies) uses
+    :meth:`push` and :meth:`next_message` instead: the frames not yet taken stay in
+    the buffer as bytes, and each one is checked against :attr:`max_frame` as it is
+    reached (so a limit raised after the first frame applies to the second)."""
+
+    __slots__ = ("_buf", "_max", "_pos")
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buf = bytearray()
         self._max = max_frame
+        self._pos = 0  # start of the first frame not yet taken (push and next_message)
+
+    @property
+    def max_frame(self) -> int:
+        """The largest frame accepted from now on (may be changed between frames)."""
+        return self._max
+
+    @max_frame.setter
+    def max_frame(self, value: int) -> None:
+        self._max = value
 
     def feed(self, data: bytes) -> list[Any]:
         """Add ``data``; return the messages completed by it (maybe none).
@@ -151,7 +169,7 @@ class FrameDecoder:
         buf = self._buf
         buf += data
         out: list[Any] = []
-        pos = 0
+        pos = self._pos
         end = len(buf)
         while end - pos >= 4:
             (size,) = _HEADER.unpack_from(buf, pos)
@@ -170,12 +188,53 @@ class FrameDecoder:
             out.append(msg)
         if pos:
             del buf[:pos]
+            self._pos = 0
         return out
+
+    def push(self, data: bytes) -> None:
+        """Add ``data`` without decoding it; take messages with :meth:`next_message`."""
+        buf = self._buf
+        if self._pos:
+            del buf[: self._pos]
+            self._pos = 0
+        buf += data
+
+    def next_message(self) -> Any:
+        """The next complete message, or None if the buffer holds no whole frame.
+
+        :raises ProtocolError: the next frame's length prefix is over the limit (as
+            soon as the prefix is there, before its body), or its body is not one
+            msgpack array.
+        """
+        buf = self._buf
+        pos = self._pos
+        avail = len(buf) - pos
+        if avail < 4:
+            return None
+        (size,) = _HEADER.unpack_from(buf, pos)
+        if size > self._max:
+            raise ProtocolError(f"frame length {size:,} exceeds the limit of {self._max:,}")
+        if avail - 4 < size:
+            return None
+        body = bytes(buf[pos + 4 : pos + 4 + size])
+        if avail == 4 + size:
+            buf.clear()
+            self._pos = 0
+        else:
+            self._pos = pos + 4 + size
+        try:
+            msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        except Exception as exc:  # msgpack raises several unrelated types on junk
+            raise ProtocolError(f"undecodable frame: {exc}") from exc
+        if not isinstance(msg, list) or len(msg) < 2:
+            raise ProtocolError("a frame must hold a msgpack array of at least two items")
+        return msg
 
     @property
     def pending(self) -> int:
-        """Bytes received that do not yet form a whole frame."""
-        return len(self._buf)
+        """Bytes received and not yet taken: with :meth:`feed`, those that do not yet
+        form a whole frame."""
+        return len(self._buf) - self._pos
 
 
 def _num(x: object) -> bool:
@@ -229,3 +288,75 @@ def validate_request(msg: list[Any]) -> tuple[int, int, list[Any]]:
         elif isinstance(want, type) and (not isinstance(arg, want) or isinstance(arg, bool)):
             raise ProtocolError(f"argument {i} of op {op} must be {want.__name__}, got {type(arg).__name__}")
     return op, rid, args
+
+
+# -- replies, checked on the client side (a coordinator's reply is not trusted either) ------------------
+
+_REPLY_SHAPES: dict[int, dict[int, tuple[type | str, ...]]] = {
+    Op.HELLO: {Status.OK: (dict,)},
+    Op.GET: {Status.OK: (bytes, "version", "seconds"), Status.MISS: ("version",)},
+    Op.SET: {Status.OK: ("version", bool)},
+    Op.DELETE: {Status.OK: (bool,)},
+    Op.CLEAR: {Status.OK: ("count",)},
+    Op.STATS: {Status.OK: (dict,)},
+    Op.HEALTH: {Status.OK: (dict,)},
+    Op.LEASE: {
+        Status.OK: (bytes, "version", "seconds"),
+        Status.GRANTED: (bytes, "version"),
+        Status.COMPUTE_ERROR: (str, str),
+        Status.TIMEOUT: (),
+    },
+    Op.FILL: {Status.OK: ("version", bool)},
+    Op.FAIL: {Status.OK: ()},
+    Op.RELEASE: {Status.OK: ()},
+    Op.PING: {Status.OK: ()},
+}
+_ERROR_SHAPE: tuple[type | str, ...] = (str, str)
+_HELLO_INFO = {"protocol": int, "pid": int, "namespace": str, "versions": str, "generation": int,
+               "mirror_generation": int}
+_HEALTH_INFO = {"coordinator": str, "redis": str, "mode": str}
+
+
+def check_reply(op: int, reply: object) -> list[Any]:
+    """Check a coordinator's reply to a request of ``op`` and return it: ``[request_id,
+    status, *payload]`` of one of the shapes in the table at the top of this module.
+
+    :raises ProtocolError: anything else (a hostile or broken coordinator).
+    """
+    if not isinstance(reply, list) or len(reply) < 2:
+        raise ProtocolError(f"malformed reply to op {op}: {_shown(reply)}")
+    status, payload = reply[1], reply[2:]
+    shapes = _REPLY_SHAPES[op]
+    shape = _ERROR_SHAPE if status == Status.ERROR else shapes.get(status) if _int(status) else None
+    if shape is None or len(payload) != len(shape):
+        raise ProtocolError(f"unexpected reply to op {op}: {_shown(reply)}")
+    for want, item in zip(shape, payload, strict=True):
+        if not _reply_item_ok(want, item):
+            raise ProtocolError(f"unexpected reply to op {op}: {_shown(reply)}")
+    if status == Status.OK and op in (Op.HELLO, Op.HEALTH):
+        fields = _HELLO_INFO if op == Op.HELLO else _HEALTH_INFO
+        info = payload[0]
+        for name, kind in fields.items():
+            if not isinstance(info.get(name), kind) or isinstance(info.get(name), bool):
+                raise ProtocolError(f"the coordinator's {'hello' if op == Op.HELLO else 'health'} lacks {name!r}")
+        if op == Op.HELLO and not isinstance(info.get("mirror"), (str, type(None))):
+            raise ProtocolError("the coordinator's hello has a malformed mirror path")
+    return reply
+
+
+def _reply_item_ok(want: type | str, item: object) -> bool:
+    if want in ("version", "count"):
+        return _int(item) and item >= 0  # type: ignore[operator]
+    if want == "seconds":
+        return _num(item) and 0 <= item < 1e12  # type: ignore[operator]
+    assert isinstance(want, type)
+    return isinstance(item, want)
+
+
+def _int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _shown(reply: object) -> str:
+    text = repr(reply)
+    return text if len(text) <= 120 else text[:117] + "..."

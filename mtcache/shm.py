@@ -29,7 +29,16 @@ import time
 import zlib
 from pathlib import Path
 
-__all__ = ["DEFAULT_SLOTS", "LIVENESS_MS", "VersionTable", "remove_orphans", "retire_segment", "shm_dir", "slot_of"]
+__all__ = [
+    "DEFAULT_SLOTS",
+    "LIVENESS_MS",
+    "STALL_MS",
+    "VersionTable",
+    "remove_orphans",
+    "retire_segment",
+    "shm_dir",
+    "slot_of",
+]
 
 DEFAULT_SLOTS = 65_536
 _HEADER_WORDS = 8  # magic, slots, generation, heartbeat, reserved...
@@ -37,6 +46,9 @@ _HEARTBEAT = 3
 #: A table whose heartbeat is older than this (ms) belongs to a coordinator that is
 #: gone: its counters no longer move, so nothing validated against them is trusted.
 LIVENESS_MS = 3_000
+#: A coordinator that beats every 0.25 s but has not for this long (ms) is stalled
+#: (stopped, swapped out, a long pause): a client stops waiting for its replies.
+STALL_MS = 1_000
 _MAGIC = 0x4D54_4341_4348_0001  # "MTCACH" + layout 1
 
 
@@ -188,6 +200,13 @@ class VersionTable:
     def retire(self) -> None:
         """The coordinator stops: from now on no reader trusts this table."""
         self._words[_HEARTBEAT] = 0
+
+    def silent_ms(self, now: float | None = None) -> float | None:
+        """Milliseconds since the last heartbeat, or None for a retired table."""
+        beat = self._words[_HEARTBEAT]
+        if beat == 0:
+            return None
+        return (time.monotonic() if now is None else now) * 1000 - beat
 
     def alive(self, now: float | None = None) -> bool:
         """True while the heartbeat is fresh (``now`` in ``time.monotonic()`` seconds)."""

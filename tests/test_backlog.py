@@ -231,7 +231,7 @@ async def test_the_staleness_drop_keeps_this_hosts_own_outage_writes(
     make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # finding: the staleness drop emptied L1, and the host served None for its own acknowledged write
-    engine = await make_engine(staleness_bound=0.3, lease_ttl=0.1, tombstone_ttl=1.0)
+    engine = await make_engine(staleness_bound=0.3, lease_ttl=0.1, lease_max=0.2, tombstone_ttl=1.0)
     await engine.set("theirs", b"promoted", TTL)
     engine.backlog.reset()
     Outage(engine, monkeypatch)

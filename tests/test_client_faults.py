@@ -140,3 +140,37 @@ def test_a_write_timing_out_on_a_stopped_coordinator_is_reported_unknown(
     with Client(coordinator.socket_path, spawn=False, near_capacity=0) as probe:
         # the write was applied after all, when the coordinator resumed: that is what "unknown" allows
         _until(lambda: probe.get("k") == "new", "the resumed coordinator to apply the write")
+
+
+async def test_a_lease_granted_to_a_cancelled_waiter_is_handed_on(coordinator: CoordinatorProcess) -> None:
+    # found by the chaos checker: a task cancelled while waiting for a lease left its request in the
+    # coordinator; the lease was later granted to it, and (renewed for a live connection) kept from
+    # every other caller until their timeouts
+    started = asyncio.Event()
+    holder_client = AsyncClient(coordinator.socket_path, spawn=False)
+    waiter_client = AsyncClient(coordinator.socket_path, spawn=False)
+    third_client = AsyncClient(coordinator.socket_path, spawn=False)
+    try:
+        async def stuck() -> str:
+            started.set()
+            await asyncio.Event().wait()  # cancelled below
+            return "never"
+
+        async def quick() -> str:
+            return "third"
+
+        holder = asyncio.create_task(holder_client.get_or_compute("k", stuck))
+        await asyncio.wait_for(started.wait(), DEADLINE)
+        waiter = asyncio.create_task(waiter_client.get_or_compute("k", quick, timeout=60))
+        deadline = time.monotonic() + DEADLINE
+        while (await third_client.stats()).coordinator.get("coalesced", 0) < 1:
+            assert time.monotonic() < deadline, "the waiter never queued"
+            await asyncio.sleep(0.01)  # poll interval of a deadline-bounded wait
+        waiter.cancel()  # cancelled while its LEASE request waits in the coordinator
+        await asyncio.gather(waiter, return_exceptions=True)
+        holder.cancel()  # the lease passes on: to the cancelled waiter's request first
+        await asyncio.gather(holder, return_exceptions=True)
+        assert await asyncio.wait_for(third_client.get_or_compute("k", quick, timeout=60), 10) == "third"
+    finally:
+        for client in (holder_client, waiter_client, third_client):
+            await client.close()

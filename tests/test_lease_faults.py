@@ -84,7 +84,7 @@ async def test_a_wait_for_another_hosts_lease_outlives_the_local_lease_ttl(make_
     # review finding: the local lease timer ran while the host waited for another host's Redis lease:
     # CacheTimeout after about the lease TTL although the caller allowed much longer
     a = await make_engine(lease_ttl=30.0)
-    b = await make_engine(lease_ttl=0.5, staleness_bound=0.5, tombstone_ttl=5.0)
+    b = await make_engine(lease_ttl=0.5, lease_max=1.0, staleness_bound=0.5, tombstone_ttl=5.0)
     granted = await a.lease_miss("a-holder", KEY, 5.0)
     assert granted[0] == Status.GRANTED
     waiting = asyncio.create_task(b.lease_miss("b-holder", KEY, 10.0))

@@ -19,8 +19,8 @@ from mtcache.codec import Codec, get_codec
 from mtcache.config import Settings
 from mtcache.errors import CacheTimeout, ComputeError, ProtocolError
 from mtcache.mirror import MirrorReader
-from mtcache.protocol import INSPECT, PROTOCOL_VERSION, Op, Status, check_key
-from mtcache.shm import VersionTable
+from mtcache.protocol import INSPECT, PROTOCOL_VERSION, Op, Status, check_key, check_reply
+from mtcache.shm import STALL_MS, VersionTable
 from mtcache.stats import Health, Stats
 from mtcache.strategies import CacheStrategy, validate_ttl
 
@@ -61,6 +61,12 @@ def fork_generation() -> int:
 
 #: Back-off between attempts to reach a coordinator that did not answer.
 RETRY_MIN, RETRY_MAX = 0.5, 5.0
+#: The longest a read waits for its reply (see ClientCore.read_timeout).
+READ_TIMEOUT = 1.0
+#: The longest a new connection waits for the hello's reply.
+HELLO_TIMEOUT = 2.0
+#: While waiting for a reply, how often a client checks that its coordinator still beats.
+WAIT_SLICE = 0.1
 
 
 class ClientCore:
@@ -160,8 +166,9 @@ class ClientCore:
         """Check the hello reply and map the coordinator's version table. A new
         coordinator (another table) invalidates every near copy.
 
-        :raises ProtocolError: the coordinator refused the hello.
+        :raises ProtocolError: the coordinator refused the hello, or its reply is malformed.
         """
+        reply = check_reply(Op.HELLO, reply)
         if reply[1] != Status.OK:
             raise ProtocolError(f"coordinator refused the connection: {reply[2]}: {reply[3]}")
         info = reply[2]
@@ -187,8 +194,45 @@ class ClientCore:
             self._warned = False
 
     def should_try(self) -> bool:
-        """False while backing off after the coordinator failed to answer."""
-        return not self._retry_at or time.monotonic() >= self._retry_at
+        """False while backing off after the coordinator failed to answer, and while the
+        coordinator this client knows is alive but stalled (a request would only wait)."""
+        if self._retry_at and time.monotonic() < self._retry_at:
+            return False
+        return not self.stalled()
+
+    def stalled(self) -> bool:
+        """True while this client's coordinator has not beaten for :data:`STALL_MS` and its
+        process still exists (stopped, or paused): no reply will come for now. A retired
+        table (a clean stop, or a successor took over) or a dead process is not stalled:
+        connecting again finds out what serves the socket now."""
+        table = self.near.table
+        if table is None:
+            return False
+        silent = table.silent_ms()
+        if silent is None or silent < STALL_MS:
+            return False
+        pid = self.hello_info.get("pid")
+        if not isinstance(pid, int) or pid <= 0:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # a process of another user took the pid: ours is gone
+            return False
+        return True
+
+    @property
+    def hello_timeout(self) -> float:
+        """How long a new connection waits for the hello's reply (before it, the client cannot
+        see the coordinator's heartbeat)."""
+        return min(self.request_timeout, HELLO_TIMEOUT)
+
+    @property
+    def read_timeout(self) -> float:
+        """How long a read (GET, STATS, HEALTH) waits for its reply: a get is not worth the
+        whole request timeout (a miss is cheaper)."""
+        return min(self.request_timeout, READ_TIMEOUT)
 
     def begin_compute(
         self,

@@ -58,7 +58,7 @@ def get_flow(core: ClientCore, key: str, default: Any) -> Flow:
     value = core.from_mirror(key)
     if value is not MISSING:
         return value
-    reply = yield Call(Op.GET, (key,))
+    reply = yield Call(Op.GET, (key,), core.read_timeout)
     if not isinstance(reply, list) or reply[1] != Status.OK:
         return default
     value = core.accept_value(key, reply[2], reply[3], reply[4])

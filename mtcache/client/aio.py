@@ -10,12 +10,13 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from mtcache.errors import CacheTimeout, CoordinatorUnavailable, ProtocolError
-from mtcache.protocol import FrameDecoder, Op, Status, encode_frame
+from mtcache.protocol import FrameDecoder, Op, Status, check_reply, encode_frame
 from mtcache.stats import Health, Stats
 from mtcache.strategies import CacheStrategy
 
 from . import _core
 from . import spawn as _spawn
+from . import trust as _trust
 from ._core import MISSING, RETRY, ClientBase
 from ._flows import COMPUTE, UNKNOWN, Flow, compute_flow, delete_flow, get_flow, set_flow
 from .streams import AsyncStreams, Entry
@@ -35,11 +36,19 @@ class _AsyncConn:
         self.decoder = FrameDecoder()
         self.rid = 0
         self.pending: dict[int, asyncio.Future[list[Any]]] = {}
+        #: LEASE requests whose caller stopped waiting (cancelled): their key, by request id
+        self.abandoned: dict[int, str] = {}
         self.reader_task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
     async def open(cls, path: str) -> _AsyncConn:
+        _trust.check_socket_dir(path)  # the socket's folder is this user's alone (FileNotFoundError: missing)
         reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
+        try:
+            _trust.check_peer(writer.get_extra_info("socket"))  # served by this uid: checked before anything is sent
+        except BaseException:
+            writer.close()
+            raise
         return cls(reader, writer)
 
     async def _read_loop(self) -> None:
@@ -50,9 +59,13 @@ class _AsyncConn:
                 if not data:
                     break
                 for reply in self.decoder.feed(data):
+                    if not isinstance(reply[0], int) or isinstance(reply[0], bool):
+                        raise ProtocolError(f"a reply without a request id: {reply[:2]!r}")
                     fut = self.pending.pop(reply[0], None)
                     if fut is not None and not fut.done():
                         fut.set_result(reply)
+                    elif reply[0] in self.abandoned:
+                        self._release_abandoned(reply)
         except (OSError, ProtocolError) as exc:
             error = CoordinatorUnavailable(f"connection to the coordinator failed: {exc}")
         finally:
@@ -60,6 +73,14 @@ class _AsyncConn:
                 if not fut.done():
                     fut.set_exception(error)
             self.pending.clear()
+
+    def _release_abandoned(self, reply: list[Any]) -> None:
+        """A lease granted to a caller that was cancelled meanwhile: give it up at once, or the
+        coordinator would keep renewing it for this live connection while others wait."""
+        key = self.abandoned.pop(reply[0])
+        if len(reply) >= 3 and reply[1] == Status.GRANTED and isinstance(reply[2], bytes):
+            with contextlib.suppress(CoordinatorUnavailable):
+                self.send([Op.RELEASE, 0, key, reply[2]])
 
     @property
     def alive(self) -> bool:
@@ -73,20 +94,30 @@ class _AsyncConn:
         self.writer.write(encode_frame(msg))
         return rid
 
-    async def request(self, msg: list[Any], timeout: float) -> list[Any]:
+    async def request(self, msg: list[Any], timeout: float, stalled: Callable[[], bool]) -> list[Any]:
+        """See :meth:`mtcache.client.sync._Conn.request`."""
         if not self.alive:
             raise CoordinatorUnavailable("the coordinator closed the connection")
         self.rid += 1
         rid = msg[1] = self.rid
-        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Any]] = loop.create_future()
         self.pending[rid] = fut
         self.writer.write(encode_frame(msg))
+        deadline = loop.time() + timeout
         try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise CoordinatorUnavailable(f"no reply from the coordinator within {timeout:.1f}s") from None
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise CoordinatorUnavailable(f"no reply from the coordinator within {timeout:g}s")
+                done, _ = await asyncio.wait({fut}, timeout=min(_core.WAIT_SLICE, remaining))
+                if done:
+                    return fut.result()
+                if stalled():
+                    raise CoordinatorUnavailable("the coordinator stopped beating (stopped or paused)")
         finally:
-            self.pending.pop(rid, None)
+            if self.pending.pop(rid, None) is not None and msg[0] == Op.LEASE:
+                self.abandoned[rid] = msg[2]  # its reply comes to nobody: release a lease it grants
 
     async def close(self) -> None:
         self.reader_task.cancel()
@@ -141,7 +172,7 @@ class AsyncClient(ClientBase):
                     raise
                 conn = await _AsyncConn.open(core.socket_path)
             try:
-                core.accept_hello(await conn.request(core.hello(), core.request_timeout))
+                core.accept_hello(await conn.request(core.hello(), core.hello_timeout, lambda: False))
             except BaseException:
                 await conn.close()
                 raise
@@ -169,7 +200,8 @@ class AsyncClient(ClientBase):
             if not reply:
                 conn.send([op, 0, *args])
                 return None
-            answer = await conn.request([op, 0, *args], timeout or core.request_timeout)
+            answer = check_reply(op, await conn.request([op, 0, *args], timeout or core.request_timeout,
+                                                        core.stalled))
         except (OSError, ProtocolError) as exc:
             await self._drop_conn()
             core.unavailable(exc)
@@ -281,13 +313,13 @@ class AsyncClient(ClientBase):
     async def stats(self) -> Stats:
         """See :meth:`mtcache.Client.stats`."""
         self._check_fork()
-        reply = await self._request(Op.STATS)
+        reply = await self._request(Op.STATS, timeout=self._core.read_timeout)
         return self._core.stats(reply[2] if isinstance(reply, list) else None)
 
     async def health(self) -> Health:
         """See :meth:`mtcache.Client.health`."""
         self._check_fork()
-        reply = await self._request(Op.HEALTH)
+        reply = await self._request(Op.HEALTH, timeout=self._core.read_timeout)
         return self._core.health(reply[2] if isinstance(reply, list) else None)
 
     # -- Redis Streams (own connections, straight to Redis) -------------------

@@ -3,11 +3,16 @@
 :func:`ensure_coordinator` is what a client does when none answers on the
 socket. Many workers may find the socket dead at the same moment (gunicorn
 starting 8 workers). They serialise on an exclusive ``flock`` of
-``<socket>.spawn.lock``; the first starts ``python -m mtcache.coordinator
---detach`` (it forks into its own session, output to ``<socket>.log``) and waits
-until it answers; the others, once they get the lock, find it answering and
-start nothing. The coordinator itself holds ``<socket>.lock`` for its lifetime,
-so even a racing manual start cannot run two.
+``<socket>.spawn.lock``, each for one start attempt at most: the first starts
+``python -m mtcache.coordinator --detach``, which forks the coordinator into its
+own session (output to ``<socket>.log``, mode 0600) and exits as soon as it
+serves, or at once with its exit status if it could not (3: another coordinator
+holds ``<socket>.lock``, which it keeps for its lifetime, so even a racing manual
+start cannot run two). The others, once they get the lock, find it answering, or
+find the failure just noted in the lock file, and start nothing.
+
+The Redis URL (it may hold a password) reaches a coordinator started here in
+its environment (``REDIS_URL``), never on its command line.
 
 :func:`start_coordinator` / :func:`stop_coordinator` run one as a child of the
 calling process (a server's master, the demo, a test), and :func:`redis_answers`
@@ -28,10 +33,15 @@ from pathlib import Path
 
 import redis
 
+from .trust import ensure_socket_dir
+
 __all__ = [
+    "ALREADY_RUNNING",
+    "LATE_SOCKET_WAIT",
     "SPAWN_DEADLINE",
     "can_connect",
     "coordinator_command",
+    "coordinator_env",
     "ensure_coordinator",
     "redis_answers",
     "start_coordinator",
@@ -41,6 +51,11 @@ __all__ = [
 
 #: How long a started coordinator may take to answer.
 SPAWN_DEADLINE = 15.0
+#: How long a client waits for the socket of a coordinator that holds the lock but
+#: does not answer (its socket file was deleted: it makes it again within a second).
+LATE_SOCKET_WAIT = 2.0
+#: The exit status of a coordinator that found another one holding the lock.
+ALREADY_RUNNING = 3
 
 
 def can_connect(path: str) -> bool:
@@ -66,21 +81,39 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
 def coordinator_command(
     socket_path: str,
     *,
-    redis_url: str | None = None,
     no_redis: bool = False,
     namespace: str | None = None,
     extra: Sequence[str] = (),
 ) -> list[str]:
-    """The command line of a coordinator on ``socket_path`` (``redis_url`` None:
-    the coordinator resolves it from the environment as usual)."""
+    """The command line of a coordinator on ``socket_path``. It never carries the
+    Redis URL (any local user may read a command line with ``ps``): pass that in
+    the environment, :func:`coordinator_env`."""
     cmd = [sys.executable, "-m", "mtcache.coordinator", "--socket", socket_path]
     if namespace:
         cmd += ["--namespace", namespace]
     if no_redis:
         cmd.append("--no-redis")
-    elif redis_url:
-        cmd += ["--redis-url", redis_url]
     return cmd + list(extra)
+
+
+def coordinator_env(redis_url: str | None) -> dict[str, str] | None:
+    """The environment of a coordinator started here: this process's, with
+    ``REDIS_URL`` set to ``redis_url`` (None: inherited unchanged, returns None).
+    A process's environment is readable by its own user only."""
+    return None if redis_url is None else {**os.environ, "REDIS_URL": redis_url}
+
+
+def _open_private(path: str, flags: int) -> int:
+    """Open (creating it mode 0600) the file ``path`` of this user, not following a
+    symlink; an existing one that is open to others is made 0600."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def wait_until_ready(socket_path: str, *, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
@@ -107,18 +140,27 @@ def start_coordinator(
 ) -> subprocess.Popen[bytes]:
     """Run a coordinator as a child process and return once it answers.
 
-    Its output goes to ``log_path`` (default ``<socket_path>.log``). With
+    ``redis_url`` (None: the child resolves it from the environment as usual)
+    reaches it in its environment, never on its command line. Its output goes to
+    ``log_path`` (default ``<socket_path>.log``, created 0600). With
     ``new_session`` it leads its own session, so a Ctrl-C meant for the parent
     does not stop it before the parent's workers finish.
 
+    :raises UntrustedSocket: the socket's folder is not this user's alone.
     :raises RuntimeError: it exited or did not answer within ``timeout`` (the
         message ends with its log).
     """
-    Path(socket_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ensure_socket_dir(socket_path)
     log_file = log_path or f"{socket_path}.log"
-    cmd = coordinator_command(socket_path, redis_url=redis_url, no_redis=no_redis, namespace=namespace, extra=extra)
-    with open(log_file, "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=new_session)
+    cmd = coordinator_command(socket_path, no_redis=no_redis, namespace=namespace, extra=extra)
+    log_fd = _open_private(log_file, os.O_WRONLY | os.O_APPEND)
+    try:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=new_session,
+            env=coordinator_env(None if no_redis else redis_url),
+        )
+    finally:
+        os.close(log_fd)
     if not wait_until_ready(socket_path, timeout=timeout, proc=proc):
         stop_coordinator(proc)
         tail = Path(log_file).read_text(errors="replace")[-2000:]
@@ -148,26 +190,65 @@ def ensure_coordinator(
 ) -> bool:
     """Make sure a coordinator answers on ``socket_path``, starting one if needed.
 
-    Returns True once one answers, False if the one started did not come up
-    within :data:`SPAWN_DEADLINE` (its log is ``<socket>.log``). Never raises for
-    a coordinator that fails to start; raises ``OSError`` only if the socket's
-    folder cannot be created.
+    Returns True once one answers. False, without waiting for any deadline, when
+    the one started exits without serving (its log is ``<socket>.log``); when it
+    found another coordinator holding the socket's lock, after waiting at most
+    :data:`LATE_SOCKET_WAIT` for that one's socket. Never raises for a
+    coordinator that fails to start.
+
+    :raises UntrustedSocket: the socket's folder is not this user's alone.
+    :raises OSError: the folder or the spawn lock cannot be created.
     """
-    folder = Path(socket_path).parent
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock_fd = os.open(f"{socket_path}.spawn.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    ensure_socket_dir(socket_path)
+    cmd = coordinator_command(socket_path, namespace=namespace, extra=("--detach", *extra_args))
+    status = _spawn_once(socket_path, cmd, coordinator_env(redis_url))
+    if status is None:
+        return True
+    if status in (0, ALREADY_RUNNING):
+        return wait_until_ready(socket_path, timeout=LATE_SOCKET_WAIT)
+    return can_connect(socket_path)
+
+
+def _spawn_once(socket_path: str, cmd: list[str], env: dict[str, str] | None) -> int | None:
+    """Under the exclusive spawn lock, held for this one attempt: None if a
+    coordinator answers; else the exit status of ``cmd`` (a ``--detach`` start,
+    which exits once the coordinator serves or failed; -1 if it did not within
+    :data:`SPAWN_DEADLINE`). A failure noted in the lock file by another worker
+    less than :data:`LATE_SOCKET_WAIT` ago is returned instead of starting again,
+    so workers arriving together do not each pay for a doomed start."""
+    lock_fd = _open_private(f"{socket_path}.spawn.lock", os.O_RDWR)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         if can_connect(socket_path):
-            return True
-        cmd = coordinator_command(
-            socket_path, redis_url=redis_url, namespace=namespace, extra=("--detach", *extra_args)
-        )
-        with open(f"{socket_path}.log", "ab") as log:
-            # --detach: the coordinator forks and its first process exits at once, so
-            # this worker reaps it here and never keeps a zombie or a child to wait for
-            subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, check=False)
-        return wait_until_ready(socket_path, timeout=SPAWN_DEADLINE)
+            return None
+        recent = _recent_failure(lock_fd)
+        if recent is not None:
+            return recent
+        log_fd = _open_private(f"{socket_path}.log", os.O_WRONLY | os.O_APPEND)
+        try:
+            status = subprocess.run(
+                cmd, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, env=env,
+                timeout=SPAWN_DEADLINE, check=False,
+            ).returncode
+        except subprocess.TimeoutExpired:
+            status = -1
+        finally:
+            os.close(log_fd)
+        os.ftruncate(lock_fd, 0)
+        os.pwrite(lock_fd, f"{status} {time.monotonic()!r}".encode(), 0)  # repr: exact
+        return status
     finally:
         fcntl.flock(lock_fd, fcntl.LOCK_UN)
         os.close(lock_fd)
+
+
+def _recent_failure(lock_fd: int) -> int | None:
+    """The status noted in the spawn lock file if it is a failure (not 0) noted
+    less than :data:`LATE_SOCKET_WAIT` ago (CLOCK_MONOTONIC is one clock for the
+    whole host), else None."""
+    try:
+        status, noted = os.pread(lock_fd, 64, 0).split()
+        code, age = int(status), time.monotonic() - float(noted)
+    except ValueError:  # empty (never noted) or garbled
+        return None
+    return code if code != 0 and 0 <= age < LATE_SOCKET_WAIT else None

@@ -12,17 +12,23 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from mtcache.errors import CacheTimeout, CoordinatorUnavailable, ProtocolError
-from mtcache.protocol import FrameDecoder, Op, Status, encode_frame
+from mtcache.protocol import FrameDecoder, Op, Status, check_reply, encode_frame
 from mtcache.stats import Health, Stats
 from mtcache.strategies import CacheStrategy
 
 from . import _core
 from . import spawn as _spawn
+from . import trust as _trust
 from ._core import MISSING, RETRY, ClientBase
 from ._flows import COMPUTE, UNKNOWN, Flow, compute_flow, delete_flow, get_flow, set_flow
 from .streams import Entry, Streams
 
 __all__ = ["Client"]
+
+
+def _never() -> bool:
+    return False
+
 
 T = TypeVar("T")
 
@@ -31,11 +37,13 @@ class _Conn:
     """One blocking connection to the coordinator (used by one thread)."""
 
     def __init__(self, path: str, timeout: float) -> None:
+        _trust.check_socket_dir(path)  # the socket's folder is this user's alone (FileNotFoundError: missing)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.timeout = timeout
         self.sock.settimeout(timeout)
         try:
             self.sock.connect(path)
+            _trust.check_peer(self.sock)  # served by this uid: checked before anything is sent
         except OSError:
             self.sock.close()
             raise
@@ -49,15 +57,27 @@ class _Conn:
         self.sock.sendall(encode_frame(msg))
         return rid
 
-    def request(self, msg: list[Any], timeout: float | None = None) -> list[Any]:
-        self.sock.settimeout(timeout or self.timeout)
+    def request(self, msg: list[Any], timeout: float, stalled: Callable[[], bool]) -> list[Any]:
+        """Send ``msg`` and return its reply; give up after ``timeout`` seconds, or as soon as
+        ``stalled()`` says the coordinator stopped beating (checked every WAIT_SLICE)."""
+        deadline = time.monotonic() + timeout
+        self.sock.settimeout(timeout)
         rid = self.send(msg)
         while True:
             while self.ready:
                 reply = self.ready.pop(0)
                 if reply[0] == rid:
                     return reply
-            data = self.sock.recv(262_144)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no reply from the coordinator within {timeout:g}s")
+            self.sock.settimeout(min(_core.WAIT_SLICE, remaining))
+            try:
+                data = self.sock.recv(262_144)
+            except TimeoutError:
+                if stalled():
+                    raise CoordinatorUnavailable("the coordinator stopped beating (stopped or paused)") from None
+                continue
             if not data:
                 raise CoordinatorUnavailable("the coordinator closed the connection")
             self.ready.extend(self.decoder.feed(data))
@@ -109,7 +129,7 @@ class Client(ClientBase):
                 raise
             conn = _Conn(core.socket_path, core.request_timeout)
         try:
-            core.accept_hello(conn.request(core.hello()))
+            core.accept_hello(conn.request(core.hello(), core.hello_timeout, _never))
         except BaseException:
             conn.close()
             raise
@@ -145,11 +165,16 @@ class Client(ClientBase):
             if not reply:
                 conn.send([op, 0, *args])
                 return None
-            answer = conn.request([op, 0, *args], timeout)
+            answer = check_reply(op, conn.request([op, 0, *args], timeout or core.request_timeout, core.stalled))
         except (OSError, ProtocolError) as exc:
             self._drop_conn()
             core.unavailable(exc)
             return UNKNOWN
+        except BaseException:
+            # interrupted while waiting (KeyboardInterrupt...): the reply would come to nobody, and a
+            # lease granted in it would stay with a live connection; closing it hands that on
+            self._drop_conn()
+            raise
         if answer[1] == Status.ERROR:
             self._drop_conn()
             core.unavailable(ProtocolError(f"coordinator error: {answer[2]}: {answer[3]}"))
@@ -277,13 +302,13 @@ class Client(ClientBase):
     def stats(self) -> Stats:
         """Counters of this client and of its coordinator."""
         self._check_fork()
-        reply = self._request(Op.STATS)
+        reply = self._request(Op.STATS, timeout=self._core.read_timeout)
         return self._core.stats(reply[2] if isinstance(reply, list) else None)
 
     def health(self) -> Health:
         """Whether the coordinator and Redis answer; ``mode`` is ``"degraded"`` if not."""
         self._check_fork()
-        reply = self._request(Op.HEALTH)
+        reply = self._request(Op.HEALTH, timeout=self._core.read_timeout)
         return self._core.health(reply[2] if isinstance(reply, list) else None)
 
     # -- Redis Streams (own connections, straight to Redis) -------------------

@@ -64,7 +64,10 @@ class CacheEngine:
         self.l2 = l2
         self.l2_up = False
         self.clock = HybridClock()
-        self.leases = LeaseRegistry(settings.lease_ttl, on_end=self._lease_ended)
+        #: whether a lease holder (a connection of the server) still lives; the server sets it
+        self.holder_alive: Callable[[Hashable], bool] = lambda _holder: True
+        self.leases = LeaseRegistry(settings.lease_ttl, on_end=self._lease_ended, lease_max=settings.lease_max,
+                                    alive=self._holder_alive, on_renew=self._lease_renewed)
         self.origin = new_origin()
         self.inval: InvalidationStream | None = None
         self.dist: DistributedLeases | None = None
@@ -101,7 +104,7 @@ class CacheEngine:
             ("l2_hits", "l2_misses", "promotions", "l2_errors", "l2_skipped", "sets", "deletes", "clears",
              "fills", "fills_discarded", "fills_late", "compute_errors", "lease_releases", "lease_timeouts",
              "cross_host_lease_waits", "redis_leases_taken", "staleness_drops", "backlog_replayed",
-             "writes_superseded", "backlog_overflows"),
+             "writes_superseded", "backlog_overflows", "redis_leases_lost"),
             0,
         )
 
@@ -543,6 +546,23 @@ class CacheEngine:
         if dist is not None and key in dist.held:
             self._release_redis_lease(key)
 
+    def _holder_alive(self, holder: Hashable) -> bool:
+        return self.holder_alive(holder)
+
+    def _lease_renewed(self, key: str) -> None:
+        # the local holder still computes: keep the cross-host lease too, or another host would
+        # take it over and compute a second time
+        dist = self.dist
+        if dist is not None and key in dist.held:
+            self._spawn(self._renew_redis_lease(key))
+
+    async def _renew_redis_lease(self, key: str) -> None:
+        dist = self.dist
+        assert dist is not None
+        if await self._l2(lambda _l2: dist.renew(key)) is False:
+            self.counters["redis_leases_lost"] += 1
+            log.warning("the Redis lease on %r expired while its holder computed; another host may compute too", key)
+
     def _release_redis_lease(self, key: str) -> None:
         dist = self.dist
         assert dist is not None
@@ -642,6 +662,7 @@ class CacheEngine:
             "coalesced": leases.coalesced,
             "lease_handovers": leases.handovers,
             "leases_expired": leases.expired,
+            "leases_renewed": leases.renewed,
             "inflight_leases": leases.inflight,
             "l2": self.l2.stats() if self.l2 is not None else {},
             **(self.inval.stats() if self.inval is not None else {}),

@@ -18,6 +18,7 @@ around the whole call, so a stopped Redis gives an error, not a hang.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -496,11 +497,15 @@ class L2Tier:
         return secs * 1000 + usecs / 1000, (before + after) * 500
 
     async def ping(self) -> bool:
-        """True if Redis answers PING within the deadline; False on any Redis failure. Never raises one."""
+        """True if Redis answers PING within the deadline; False on any Redis failure. Never raises one.
+        A failed ping drops every pooled connection: after a reset they may all be dead, and the pool
+        would hand them out one by one to the pings that follow."""
         try:
             async with _deadline(self._bound):
                 return bool(await self.redis.ping())
         except _FAILURES:
+            with contextlib.suppress(*_FAILURES):
+                await self.redis.connection_pool.disconnect()
             return False
 
     async def aclose(self) -> None:

@@ -50,6 +50,8 @@ class Lease:
     token: bytes
     holder: Hashable
     timer: asyncio.TimerHandle | None = None
+    granted_at: float = 0.0
+    alive_at: float = 0.0
     waiters: deque[tuple[Hashable, asyncio.Future[Outcome]]] = field(default_factory=deque)
 
 
@@ -72,13 +74,16 @@ class LeaseStats:
     handovers: int
     expired: int
     inflight: int
+    renewed: int = 0
 
 
 class LeaseRegistry:
     """Per-host lease registry (single-threaded: used from the event loop only).
 
     ``on_end(key)`` is called whenever a key's lease ends (filled, failed, or
-    nobody left to hand it to).
+    nobody left to hand it to); ``on_renew(key)`` whenever a granted lease is
+    renewed for a holder still computing (the cross-host lease follows it);
+    ``alive(holder)`` says whether a holder still lives (see the module docstring).
     """
 
     def __init__(
@@ -86,12 +91,18 @@ class LeaseRegistry:
         lease_ttl: float,
         on_end: Callable[[str], None] | None = None,
         *,
+        lease_max: float | None = None,
+        alive: Callable[[Hashable], bool] = lambda _holder: True,
+        on_renew: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not lease_ttl > 0:
             raise ValueError(f"lease_ttl must be positive, got {lease_ttl!r}")
         self.lease_ttl = lease_ttl
+        self.lease_max = lease_ttl if lease_max is None else lease_max
         self._on_end = on_end
+        self._on_renew = on_renew
+        self._alive = alive
         self._clock = clock
         self._leases: dict[str, Lease] = {}
         self._by_holder: dict[Hashable, set[str]] = {}
@@ -100,6 +111,7 @@ class LeaseRegistry:
         self._coalesced = 0
         self._handovers = 0
         self._expired = 0
+        self._renewed = 0
 
     def get(self, key: str) -> Lease | None:
         """The lease held on ``key``, if any."""
@@ -131,11 +143,16 @@ class LeaseRegistry:
         lease = self._leases.get(key)
         if lease is None or lease.token != token:
             return False
+        now = self._clock()
+        lease.granted_at = lease.alive_at = now
+        self._arm(lease)
+        self._grants[token] = Grant(key, version, stamp, now)
+        return True
+
+    def _arm(self, lease: Lease) -> None:
         if lease.timer is not None:
             lease.timer.cancel()
-        lease.timer = asyncio.get_running_loop().call_later(self.lease_ttl, self._expire, key, token)
-        self._grants[token] = Grant(key, version, stamp, self._clock())
-        return True
+        lease.timer = asyncio.get_running_loop().call_later(self.lease_ttl / 3, self._check, lease.key, lease.token)
 
     def grant_of(self, token: bytes) -> Grant | None:
         """The grant of ``token`` (also after its lease passed on), until it is used or pruned."""
@@ -194,12 +211,23 @@ class LeaseRegistry:
             if lease is not None and lease.holder == holder:
                 self._handover(lease)
 
-    def _expire(self, key: str, token: bytes) -> None:
-        # the lease timer: the holder ran past the TTL
+    def _check(self, key: str, token: bytes) -> None:
+        # the lease timer, every third of the TTL: renew for a holder that lives, else expire
         lease = self._leases.get(key)
-        if lease is not None and lease.token == token:
-            self._expired += 1
-            self._handover(lease)
+        if lease is None or lease.token != token:
+            return
+        lease.timer = None
+        now = self._clock()
+        if self._alive(lease.holder):
+            lease.alive_at = now
+        if now - lease.granted_at < self.lease_max and now - lease.alive_at < self.lease_ttl:
+            self._renewed += 1
+            if self._on_renew is not None:
+                self._on_renew(key)
+            self._arm(lease)
+            return
+        self._expired += 1
+        self._handover(lease)
 
     def _handover(self, lease: Lease) -> None:
         self._release(lease)
@@ -237,7 +265,8 @@ class LeaseRegistry:
 
     def stats(self) -> LeaseStats:
         """A snapshot of the counters."""
-        return LeaseStats(self._granted, self._coalesced, self._handovers, self._expired, len(self._leases))
+        return LeaseStats(self._granted, self._coalesced, self._handovers, self._expired, len(self._leases),
+                          self._renewed)
 
 
 # KEYS: lease key; ARGV: owner. Deletes the lease only if this owner still holds it.

@@ -22,6 +22,7 @@ import platform
 import signal
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,7 +31,16 @@ from mtcache.coordinator.cache import CacheEngine
 from mtcache.coordinator.l2 import L2Tier
 from mtcache.errors import ProtocolError
 from mtcache.mirror import MirrorWriter
-from mtcache.protocol import INSPECT, PROTOCOL_VERSION, FrameDecoder, Op, Status, encode_frame, validate_request
+from mtcache.protocol import (
+    INSPECT,
+    MAX_FRAME,
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    Op,
+    Status,
+    encode_frame,
+    validate_request,
+)
 from mtcache.shm import VersionTable, remove_orphans, retire_segment
 
 __all__ = ["AlreadyRunning", "Coordinator"]
@@ -43,20 +53,84 @@ _TSO_MACHINES = ("x86_64", "amd64", "i386", "i686")
 _INSPECT_OPS = (Op.STATS, Op.HEALTH, Op.PING)
 
 
+def _process_running(pid: int) -> bool:
+    """False once process ``pid`` is gone, a zombie, or stopped (SIGSTOP, a debugger): it cannot
+    compute. True where /proc cannot tell."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return True
+    return state not in ("T", "t", "Z", "X")
+
+
+def _holder_alive(holder: object) -> bool:
+    """A lease holder lives while its connection is open and its process runs."""
+    if not isinstance(holder, _Connection):
+        return True
+    transport = holder.transport
+    return transport is not None and not transport.is_closing() and _process_running(holder.peer_pid)
+
+
 class AlreadyRunning(RuntimeError):
     """Another coordinator holds this socket's lock."""
 
 
+#: Largest frame a peer may send before its hello is accepted (a hello is tiny): a longer
+#: length prefix is a protocol error, and the connection is closed at once.
+PRE_HELLO_MAX_FRAME = 64 * 1024
+#: Replies queued for one peer (its transport's write buffer) above which that peer is no
+#: longer read and no more of its requests are handled, until the buffer drains to a
+#: quarter of this.
+WRITE_BUFFER_HIGH = 1024 * 1024
+#: Requests of one connection running as tasks at once (L2 reads, lease waits, writes);
+#: past this its further requests wait, unread, until one of them finishes.
+MAX_TASKS_PER_CONNECTION = 1024
+#: How long a peer may stay over the write bound (not reading its replies), or leave a
+#: frame larger than PRE_HELLO_MAX_FRAME unfinished, before it is closed.
+STALL_LIMIT = 10.0
+
+
 class _Connection(asyncio.Protocol):
+    """One peer. Bytes received go to the frame decoder; requests are taken from it one
+    at a time (decoded as they are taken) and answered inline or by a task.
+
+    Bounds, so that a peer cannot grow the coordinator's memory: a frame may be at most
+    PRE_HELLO_MAX_FRAME long until the hello is accepted, MAX_FRAME after it; a peer
+    whose replies pile up unread (over WRITE_BUFFER_HIGH) or that has
+    MAX_TASKS_PER_CONNECTION requests running is not read, and its requests already
+    received wait in the decoder's buffer, until the replies drain or a task finishes.
+    Replies of tasks finishing meanwhile (a filled lease answers all its waiters at
+    once) are kept unencoded, their values shared, and sent once the buffer drains. A
+    peer that stays over the write bound, or leaves a frame larger than
+    PRE_HELLO_MAX_FRAME unfinished, for STALL_LIMIT seconds is closed and counted
+    (``slow_consumers_closed``, ``stalled_frames_closed``; ``write_pauses`` counts the
+    times a peer went over the write bound)."""
+
     def __init__(self, server: Coordinator) -> None:
         self.server = server
         self.engine = server.engine
-        self.decoder = FrameDecoder()
+        self.decoder = decoder = FrameDecoder()
+        decoder.max_frame = PRE_HELLO_MAX_FRAME  # MAX_FRAME from the hello on
         self.transport: asyncio.Transport | None = None
         self.ready = False
         self.inspect_only = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.peer_pid = 0
+        #: requests of this connection running as tasks, writes included
+        self.inflight = 0
+        #: the transport's write buffer is over its high-water mark
+        self.write_paused = False
+        #: write_paused, or MAX_TASKS_PER_CONNECTION requests running: take no more requests
+        self.held = False
+        #: this peer is not being read (see the class docstring)
+        self.read_paused = False
+        #: replies of tasks that finished while write_paused, sent once the buffer drains
+        self.deferred: list[tuple[int, list[Any]]] = []
+        self._slow: asyncio.TimerHandle | None = None  # closes a peer that stays over the write bound
+        self._stall: asyncio.TimerHandle | None = None  # closes a peer that leaves a large frame unfinished
+        self._waking = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport, but have its methods
@@ -69,6 +143,7 @@ class _Connection(asyncio.Protocol):
             tr.abort()
             return
         self.peer_pid = pid
+        tr.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -76,19 +151,130 @@ class _Connection(asyncio.Protocol):
         for task in self.tasks:
             task.cancel()
         self.engine.drop_connection(self)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            for msg in self.decoder.feed(data):
-                self._handle(msg)
-        except ProtocolError as exc:
-            self._reject(exc)
+        self.deferred.clear()
+        for timer in (self._slow, self._stall):
+            if timer is not None:
+                timer.cancel()
+        self._slow = self._stall = None
 
     def eof_received(self) -> bool | None:
         if self.decoder.pending:
             self.server.counters["protocol_errors"] += 1
             log.info("connection from pid %d closed mid-frame", self.peer_pid)
         return None
+
+    # -- back-pressure --------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        """Add ``data`` to the requests received, and handle them in order until none
+        is whole (then read on) or this connection is over a bound (then stop reading
+        it). Also called with no data, once a bound is no longer reached."""
+        decoder = self.decoder
+        decoder.push(data)
+        took = False
+        rest = 0
+        try:
+            while not self.held:
+                msg = decoder.next_message()
+                if msg is None:
+                    rest = decoder.pending
+                    break
+                took = True
+                self._handle(msg)
+                rest = decoder.pending
+                if not rest:  # the usual case: nothing left, no need to look again
+                    break
+            else:
+                self._stop_reading()
+                return
+        except ProtocolError as exc:
+            self._reject(exc)
+            return
+        if self.read_paused:
+            self.read_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+        if rest > PRE_HELLO_MAX_FRAME:
+            # part of a large frame: it must make progress (a frame completes) within the limit
+            if self._stall is None or took:
+                if self._stall is not None:
+                    self._stall.cancel()
+                self._stall = asyncio.get_running_loop().call_later(STALL_LIMIT, self._stalled)
+        elif self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _stop_reading(self) -> None:
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+        if self._stall is not None:  # a frame unfinished because we stopped reading is not the peer's doing
+            self._stall.cancel()
+            self._stall = None
+
+    def pause_writing(self) -> None:
+        # the transport's write buffer went over WRITE_BUFFER_HIGH: the peer does not
+        # read its replies as fast as it asks for them
+        self.write_paused = self.held = True
+        self.server.counters["write_pauses"] += 1
+        self._stop_reading()
+        if self._slow is None:
+            self._slow = asyncio.get_running_loop().call_later(STALL_LIMIT, self._too_slow)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.held = self.inflight >= MAX_TASKS_PER_CONNECTION
+        if self._slow is not None:
+            self._slow.cancel()
+            self._slow = None
+        if not self._waking:  # not from inside the transport's write path: on the next loop step
+            self._waking = True
+            asyncio.get_running_loop().call_soon(self._wake)
+
+    def _wake(self) -> None:
+        self._waking = False
+        tr = self.transport
+        if tr is None or tr.is_closing() or self.write_paused:
+            return
+        deferred = self.deferred
+        sent = 0
+        while sent < len(deferred) and not self.write_paused:
+            rid, payload = deferred[sent]
+            sent += 1
+            tr.write(encode_frame([rid, *payload]))  # may pause writing again
+        del deferred[:sent]
+        if self.read_paused:
+            self.data_received(b"")
+
+    def _task_done(self, _task: asyncio.Task[None]) -> None:
+        self.inflight -= 1
+        if self.held and not self.write_paused:
+            self.held = False
+            tr = self.transport
+            if tr is not None and not tr.is_closing():
+                self.data_received(b"")
+
+    def _too_slow(self) -> None:
+        self._slow = None
+        tr = self.transport
+        if tr is None or tr.is_closing():
+            return
+        self.server.counters["slow_consumers_closed"] += 1
+        log.warning("closing the connection from pid %d: it left %d bytes of replies unread for %gs",
+                    self.peer_pid, tr.get_write_buffer_size(), STALL_LIMIT)
+        tr.abort()
+
+    def _stalled(self) -> None:
+        self._stall = None
+        tr = self.transport
+        if tr is None or tr.is_closing():
+            return
+        self.server.counters["stalled_frames_closed"] += 1
+        log.warning("closing the connection from pid %d: it left a frame unfinished (%d bytes of it) for %gs",
+                    self.peer_pid, self.decoder.pending, STALL_LIMIT)
+        tr.abort()
+
+    # -- requests -------------------------------------------------------------
 
     def _reject(self, exc: ProtocolError) -> None:
         self.server.counters["protocol_errors"] += 1
@@ -97,8 +283,12 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
     def _send(self, rid: int, payload: list[Any]) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_frame([rid, *payload]))
+        tr = self.transport
+        if tr is not None and not tr.is_closing():
+            if self.write_paused:
+                self.deferred.append((rid, payload))
+            else:
+                tr.write(encode_frame([rid, *payload]))
 
     def _handle(self, msg: list[Any]) -> None:
         op, rid, args = validate_request(msg)
@@ -155,16 +345,22 @@ class _Connection(asyncio.Protocol):
                                                         f"{self.server.settings.namespace!r}, not {namespace!r}"])
             raise ProtocolError(f"client namespace {namespace!r} does not match")
         self.ready = True
+        self.decoder.max_frame = MAX_FRAME
         self._send(rid, [Status.OK, self.server.hello_info()])
 
     def _spawn(self, rid: int, coro: Any, *, write: bool = False) -> None:
         # a write that reached the coordinator completes (or reaches the backlog) whatever
         # happens to its connection: it is held by the server, not cancelled with the
-        # connection's reads and lease waits
+        # connection's reads and lease waits. Either counts against this connection's
+        # MAX_TASKS_PER_CONNECTION until it finishes.
         tasks = self.server.writes if write else self.tasks
         task = asyncio.get_running_loop().create_task(self._run(rid, coro))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+        self.inflight += 1
+        if self.inflight >= MAX_TASKS_PER_CONNECTION:
+            self.held = True
+        task.add_done_callback(self._task_done)
 
     async def _run(self, rid: int, coro: Any) -> None:
         try:
@@ -188,7 +384,9 @@ class Coordinator:
         self.connections: set[_Connection] = set()
         #: writes in flight (see _Connection._spawn)
         self.writes: set[asyncio.Task[None]] = set()
-        self.counters = {"refused": 0, "protocol_errors": 0}
+        self.counters = dict.fromkeys(("refused", "protocol_errors", "socket_recreated", "write_pauses",
+                                       "slow_consumers_closed", "stalled_frames_closed"), 0)
+        self._socket_id: tuple[int, int] = (0, 0)
         self.table: VersionTable | None = None
         self.mirror: MirrorWriter | None = None
         self.engine: CacheEngine
@@ -253,17 +451,10 @@ class Coordinator:
         if self.use_redis:
             l2 = L2Tier(self.settings.redis_url, self.settings.namespace, timeout=self.settings.redis_timeout)
         self.engine = CacheEngine(self.settings, self.table, l2, self.mirror)
+        self.engine.holder_alive = _holder_alive
         await self.engine.start()
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        loop = asyncio.get_running_loop()
-        old_umask = os.umask(0o177)
-        try:
-            self._server = await loop.create_unix_server(lambda: _Connection(self), str(self.socket_path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.socket_path, 0o600)
-        self._sweeper = loop.create_task(self._sweep())
+        self._server = await self._listen()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         log.info(
             "mtcache coordinator pid %d serving %s (namespace %r, redis %s)",
             os.getpid(), self.socket_path, self.settings.namespace,
@@ -286,10 +477,46 @@ class Coordinator:
             log.warning("no shared-memory L1 mirror (%s): workers read L1 through the socket", exc)
             return None
 
+    async def _listen(self) -> asyncio.base_events.Server:
+        """Bind the socket (mode 0600, its folder 0700), replacing whatever file is at its path."""
+        self.socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        old_umask = os.umask(0o177)
+        try:
+            server = await asyncio.get_running_loop().create_unix_server(lambda: _Connection(self),
+                                                                         str(self.socket_path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.socket_path, 0o600)
+        info = os.lstat(self.socket_path)
+        self._socket_id = (info.st_dev, info.st_ino)
+        return server
+
+    async def _keep_socket(self) -> None:
+        """A socket file deleted (a /tmp cleaner) or replaced while this coordinator runs is made
+        again, so new workers find it instead of starting coordinators that cannot take the lock."""
+        try:
+            info = os.lstat(self.socket_path)
+            if (info.st_dev, info.st_ino) == self._socket_id:
+                return
+        except FileNotFoundError:
+            pass
+        log.warning("the socket %s was removed or replaced: making it again", self.socket_path)
+        self.counters["socket_recreated"] += 1
+        old = self._server
+        self._server = await self._listen()
+        if old is not None:
+            old.close()  # nobody can reach it any more; its connections stay open
+
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)  # periodic expiry sweep, not synchronisation
             self.engine.sweep()
+            try:
+                await self._keep_socket()
+            except OSError as exc:  # the folder became unusable: keep serving who is connected
+                log.warning("cannot make the socket %s again: %s", self.socket_path, exc)
 
     async def stop(self) -> None:
         """Stop serving, close every connection, remove the socket and the shared
@@ -319,13 +546,16 @@ class Coordinator:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    async def serve(self) -> None:
-        """Start, serve until SIGTERM or SIGINT, then stop cleanly."""
+    async def serve(self, on_serving: Callable[[], None] | None = None) -> None:
+        """Start, call ``on_serving`` (a readiness report), serve until SIGTERM or SIGINT,
+        then stop cleanly."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._shutdown.set)
         try:
             await self.start()
+            if on_serving is not None:
+                on_serving()
             await self._shutdown.wait()
         finally:
             await self.stop()
