@@ -174,3 +174,44 @@ async def test_a_lease_granted_to_a_cancelled_waiter_is_handed_on(coordinator: C
     finally:
         for client in (holder_client, waiter_client, third_client):
             await client.close()
+
+
+def test_a_lease_is_ended_even_when_the_coordinator_seems_stalled(coordinator: CoordinatorProcess) -> None:
+    # found by the chaos checker on a loaded machine: a client that thought the coordinator stalled
+    # skipped the FILL of a lease it held, but kept its connection open; the coordinator kept the
+    # lease renewed for that live connection, and every other caller of the key waited
+    with Client(coordinator.socket_path, spawn=False) as holder, \
+            Client(coordinator.socket_path, spawn=False, near_capacity=0) as other:
+        def fn() -> str:
+            holder._core.stalled = lambda: True  # type: ignore[method-assign]
+            return "computed"
+
+        assert holder.get_or_compute("k", fn) == "computed"
+        assert other.get_or_compute("k", lambda: "again", timeout=5) == "computed"
+
+
+async def test_a_holder_that_asks_again_for_its_own_lease_hands_the_old_grant_on(
+    coordinator: CoordinatorProcess,
+) -> None:
+    # the coordinator's own guard against a client that lost track of a grant
+    import socket as _socket
+
+    from mtcache.protocol import FrameDecoder
+
+    with _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM) as sock:
+        sock.settimeout(DEADLINE)
+        sock.connect(coordinator.socket_path)
+        decoder = FrameDecoder()
+
+        def ask(msg: list[Any]) -> list[Any]:
+            sock.sendall(encode_frame(msg))
+            while True:
+                replies = decoder.feed(sock.recv(65536))
+                if replies:
+                    return replies[0]
+
+        assert ask([Op.HELLO, 1, PROTOCOL_VERSION, "default", os.getpid()])[1] == 0
+        first = ask([Op.LEASE, 2, "k", 5.0])
+        assert first[1] == 3  # GRANTED
+        again = ask([Op.LEASE, 3, "k", 5.0])
+        assert again[1] == 3 and again[2] != first[2]  # the old grant went; a new one is this caller's

@@ -26,7 +26,7 @@ from mtcache.strategies import CacheStrategy, validate_ttl
 
 from .near import NearCache
 
-__all__ = ["MISSING", "RETRY", "ClientBase", "ClientCore", "fork_generation"]
+__all__ = ["ENDS_LEASE", "MISSING", "RETRY", "ClientBase", "ClientCore", "fork_generation"]
 
 log = logging.getLogger("mtcache.client")
 
@@ -58,6 +58,11 @@ def fork_generation() -> int:
     when it connected, instead of calling ``os.getpid()`` on every call."""
     return FORK_GEN
 
+
+#: Requests that end a lease this client holds: sent even to a coordinator that seems
+#: stalled (it handles them when it runs again), never skipped while their connection
+#: stays open, or the coordinator would keep the lease for a live connection.
+ENDS_LEASE = frozenset({Op.FILL, Op.FAIL, Op.RELEASE})
 
 #: Back-off between attempts to reach a coordinator that did not answer.
 RETRY_MIN, RETRY_MAX = 0.5, 5.0
@@ -193,12 +198,9 @@ class ClientCore:
                 log.warning("mtcache: coordinator on %s answers again", self.socket_path)
             self._warned = False
 
-    def should_try(self) -> bool:
-        """False while backing off after the coordinator failed to answer, and while the
-        coordinator this client knows is alive but stalled (a request would only wait)."""
-        if self._retry_at and time.monotonic() < self._retry_at:
-            return False
-        return not self.stalled()
+    def backing_off(self) -> bool:
+        """True while backing off after the coordinator failed to answer."""
+        return bool(self._retry_at) and time.monotonic() < self._retry_at
 
     def stalled(self) -> bool:
         """True while this client's coordinator has not beaten for :data:`STALL_MS` and its

@@ -189,7 +189,12 @@ class AsyncClient(ClientBase):
         if self._closed:
             raise RuntimeError("this mtcache AsyncClient is closed")
         core = self._core
-        if not core.should_try():
+        if core.backing_off():
+            return None
+        if op not in _core.ENDS_LEASE and core.stalled():
+            # it would only wait; and close the connection, so that what it holds there (a
+            # lease, a wait) is handed on when the coordinator runs again
+            await self._drop_conn()
             return None
         try:
             conn = await self._conn()

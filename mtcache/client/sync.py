@@ -154,7 +154,12 @@ class Client(ClientBase):
         if self._closed:
             raise RuntimeError("this mtcache Client is closed")
         core = self._core
-        if not core.should_try():
+        if core.backing_off():
+            return None
+        if op not in _core.ENDS_LEASE and core.stalled():
+            # it would only wait; and close the connection, so that what it holds there (a
+            # lease, a wait) is handed on when the coordinator runs again
+            self._drop_conn()
             return None
         try:
             conn = self._conn()

@@ -465,6 +465,13 @@ class CacheEngine:
         """After an L1 miss (see :meth:`get_l1`): take the key's lease (and read L2
         as its holder, so one L2 read serves every waiter) or wait for its holder."""
         deadline = time.monotonic() + wait
+        held = self.leases.get(key)
+        if held is not None and held.holder is holder:
+            # the connection that holds this lease asks for it again: it lost track of its grant
+            # (a reply that never reached its caller); hand that grant on rather than keep it
+            # renewed for a live connection that will never fill it
+            self.counters["lease_releases"] += 1
+            self.leases.pass_on(key, held.token)
         got = self.leases.acquire(key, holder)
         if isinstance(got, bytes):
             token = got

@@ -43,7 +43,7 @@ class Recorder:
 def _counters(core: ClientCore) -> tuple[int, int, int, int, bool]:
     c = core.counters
     return (c["skipped_writes"], c.get("unknown_writes", 0), c["local_computes"], c["coordinator_errors"],
-            core.should_try())
+            not core.backing_off() and not core.stalled())
 
 
 class Attempt:
