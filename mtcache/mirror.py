@@ -122,6 +122,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from mtcache.shm import shm_dir
 
@@ -470,16 +471,18 @@ class MirrorReader:
 
     ``get(key) -> bytes | None`` is the mirrored value of ``key``, or None when it
     is not mirrored, has expired, or was being rewritten (a bucket is read at most
-    3 times while it keeps changing, then it is a miss). It never raises for any content of the region;
-    it raises TypeError for a key that is not a str, ValueError for one that cannot
-    be encoded as UTF-8 and after :meth:`close`. ``get`` is an attribute holding a
-    closure, for speed. Threads may share a reader (the counters ``hits``,
+    3 times while it keeps changing, then it is a miss); ``entry(key)`` is the value
+    with its expiry. They never raise for any content of the region; they raise
+    TypeError for a key that is not a str, ValueError for one that cannot be encoded
+    as UTF-8 and after :meth:`close`. ``entry`` is an attribute holding a closure,
+    for speed. Threads may share a reader (the counters ``hits``,
     ``misses`` and ``torn_retries`` may then undercount).
     """
 
-    __slots__ = ("_counters", "_maps", "_views", "generation", "get", "path")
+    __slots__ = ("_counters", "_maps", "_views", "entry", "generation", "path")
 
-    get: Callable[[str], bytes | None]
+    #: ``(value, expiry)`` of ``key`` (expiry in ``clock`` nanoseconds), or None
+    entry: Callable[[str], tuple[bytes, int] | None]
 
     def __init__(self, path: str, head: mmap.mmap, arena: mmap.mmap, clock: Clock) -> None:
         words = memoryview(head).cast("Q")
@@ -492,7 +495,12 @@ class MirrorReader:
         )
         self._maps = (head, arena)
         self._views = (words, seqs, tags, expiries, offsets, klens, vlens)
-        self.get, self._counters = _make_get(seqs, tags, expiries, offsets, klens, vlens, arena, sets, clock)
+        self.entry, self._counters = _make_get(seqs, tags, expiries, offsets, klens, vlens, arena, sets, clock)
+
+    def get(self, key: str) -> bytes | None:
+        """The mirrored value of ``key``, or None (see the class docstring)."""
+        found = self.entry(key)
+        return None if found is None else found[0]
 
     @classmethod
     def attach(cls, path: str, *, clock: Clock = time.monotonic_ns) -> MirrorReader:
@@ -549,7 +557,7 @@ class MirrorReader:
         """Unmap; ``get`` raises ValueError from now on. Safe to call twice."""
         if self._maps[0].closed:
             return
-        self.get = _closed_get(self.path)
+        self.entry = _closed_get(self.path)
         for view in self._views:
             view.release()
         for mm in self._maps:
@@ -577,8 +585,8 @@ def _read_header(fd: int, size: int) -> list[int]:
     return memoryview(data).cast("Q").tolist()
 
 
-def _closed_get(path: str) -> Callable[[str], bytes | None]:
-    def get(key: str) -> bytes | None:
+def _closed_get(path: str) -> Callable[[str], Any]:
+    def get(key: str) -> Any:
         raise ValueError(f"mirror reader {path} is closed")
 
     return get
@@ -594,8 +602,9 @@ def _make_get(
     arena: mmap.mmap,
     sets: int,
     clock: Clock,
-) -> tuple[Callable[[str], bytes | None], Callable[[], tuple[int, int, int]]]:
-    """The reader's ``get`` and a function returning its (hits, misses, torn) counters.
+) -> tuple[Callable[[str], tuple[bytes, int] | None], Callable[[], tuple[int, int, int]]]:
+    """The reader's ``entry`` (value and expiry) and a function returning its (hits, misses, torn)
+    counters.
 
     Each field is a strided view indexed by bucket number, so a read is one
     subscript; everything the hit path needs lives in closure cells.
@@ -614,9 +623,9 @@ def _make_get(
         found = located[key] = (kb, crc | _OCCUPIED, crc % sets * WAYS)
         return found
 
-    def read(bucket: int, kb: bytes) -> bytes | None:
+    def read(bucket: int, kb: bytes) -> tuple[bytes, int] | None:
         """The slow path: up to 2 more attempts at a bucket whose first read was
-        torn. ``get`` inlines one attempt of this loop."""
+        torn. ``entry`` inlines one attempt of this loop."""
         nonlocal hits, misses, torn
         for _ in range(_READ_ATTEMPTS - 1):
             seq = seqs[bucket]
@@ -630,7 +639,7 @@ def _make_get(
                 if seqs[bucket] == seq and not seq & 1:
                     if same_key and expiry > clock():
                         hits += 1
-                        return value
+                        return value, expiry
                     break
             elif seqs[bucket] == seq and not seq & 1:
                 break  # a consistent entry pointing outside the arena: not ours to read
@@ -638,7 +647,7 @@ def _make_get(
         misses += 1
         return None
 
-    def get(key: str) -> bytes | None:
+    def entry(key: str) -> tuple[bytes, int] | None:
         nonlocal hits, misses, torn
         found = located.get(key)
         if found is None:
@@ -665,7 +674,7 @@ def _make_get(
             if seqs[bucket] == seq and not seq & 1:
                 if same_key and expiry > clock():
                     hits += 1
-                    return value
+                    return value, expiry
                 misses += 1
                 return None
         elif seqs[bucket] == seq and not seq & 1:
@@ -677,4 +686,4 @@ def _make_get(
     def counters() -> tuple[int, int, int]:
         return hits, misses, torn
 
-    return get, counters
+    return entry, counters

@@ -25,10 +25,12 @@ DELETE     key                                             OK existed
 CLEAR      —                                               OK removed
 STATS      —                                               OK map
 HEALTH     —                                               OK map
-LEASE      key wait_seconds                                OK value version ttl / GRANTED token version /
-                                                           COMPUTE_ERROR type message / TIMEOUT
-FILL       key token value ttl                             OK version stored
-FAIL       key token type message                          OK
+LEASE      key wait_seconds fail_safe                      OK value version ttl / GRANTED token version stale /
+                                                           COMPUTE_ERROR type message stale / TIMEOUT stale
+REFRESH    key version fail_safe                           OK value version ttl / GRANTED token version stale /
+                                                           BUSY
+FILL       key token value ttl stale_for store             OK version stored
+FAIL       key token type message throttle                 OK
 RELEASE    key token                                       OK
 PING       —                                               OK
 =========  ==============================================  ===========================================
@@ -36,6 +38,17 @@ PING       —                                               OK
 ``kept`` (SET) and ``stored`` (FILL) say whether the worker may keep a near copy
 (not when a newer write from another host already replaced the value). RELEASE
 gives a lease up without a value or an error (its holder was cancelled).
+
+Fail-safe: ``fail_safe`` (LEASE, REFRESH) is how long past its TTL a value may
+still serve the caller if the source fails; ``stale`` is such a value (bytes),
+or nil. ``stale_for`` (FILL) keeps the filled value that long past its TTL.
+``throttle`` (FAIL) > 0: the holder serves the stale value instead of the error,
+and the coordinator makes it fresh again for that long (every waiter, worker and
+host takes it, so a failing source is not asked again meanwhile). ``store``
+false (FILL): hand the value to the waiters, keep it nowhere. REFRESH (eager
+refresh) never waits: BUSY when someone already computes the key, OK with the
+current value when it was refreshed meanwhile (its version moved since
+``version``).
 
 Any request may instead get ``ERROR kind message``. Clients check every reply
 against these shapes (:func:`check_reply`): a coordinator's reply is not trusted.
@@ -90,6 +103,7 @@ class Op:
     FAIL = 9
     PING = 10
     RELEASE = 11
+    REFRESH = 12
 
 
 class Status:
@@ -101,6 +115,7 @@ class Status:
     GRANTED = 3
     COMPUTE_ERROR = 4
     TIMEOUT = 5
+    BUSY = 6
 
 
 def check_key(key: object) -> str:
@@ -250,9 +265,10 @@ _SHAPES: dict[int, tuple[type | str, ...]] = {
     Op.CLEAR: (),
     Op.STATS: (),
     Op.HEALTH: (),
-    Op.LEASE: ("key", "seconds"),
-    Op.FILL: ("key", bytes, bytes, "ttl"),
-    Op.FAIL: ("key", bytes, str, str),
+    Op.LEASE: ("key", "seconds", "seconds"),
+    Op.REFRESH: ("key", "version", "seconds"),
+    Op.FILL: ("key", bytes, bytes, "ttl", "seconds", bool),
+    Op.FAIL: ("key", bytes, str, str, "seconds"),
     Op.PING: (),
     Op.RELEASE: ("key", bytes),
 }
@@ -285,6 +301,12 @@ def validate_request(msg: list[Any]) -> tuple[int, int, list[Any]]:
         elif want == "seconds":
             if not _num(arg) or not 0 <= arg < 1e9:
                 raise ProtocolError(f"argument {i} of op {op} must be a non-negative duration, got {arg!r}")
+        elif want == "version":
+            if not isinstance(arg, int) or isinstance(arg, bool) or arg < 0:
+                raise ProtocolError(f"argument {i} of op {op} must be a version counter, got {arg!r}")
+        elif want is bool:
+            if not isinstance(arg, bool):
+                raise ProtocolError(f"argument {i} of op {op} must be a bool, got {type(arg).__name__}")
         elif isinstance(want, type) and (not isinstance(arg, want) or isinstance(arg, bool)):
             raise ProtocolError(f"argument {i} of op {op} must be {want.__name__}, got {type(arg).__name__}")
     return op, rid, args
@@ -302,9 +324,14 @@ _REPLY_SHAPES: dict[int, dict[int, tuple[type | str, ...]]] = {
     Op.HEALTH: {Status.OK: (dict,)},
     Op.LEASE: {
         Status.OK: (bytes, "version", "seconds"),
-        Status.GRANTED: (bytes, "version"),
-        Status.COMPUTE_ERROR: (str, str),
-        Status.TIMEOUT: (),
+        Status.GRANTED: (bytes, "version", "stale"),
+        Status.COMPUTE_ERROR: (str, str, "stale"),
+        Status.TIMEOUT: ("stale",),
+    },
+    Op.REFRESH: {
+        Status.OK: (bytes, "version", "seconds"),
+        Status.GRANTED: (bytes, "version", "stale"),
+        Status.BUSY: (),
     },
     Op.FILL: {Status.OK: ("version", bool)},
     Op.FAIL: {Status.OK: ()},
@@ -349,6 +376,8 @@ def _reply_item_ok(want: type | str, item: object) -> bool:
         return _int(item) and item >= 0  # type: ignore[operator]
     if want == "seconds":
         return _num(item) and 0 <= item < 1e12  # type: ignore[operator]
+    if want == "stale":
+        return item is None or isinstance(item, bytes)
     assert isinstance(want, type)
     return isinstance(item, want)
 

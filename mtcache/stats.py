@@ -38,6 +38,10 @@ class Stats:
     evictions: int = 0
     l2_errors: int = 0
     coordinator_errors: int = 0
+    #: stale values handed to callers of get_or_compute whose source failed (fail-safe)
+    stale_served: int = 0
+    #: failures of the source that fail-safe answered (the stale value made fresh again for a while)
+    fail_safe_activations: int = 0
     mirror_hits: int = 0
     mirror_misses: int = 0
     mirror_torn_retries: int = 0

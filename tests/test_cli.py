@@ -21,6 +21,7 @@ STATS_KEYS = {
     "local_computes", "coalesced", "local_coalesced", "inflight_leases", "evictions", "l2_errors",
     "coordinator_errors", "coordinator", "near_hit_rate", "l1_hit_rate", "l2_hit_rate",
     "mirror_hits", "mirror_misses", "mirror_torn_retries", "mirror_not_mirrored", "mirror_arena_used",
+    "stale_served", "fail_safe_activations",
 }
 HEALTH_KEYS = {"coordinator", "redis", "mode", "details"}
 

@@ -206,12 +206,14 @@ async def test_a_holder_that_asks_again_for_its_own_lease_hands_the_old_grant_on
         def ask(msg: list[Any]) -> list[Any]:
             sock.sendall(encode_frame(msg))
             while True:
-                replies = decoder.feed(sock.recv(65536))
+                data = sock.recv(65536)
+                assert data, "the coordinator closed the connection"
+                replies = decoder.feed(data)
                 if replies:
                     return replies[0]
 
         assert ask([Op.HELLO, 1, PROTOCOL_VERSION, "default", os.getpid()])[1] == 0
-        first = ask([Op.LEASE, 2, "k", 5.0])
+        first = ask([Op.LEASE, 2, "k", 5.0, 0])
         assert first[1] == 3  # GRANTED
-        again = ask([Op.LEASE, 3, "k", 5.0])
+        again = ask([Op.LEASE, 3, "k", 5.0, 0])
         assert again[1] == 3 and again[2] != first[2]  # the old grant went; a new one is this caller's

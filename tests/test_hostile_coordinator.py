@@ -47,7 +47,8 @@ def test_well_formed_replies_pass_the_check() -> None:
     assert check_reply(Op.GET, [1, Status.OK, b"v", 3, 1.5])
     assert check_reply(Op.GET, [1, Status.MISS, 0])
     assert check_reply(Op.SET, [1, Status.OK, 7, True])
-    assert check_reply(Op.LEASE, [1, Status.GRANTED, b"t" * 16, 2])
+    assert check_reply(Op.LEASE, [1, Status.GRANTED, b"t" * 16, 2, None])
+    assert check_reply(Op.LEASE, [1, Status.TIMEOUT, b"stale value"])
     assert check_reply(Op.PING, [1, Status.ERROR, "internal", "boom"])
     with pytest.raises(ProtocolError):
         check_reply(Op.HEALTH, [1, Status.OK, {"coordinator": "ok"}])  # the IndexError of issue 11

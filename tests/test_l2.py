@@ -568,6 +568,7 @@ _envelopes = st.builds(
     st.lists(st.text()).map(tuple),
     _stamps,
     st.booleans(),
+    st.integers(min_value=0, max_value=2**62 - 1),
 )
 
 
@@ -580,7 +581,7 @@ def test_envelope_round_trip(env: Envelope) -> None:
 
 
 @pytest.mark.parametrize(("tombstone", "kind"), [(False, b"V"), (True, b"T")])
-def test_record_layout_is_a_header_then_a_four_item_msgpack_array(tombstone: bool, kind: bytes) -> None:
+def test_record_layout_is_a_header_then_a_five_item_msgpack_array(tombstone: bool, kind: bytes) -> None:
     """The header is what the Lua scripts read with GETRANGE 0 26: changing it breaks every stored record."""
     stamp = _stamp(1_700_000_000_123_456, node=42)
 
@@ -588,7 +589,7 @@ def test_record_layout_is_a_header_then_a_four_item_msgpack_array(tombstone: boo
 
     assert HEADER_BYTES == 27
     assert data[:HEADER_BYTES] == kind + b"1700000000123456" + b"0000000042"
-    assert msgpack.unpackb(data[HEADER_BYTES:]) == [FORMAT_VERSION, 1234, b"v", ["a", "b"]]
+    assert msgpack.unpackb(data[HEADER_BYTES:]) == [FORMAT_VERSION, 1234, b"v", ["a", "b"], 0]
 
 
 @pytest.mark.parametrize(

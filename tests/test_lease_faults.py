@@ -120,7 +120,7 @@ async def test_a_local_handover_that_lost_the_redis_lease_takes_it_again(
     reply = await asyncio.wait_for(second, WAIT)
     assert reply[0] == Status.GRANTED  # now it holds the Redis lease again
     assert KEY in a.dist.held
-    a.fail(KEY, reply[1], "RuntimeError", "test over")
+    await a.fail(KEY, reply[1], "RuntimeError", "test over")
 
 
 async def test_every_waiter_for_another_hosts_fill_is_woken(make_engine: MakeEngine) -> None:

@@ -236,7 +236,7 @@ async def test_lease_holder_read_racing_an_invalidation_is_not_promoted(
     reply = await asyncio.wait_for(lease, WAIT)
     assert _l1_value(engine) is None
     assert reply[0] == Status.GRANTED  # the key is gone everywhere: the caller computes
-    engine.fail(KEY, reply[1], "RuntimeError", "test over")
+    await engine.fail(KEY, reply[1], "RuntimeError", "test over")
 
 
 async def test_invalidation_from_the_stream_during_a_read_is_not_promoted(
@@ -339,7 +339,7 @@ async def test_lease_taken_after_another_hosts_fill_serves_that_fill(
     b_l2.release()
     reply = await asyncio.wait_for(b_lease, WAIT)
     if reply[0] == Status.GRANTED:
-        b.fail(KEY, reply[1], "RuntimeError", "test over")
+        await b.fail(KEY, reply[1], "RuntimeError", "test over")
     assert reply[:2] == [Status.OK, COMPUTED]  # B must not compute again
 
 

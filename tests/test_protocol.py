@@ -266,11 +266,12 @@ GOOD: dict[int, list[Any]] = {
     Op.CLEAR: [],
     Op.STATS: [],
     Op.HEALTH: [],
-    Op.LEASE: ["k", 2.5],
-    Op.FILL: ["k", b"token", b"v", 10],
-    Op.FAIL: ["k", b"token", "ValueError", "boom"],
+    Op.LEASE: ["k", 2.5, 0],
+    Op.FILL: ["k", b"token", b"v", 10, 0.0, True],
+    Op.FAIL: ["k", b"token", "ValueError", "boom", 0],
     Op.PING: [],
     Op.RELEASE: ["k", b"token"],
+    Op.REFRESH: ["k", 3, 0.0],
 }
 
 
@@ -296,7 +297,7 @@ def test_one_argument_too_few(op: int) -> None:
         validate_request([op, 1, *GOOD[op][:-1]])
 
 
-@pytest.mark.parametrize("op", [-1, 12, 99, 2**40, "GET", None, 1.0, True, False, [1]])
+@pytest.mark.parametrize("op", [-1, 13, 99, 2**40, "GET", None, 1.0, True, False, [1]])
 def test_unknown_op(op: object) -> None:
     with pytest.raises(ProtocolError, match="unknown op"):
         validate_request([op, 1])
@@ -352,17 +353,27 @@ BAD_TTLS = [
 ]
 
 
+#: where each op's TTL argument is
+_TTL_AT = {Op.SET: 2, Op.FILL: 3}
+
+
+def _with_ttl(op: int, ttl: object) -> list[Any]:
+    args = list(GOOD[op])
+    args[_TTL_AT[op]] = ttl
+    return [op, 1, *args]
+
+
 @pytest.mark.parametrize("ttl", BAD_TTLS)
 @pytest.mark.parametrize("op", [Op.SET, Op.FILL])
 def test_bad_ttl(op: int, ttl: object) -> None:
     with pytest.raises(ProtocolError, match="positive TTL"):
-        validate_request([op, 1, *GOOD[op][:-1], ttl])
+        validate_request(_with_ttl(op, ttl))
 
 
 @pytest.mark.parametrize("ttl", [1, 0.001, 1e11])
 @pytest.mark.parametrize("op", [Op.SET, Op.FILL])
 def test_good_ttl(op: int, ttl: float) -> None:
-    assert validate_request([op, 1, *GOOD[op][:-1], ttl])[2][-1] == ttl
+    assert validate_request(_with_ttl(op, ttl))[2][_TTL_AT[op]] == ttl
 
 
 @pytest.mark.parametrize(
@@ -378,12 +389,12 @@ def test_good_ttl(op: int, ttl: float) -> None:
 )
 def test_bad_lease_wait(wait: object) -> None:
     with pytest.raises(ProtocolError, match="non-negative duration"):
-        validate_request([Op.LEASE, 1, "k", wait])
+        validate_request([Op.LEASE, 1, "k", wait, 0])
 
 
 @pytest.mark.parametrize("wait", [0, 0.0, 30])
 def test_zero_and_positive_lease_wait_are_accepted(wait: float) -> None:
-    assert validate_request([Op.LEASE, 1, "k", wait])[2] == ["k", wait]
+    assert validate_request([Op.LEASE, 1, "k", wait, 0])[2] == ["k", wait, 0]
 
 
 @pytest.mark.parametrize(

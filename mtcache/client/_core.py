@@ -17,7 +17,7 @@ from typing import Any
 
 from mtcache.codec import Codec, get_codec
 from mtcache.config import Settings
-from mtcache.errors import CacheTimeout, ComputeError, ProtocolError
+from mtcache.errors import ComputeError, ProtocolError
 from mtcache.mirror import MirrorReader
 from mtcache.protocol import INSPECT, PROTOCOL_VERSION, Op, Status, check_key, check_reply
 from mtcache.shm import STALL_MS, VersionTable
@@ -25,6 +25,7 @@ from mtcache.stats import Health, Stats
 from mtcache.strategies import CacheStrategy, validate_ttl
 
 from .near import NearCache
+from .policy import Policy
 
 __all__ = ["ENDS_LEASE", "MISSING", "RETRY", "ClientBase", "ClientCore", "fork_generation"]
 
@@ -90,8 +91,11 @@ class ClientCore:
         codec: str | Codec | None,
         copy_on_read: bool,
         request_timeout: float,
+        policy: Policy,
     ) -> None:
         self.settings = Settings.load(socket_path=socket_path, namespace=namespace, redis_url=redis_url)
+        #: the client's defaults for get_or_compute's fail-safe and timing arguments
+        self.policy = policy
         self.explicit_redis_url = redis_url
         self.spawn = spawn
         self.codec = get_codec(codec, max_bytes=self.settings.max_value_bytes)
@@ -104,7 +108,7 @@ class ClientCore:
         self.fork_gen = fork_generation()
         self.counters = dict.fromkeys(
             ("computes", "local_computes", "local_coalesced", "coordinator_errors", "decode_errors",
-             "skipped_writes", "unknown_writes"),
+             "skipped_writes", "unknown_writes", "stale_served", "fail_safe_activations", "eager_refreshes"),
             0,
         )
         self.hello_info: dict[str, Any] = {}
@@ -117,6 +121,8 @@ class ClientCore:
         self._retry_delay = RETRY_MIN
         self._warned = False
         self._state_lock = threading.Lock()
+        #: keys whose eager refresh this client runs
+        self._refreshing: set[str] = set()
 
     @property
     def socket_path(self) -> str:
@@ -276,15 +282,17 @@ class ClientCore:
         if mirror is None or table is None or not table.alive():
             return MISSING
         version = table.counters[table.slot(key)]
-        data = mirror.get(key)
-        if data is None:
+        found = mirror.entry(key)
+        if found is None:
             return MISSING
-        return self.accept_value(key, data, version, self.near.max_age)
+        data, expiry_ns = found
+        # the mirror holds a value while it is fresh: its near copy lives no longer
+        return self.accept_value(key, data, version, (expiry_ns - time.monotonic_ns()) / 1e9)
 
     def unavailable(self, exc: BaseException) -> None:
-        """The coordinator did not answer: back off, warn once, and stop serving
-        near and mirror copies that nobody keeps coherent any more."""
-        self.near.clear()
+        """The coordinator did not answer: back off, warn once, and stop reading the mirror.
+        Near copies stay: they are served only while the coordinator beats (see
+        :class:`NearCache`), and they are a fail-safe caller's fallback otherwise."""
         with self._state_lock:
             self._detach_mirror()
             self.counters["coordinator_errors"] += 1
@@ -333,23 +341,42 @@ class ClientCore:
         self.near.put(key, value, data, version, ttl)
         return value
 
-    def lease_outcome(self, key: str, reply: list[Any]) -> Any:
-        """Interpret a LEASE reply: the value (MISSING if undecodable), or a
-        ``bytes`` token when this caller now holds the lease.
+    def decode_stale(self, key: str, data: object) -> Any:
+        """A stale value a reply carries (bytes, or nil), decoded but kept nowhere; MISSING
+        if there is none or it cannot be decoded."""
+        if not isinstance(data, bytes):
+            return MISSING
+        try:
+            return self.codec.decode(data)
+        except Exception:  # any codec's decode error: no fallback value
+            self.counters["decode_errors"] += 1
+            return MISSING
 
-        :raises ComputeError: the holder's function raised.
-        :raises CacheTimeout: the wait passed its deadline.
-        """
-        status = reply[1]
-        if status == Status.OK:
-            return _Value(self.accept_value(key, reply[2], reply[3], reply[4]))
-        if status == Status.GRANTED:
-            return reply[2]
-        if status == Status.COMPUTE_ERROR:
-            raise ComputeError(key, reply[2], reply[3])
-        if status == Status.TIMEOUT:
-            raise CacheTimeout(f"gave up waiting for another worker to compute {key!r}")
-        raise ProtocolError(f"unexpected reply to LEASE: {reply!r}")
+    def served_stale(self, value: Any) -> Any:
+        """Count a stale value handed to a caller (fail-safe) and return it."""
+        self.counters["stale_served"] += 1
+        return value
+
+    def refresh_due(self, key: str, seconds: float, policy: Policy) -> int | None:
+        """The version of this worker's copy of ``key`` if an eager refresh of it is due (it has
+        less than ``1 - eager_refresh`` of ``seconds`` left to live) and none is running from this
+        client; it then counts as running until :meth:`refreshed`."""
+        eager = policy.eager_refresh
+        if not eager:
+            return None
+        held = self.near.freshness(key)
+        if held is None or held[1] > (1.0 - eager) * seconds:
+            return None
+        with self._state_lock:
+            if key in self._refreshing:
+                return None
+            self._refreshing.add(key)
+        return held[0]
+
+    def refreshed(self, key: str) -> None:
+        """The eager refresh of ``key`` started by this client is over."""
+        with self._state_lock:
+            self._refreshing.discard(key)
 
     def failure(self, exc: BaseException) -> tuple[str, str]:
         """``(type name, message)`` of an exception, for a FAIL request."""
@@ -403,6 +430,8 @@ class ClientCore:
             evictions=l1.get("evictions", 0),
             l2_errors=c.get("l2_errors", 0),
             coordinator_errors=self.counters["coordinator_errors"],
+            stale_served=self.counters["stale_served"],
+            fail_safe_activations=self.counters["fail_safe_activations"],
             mirror_hits=counts[0],
             mirror_misses=counts[1],
             mirror_torn_retries=counts[2],
@@ -422,15 +451,6 @@ def _mirror_counts(mirror: MirrorReader) -> list[int]:
     return [mirror.hits, mirror.misses, mirror.torn_retries]
 
 
-class _Value:
-    """Wraps a value found by a LEASE, to tell it apart from a token."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
 class ClientBase:
     """The constructor both clients share (their parameters are one list).
 
@@ -447,6 +467,10 @@ class ClientBase:
     :param codec: ``"msgpack"`` (default), ``"json"``, ``"pickle"`` or a codec object.
     :param copy_on_read: decode a fresh copy on every near hit.
     :param request_timeout: seconds to wait for a reply (lease waits excepted).
+    :param fail_safe, fail_safe_throttle, soft_timeout, hard_timeout, eager_refresh, jitter,
+        cache_none: the defaults of ``get_or_compute``'s arguments of the same names (see
+        :class:`~mtcache.client.policy.Policy`).
+    :raises TypeError, ValueError: an argument is of the wrong type or out of range.
     """
 
     def __init__(
@@ -462,7 +486,15 @@ class ClientBase:
         codec: str | Codec | None = None,
         copy_on_read: bool = False,
         request_timeout: float = 5.0,
+        fail_safe: float | None = None,
+        fail_safe_throttle: float = 30.0,
+        soft_timeout: float | None = None,
+        hard_timeout: float | None = None,
+        eager_refresh: float | None = None,
+        jitter: float | None = None,
+        cache_none: bool = True,
     ) -> None:
+        policy = Policy(fail_safe, fail_safe_throttle, soft_timeout, hard_timeout, eager_refresh, jitter, cache_none)
         self._core = ClientCore(
             socket_path,
             namespace=namespace,
@@ -474,6 +506,7 @@ class ClientBase:
             codec=codec,
             copy_on_read=copy_on_read,
             request_timeout=request_timeout,
+            policy=policy,
         )
         self._near = self._core.near
         self._closed = False

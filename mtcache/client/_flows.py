@@ -4,9 +4,10 @@ Every flow is a generator of pure logic (sans I/O, as httpcore and h11 do it):
 it yields a :class:`Call` when it needs the coordinator and receives the reply
 (None when the request was not sent: no coordinator answers; :data:`UNKNOWN`
 when it was sent but no reply came, so it may or may not have been carried
-out), or yields :data:`COMPUTE` when it needs the caller's function run and
-receives ``(True, value)`` or ``(False, exception)``. :class:`~mtcache.Client` drives flows with blocking calls and
-:class:`~mtcache.AsyncClient` with ``await``; neither holds logic of its own.
+out), or yields a :class:`Compute` when it needs the caller's function run and
+receives ``(True, value)`` or ``(False, exception)``. :class:`~mtcache.Client`
+drives flows with blocking calls and :class:`~mtcache.AsyncClient` with
+``await``; neither holds logic of its own.
 """
 
 from __future__ import annotations
@@ -15,11 +16,23 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
+from mtcache.errors import CacheTimeout, ComputeError
 from mtcache.protocol import Op, Status
 
 from ._core import MISSING, ClientCore
+from .policy import Policy
 
-__all__ = ["COMPUTE", "UNKNOWN", "Call", "Flow", "compute_flow", "delete_flow", "get_flow", "set_flow"]
+__all__ = [
+    "UNKNOWN",
+    "Call",
+    "Compute",
+    "Flow",
+    "compute_flow",
+    "delete_flow",
+    "get_flow",
+    "refresh_flow",
+    "set_flow",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +57,16 @@ class _Unknown:
 UNKNOWN = _Unknown()
 
 
-class _Compute:
-    """Marker: run the caller's function now."""
+@dataclass(frozen=True, slots=True)
+class Compute:
+    """Run the caller's function now. Past ``hard`` seconds it is abandoned: the flow
+    receives ``(False, CacheTimeout)``. Past ``soft`` seconds (set only when a stale
+    value is at hand) the driver hands ``stale`` to the caller at once and carries the
+    rest of the flow out in the background when the function ends."""
 
-
-COMPUTE = _Compute()
+    soft: float | None = None
+    hard: float | None = None
+    stale: Any = MISSING
 
 Flow = Generator[Any, Any, Any]
 
@@ -96,44 +114,85 @@ def delete_flow(core: ClientCore, key: str) -> Flow:
     return bool(reply[2])
 
 
-def compute_flow(core: ClientCore, key: str, seconds: float, wait: float) -> Flow:
+def compute_flow(core: ClientCore, key: str, seconds: float, wait: float, policy: Policy) -> Flow:
     """After near and mirror missed: the value from the coordinator, or this
     caller computes it under the key's lease and fills it; without a coordinator
-    it computes it alone."""
-    reply = yield Call(Op.LEASE, (key, wait), wait + core.request_timeout)
+    it computes it alone. With fail-safe, a failure of the source (here or in the
+    worker computing it) gives the stale value instead of the error."""
+    reply = yield Call(Op.LEASE, (key, wait, policy.stale_for), wait + core.request_timeout)
     if not isinstance(reply, list):
-        return (yield from _compute_locally(core, key))
-    outcome = core.lease_outcome(key, reply)
-    if not isinstance(outcome, bytes):
-        if outcome.value is not MISSING:
-            return outcome.value
-        return (yield from _compute_locally(core, key))
-    token = outcome
+        return (yield from _compute_locally(core, key, policy))
+    status = reply[1]
+    if status == Status.OK:
+        value = core.accept_value(key, reply[2], reply[3], reply[4])
+        return value if value is not MISSING else (yield from _compute_locally(core, key, policy))
+    stale = core.decode_stale(key, reply[-1])
+    if status == Status.COMPUTE_ERROR:
+        if stale is not MISSING:
+            return core.served_stale(stale)
+        raise ComputeError(key, reply[2], reply[3])
+    if status == Status.TIMEOUT:
+        if stale is not MISSING:
+            return core.served_stale(stale)
+        raise CacheTimeout(f"gave up waiting for another worker to compute {key!r}")
+    return (yield from _compute_and_fill(core, key, reply[2], seconds, policy, stale))
+
+
+def refresh_flow(core: ClientCore, key: str, seconds: float, policy: Policy, version: int) -> Flow:
+    """An eager refresh of ``key`` (its copy at ``version`` is close to going stale): compute it
+    in the background under the key's lease if nobody does already. Returns nothing."""
+    core.counters["eager_refreshes"] += 1
+    reply = yield Call(Op.REFRESH, (key, version, policy.stale_for))
+    if isinstance(reply, list) and reply[1] == Status.GRANTED:
+        yield from _compute_and_fill(core, key, reply[2], seconds, policy, MISSING)
+
+
+def _compute_and_fill(core: ClientCore, key: str, token: bytes, seconds: float, policy: Policy, stale: Any) -> Flow:
     core.counters["computes"] += 1
-    ok, result = yield COMPUTE
+    soft = policy.soft_timeout if stale is not MISSING else None
+    ok, result = yield Compute(soft, policy.hard_timeout, stale)
     if not ok:
-        if isinstance(result, Exception):
-            # every waiter gets the same error
-            yield Call(Op.FAIL, (key, token, *core.failure(result)))
-            raise core.compute_error(key, result) from result
-        # cancelled or interrupted: nothing is wrong with the key, the next waiter
-        # computes it (not waited for: a cancelled caller must not wait on a reply)
-        yield Call(Op.RELEASE, (key, token), reply=False)
-        raise result
+        if not isinstance(result, Exception):
+            # cancelled or interrupted: nothing is wrong with the key, the next waiter
+            # computes it (not waited for: a cancelled caller must not wait on a reply)
+            yield Call(Op.RELEASE, (key, token), reply=False)
+            raise result
+        if stale is not MISSING:
+            # fail-safe: everyone takes the stale value, fresh again for a while
+            yield Call(Op.FAIL, (key, token, *core.failure(result), policy.fail_safe_throttle))
+            core.counters["fail_safe_activations"] += 1
+            return core.served_stale(stale)
+        # every waiter gets the same error
+        yield Call(Op.FAIL, (key, token, *core.failure(result), 0.0))
+        if isinstance(result, CacheTimeout):
+            raise result
+        raise core.compute_error(key, result) from result
     try:
         data = core.encode(result)
     except (TypeError, ValueError) as exc:
-        yield Call(Op.FAIL, (key, token, *core.failure(exc)))
+        yield Call(Op.FAIL, (key, token, *core.failure(exc), 0.0))
         raise
-    core.filled(key, result, data, seconds, (yield Call(Op.FILL, (key, token, data, seconds))))
+    ttl = policy.ttl(seconds)
+    store = result is not None or policy.cache_none
+    reply = yield Call(Op.FILL, (key, token, data, ttl, policy.stale_for, store))
+    if store:
+        core.filled(key, result, data, ttl, reply)
     return result
 
 
-def _compute_locally(core: ClientCore, key: str) -> Flow:
+def _compute_locally(core: ClientCore, key: str, policy: Policy) -> Flow:
     core.counters["local_computes"] += 1
-    ok, result = yield COMPUTE
+    ok, result = yield Compute(None, policy.hard_timeout)
     if ok:
         return result
-    if isinstance(result, Exception):
-        raise core.compute_error(key, result) from result
-    raise result
+    if not isinstance(result, Exception):
+        raise result
+    if policy.explicit_fail_safe and policy.fail_safe:
+        # no coordinator vouches for this copy: served only because this call asked for fail-safe
+        stale = core.near.stale(key, policy.fail_safe)
+        if stale is not MISSING:
+            core.counters["fail_safe_activations"] += 1
+            return core.served_stale(stale)
+    if isinstance(result, CacheTimeout):
+        raise result
+    raise core.compute_error(key, result) from result

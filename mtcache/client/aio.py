@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -18,10 +19,21 @@ from . import _core
 from . import spawn as _spawn
 from . import trust as _trust
 from ._core import MISSING, RETRY, ClientBase
-from ._flows import COMPUTE, UNKNOWN, Flow, compute_flow, delete_flow, get_flow, set_flow
+from ._flows import UNKNOWN, Compute, Flow, compute_flow, delete_flow, get_flow, refresh_flow, set_flow
+from .policy import Policy
 from .streams import AsyncStreams, Entry
 
 __all__ = ["AsyncClient"]
+
+log = logging.getLogger("mtcache.client")
+
+
+async def _call(fn: Callable[[], Any]) -> Any:
+    """``fn()``, awaited if it returns an awaitable."""
+    result = fn()
+    if inspect.isawaitable(result):
+        result = await result
+    return result
 
 T = TypeVar("T")
 
@@ -135,6 +147,8 @@ class AsyncClient(ClientBase):
     callable runs on the loop: keep it quick, or make it a coroutine)."""
 
     def _setup(self) -> None:
+        #: background work (eager refreshes, computations past their soft timeout)
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._conn_obj: _AsyncConn | None = None
         self._connect_lock: asyncio.Lock | None = None
         self._flights: dict[str, asyncio.Future[Any]] = {}
@@ -253,14 +267,37 @@ class AsyncClient(ClientBase):
         strategy: CacheStrategy | None = None,
         ttl: float | timedelta | None = None,
         timeout: float | None = None,
+        fail_safe: float | None = None,
+        fail_safe_throttle: float | None = None,
+        soft_timeout: float | None = None,
+        hard_timeout: float | None = None,
+        eager_refresh: float | None = None,
+        jitter: float | None = None,
+        cache_none: bool | None = None,
     ) -> T:
         """See :meth:`mtcache.Client.get_or_compute`; tasks of this client share one
-        request per key."""
+        request per key. Under a soft or hard timeout ``fn`` runs as a task of its own
+        (cancelled at the hard timeout)."""
         self._check_fork()
         core = self._core
+        policy = core.policy.with_call(
+            fail_safe=fail_safe, fail_safe_throttle=fail_safe_throttle, soft_timeout=soft_timeout,
+            hard_timeout=hard_timeout, eager_refresh=eager_refresh, jitter=jitter, cache_none=cache_none,
+        )
         key, seconds, wait, value = core.begin_compute(key, fn, strategy, ttl, timeout)
-        if value is not MISSING:
-            return value
+        if value is MISSING:
+            value = await self._get_or_compute(key, fn, seconds, wait, policy)
+        if policy.eager_refresh:
+            version = core.refresh_due(key, seconds, policy)
+            if version is not None:
+                self._background(self._refresh(key, fn, seconds, policy, version))
+        return value
+
+    async def _get_or_compute(
+        self, key: str, fn: Callable[[], Any], seconds: float, wait: float, policy: Policy
+    ) -> Any:
+        """After near and mirror missed: one request per key for this client's tasks."""
+        core = self._core
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while (flight := self._flights.get(key)) is not None:
@@ -274,7 +311,8 @@ class AsyncClient(ClientBase):
             # the task computing it was cancelled, not this one: try again
         flight = self._flights[key] = loop.create_future()
         try:
-            value = await self._drive(compute_flow(core, key, seconds, max(0.001, deadline - loop.time())), fn)
+            flow = compute_flow(core, key, seconds, max(0.001, deadline - loop.time()), policy)
+            value = await self._drive(flow, fn)
         except BaseException as exc:
             if isinstance(exc, Exception):
                 flight.set_exception(exc)
@@ -288,26 +326,82 @@ class AsyncClient(ClientBase):
         finally:
             self._flights.pop(key, None)
 
-    async def _drive(self, flow: Flow, fn: Callable[[], Any] | None = None) -> Any:
-        """Carry a flow out (see :mod:`mtcache.client._flows`): requests are
-        awaited, ``fn`` is called and awaited if it returns an awaitable."""
-        sent: Any = None
+    def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _refresh(self, key: str, fn: Callable[[], Any], seconds: float, policy: Policy, version: int) -> None:
+        """An eager refresh, as a task of its own (see :func:`refresh_flow`)."""
+        try:
+            await self._drive(refresh_flow(self._core, key, seconds, policy, version), fn)
+        except Exception as exc:  # a failed refresh changes nothing: the current value stays
+            log.debug("mtcache: the eager refresh of %r failed: %s", key, exc)
+        finally:
+            self._core.refreshed(key)
+
+    async def _drive(self, flow: Flow, fn: Callable[[], Any] | None = None, sent: Any = None) -> Any:
+        """Carry a flow out (see :mod:`mtcache.client._flows`): requests are awaited,
+        ``fn`` is called and awaited if it returns an awaitable (as a task of its own
+        under a soft or hard timeout). ``sent``: what the flow's current step receives."""
         while True:
             try:
                 step = flow.send(sent)
             except StopIteration as stop:
                 return stop.value
-            if step is COMPUTE:
+            if isinstance(step, Compute):
                 assert fn is not None
-                try:
-                    result = fn()
-                    if inspect.isawaitable(result):
-                        result = await result
-                    sent = (True, result)
-                except BaseException as exc:  # also a cancel: the flow frees the lease, then re-raises
-                    sent = (False, exc)
+                sent = await self._compute(step, fn)
+                if isinstance(sent, asyncio.Task):
+                    # past the soft timeout: the caller takes the stale value now, and the
+                    # computation's end (its fill) is carried out in the background
+                    self._background(self._finish(flow, sent, step))
+                    return self._core.served_stale(step.stale)
             else:
                 sent = await self._request(step.op, *step.args, timeout=step.timeout, reply=step.reply)
+
+    @staticmethod
+    async def _compute(step: Compute, fn: Callable[[], Any]) -> tuple[bool, Any] | asyncio.Task[Any]:
+        """Run ``fn`` as ``step`` says: ``(True, value)``, ``(False, exception)``, or, past a
+        soft timeout, the task still computing."""
+        if step.soft is None and step.hard is None:
+            try:
+                return True, await _call(fn)
+            except BaseException as exc:  # also a cancel: the flow frees the lease, then re-raises
+                return False, exc
+        task = asyncio.get_running_loop().create_task(_call(fn))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=step.soft if step.soft is not None else step.hard)
+        except BaseException as exc:  # this caller was cancelled: so is its computation
+            task.cancel()
+            return False, exc
+        if done:
+            try:
+                return True, task.result()
+            except BaseException as exc:
+                return False, exc
+        if step.soft is not None:
+            return task
+        task.cancel()
+        return False, CacheTimeout(f"the computation passed its hard timeout of {step.hard:g}s and was abandoned")
+
+    async def _finish(self, flow: Flow, task: asyncio.Task[Any], step: Compute) -> None:
+        """The rest of a flow whose caller took a stale value at the soft timeout: wait for the
+        computation (up to the hard timeout), then fill."""
+        limit = None if step.hard is None or step.soft is None else step.hard - step.soft
+        done, _ = await asyncio.wait({task}, timeout=limit)
+        if not done:
+            task.cancel()
+            sent: tuple[bool, Any] = False, CacheTimeout("the computation passed its hard timeout and was abandoned")
+        else:
+            try:
+                sent = True, task.result()
+            except BaseException as exc:
+                sent = False, exc
+        try:
+            await self._drive(flow, None, sent)
+        except Exception as exc:  # its caller has its value already
+            log.debug("mtcache: a computation finished in the background failed: %s", exc)
 
     async def clear(self) -> None:
         """See :meth:`mtcache.Client.clear`."""
@@ -399,7 +493,10 @@ class AsyncClient(ClientBase):
         return self.streams.subscribe(stream, last_id=last_id, group=group, consumer=consumer, raw=raw, decode=decode)
 
     async def close(self) -> None:
-        """Close the connection. Safe to call twice."""
+        """Cancel background work and close the connection. Safe to call twice."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._closed = True
         if self._streams is not None:
             await self._streams.aclose()

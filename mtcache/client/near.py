@@ -28,7 +28,12 @@ _MISSING = object()
 
 
 class NearCache:
-    """Thread-safe LRU of ``key -> (value, slot, version, expires_at, size)``.
+    """Thread-safe LRU of ``key -> (value, slot, version, expires_at, size, fresh_until)``.
+
+    A copy is served while its counter is unchanged, its coordinator beats, and it is
+    younger than its expiry (its TTL capped by the max age). A copy whose counter moved
+    is dropped at once; one that only aged or lost its coordinator is kept (until the
+    LRU pushes it out) for :meth:`stale`, the fail-safe of a caller that asks for it.
 
     ``decode`` is used only with ``copy_on_read``.
     """
@@ -60,7 +65,7 @@ class NearCache:
         self._decode = decode
         self._clock = clock
         self._lock = threading.Lock()
-        self._data: OrderedDict[str, tuple[Any, int, int, float, int]] = OrderedDict()
+        self._data: OrderedDict[str, tuple[Any, int, int, float, int, float]] = OrderedDict()
         self._bytes = 0
         self.table: VersionTable | None = None
         self.hits = 0
@@ -72,7 +77,8 @@ class NearCache:
         return self.capacity > 0 and self.max_bytes > 0 and self.max_age > 0
 
     def get(self, key: str) -> Any:
-        """The held value, or :attr:`MISSING` (absent, too old, or changed since).
+        """The held value, or :attr:`MISSING` (absent, too old, changed since, or its
+        coordinator stopped beating).
 
         :raises TypeError: ``key`` is unhashable.
         """
@@ -83,7 +89,7 @@ class NearCache:
         with self._lock:
             item = self._data.get(key)
             if item is not None:
-                value, slot, version, expires_at, size = item
+                value, slot, version, expires_at, size, _ = item
                 if table is not None and table.counters[slot] == version:
                     now = self._clock()
                     # and the coordinator still beats: a dead one's counters never move again
@@ -91,10 +97,33 @@ class NearCache:
                         self._data.move_to_end(key)
                         self.hits += 1
                         return self._decode(value) if self.copy_on_read else value  # type: ignore[misc]
-                del self._data[key]
-                self._bytes -= size
+                else:  # a write replaced it: never serve it again, not even as a fallback
+                    del self._data[key]
+                    self._bytes -= size
             self.misses += 1
             return _MISSING
+
+    def freshness(self, key: str) -> tuple[int, float] | None:
+        """``(version, seconds until it goes stale)`` of the held copy of ``key`` (its
+        value's TTL, not the near cache's max age), or None if none is held."""
+        with self._lock:
+            item = self._data.get(key)
+        return None if item is None else (item[2], item[5] - self._clock())
+
+    def stale(self, key: str, max_age: float) -> Any:
+        """A held copy of ``key`` that went stale at most ``max_age`` seconds ago and that
+        no write has replaced since (its counter, as this worker last saw the table, did
+        not move), whatever its coordinator's state; else :attr:`MISSING`. The fail-safe
+        of a caller whose source failed while no coordinator answers."""
+        table = self.table
+        with self._lock:
+            item = self._data.get(key)
+            if item is None or table is None:
+                return _MISSING
+            value, slot, version, _, _, fresh_until = item
+            if table.counters[slot] != version or self._clock() - fresh_until > max_age:
+                return _MISSING
+        return self._decode(value) if self.copy_on_read else value  # type: ignore[misc]
 
     def put(self, key: str, value: Any, encoded: bytes, version: int, ttl: float) -> None:
         """Hold ``value`` (``encoded`` is its encoding, for size and copy-on-read),
@@ -106,13 +135,14 @@ class NearCache:
         size = len(encoded) + len(key)
         if size > self.max_bytes:
             return
-        expires_at = self._clock() + min(ttl, self.max_age)
+        now = self._clock()
+        expires_at = now + min(ttl, self.max_age)
         held = encoded if self.copy_on_read else value
         with self._lock:
             old = self._data.pop(key, None)
             if old is not None:
                 self._bytes -= old[4]
-            self._data[key] = (held, table.slot(key), version, expires_at, size)
+            self._data[key] = (held, table.slot(key), version, expires_at, size, now + ttl)
             self._bytes += size
             while len(self._data) > self.capacity or self._bytes > self.max_bytes:
                 _, evicted = self._data.popitem(last=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -20,14 +21,41 @@ from . import _core
 from . import spawn as _spawn
 from . import trust as _trust
 from ._core import MISSING, RETRY, ClientBase
-from ._flows import COMPUTE, UNKNOWN, Flow, compute_flow, delete_flow, get_flow, set_flow
+from ._flows import UNKNOWN, Compute, Flow, compute_flow, delete_flow, get_flow, refresh_flow, set_flow
+from .policy import Policy
 from .streams import Entry, Streams
 
 __all__ = ["Client"]
 
+log = logging.getLogger("mtcache.client")
+
 
 def _never() -> bool:
     return False
+
+
+class _Later:
+    """A computation still running past its soft timeout, and how much longer it may run."""
+
+    __slots__ = ("future", "hard")
+
+    def __init__(self, future: concurrent.futures.Future[Any], hard: float | None) -> None:
+        self.future, self.hard = future, hard
+
+
+def _background(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+    """Run ``fn(*args)`` in a daemon thread (an abandoned computation must not keep the
+    process from exiting); its outcome in a future."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="mtcache-compute", daemon=True).start()
+    return future
 
 
 T = TypeVar("T")
@@ -233,6 +261,13 @@ class Client(ClientBase):
         strategy: CacheStrategy | None = None,
         ttl: float | timedelta | None = None,
         timeout: float | None = None,
+        fail_safe: float | None = None,
+        fail_safe_throttle: float | None = None,
+        soft_timeout: float | None = None,
+        hard_timeout: float | None = None,
+        eager_refresh: float | None = None,
+        jitter: float | None = None,
+        cache_none: bool | None = None,
     ) -> T:
         """The cached value of ``key``; on a miss, ``fn()`` computed exactly once per
         key across every worker of the host (threads of this process share one
@@ -240,16 +275,34 @@ class Client(ClientBase):
 
         :param timeout: longest wait for another caller's computation (default
             twice the lease TTL). A holder that dies passes the lease on first.
-        :raises ComputeError: ``fn`` raised, here or in the worker computing it;
-            nothing was cached.
-        :raises CacheTimeout: the wait passed ``timeout``.
+        :param fail_safe, fail_safe_throttle, soft_timeout, hard_timeout, eager_refresh, jitter,
+            cache_none: what to do when the source fails or is slow (see
+            :class:`~mtcache.client.policy.Policy`); None: the client's default. With a soft or
+            hard timeout, ``fn`` runs in a thread of its own (the caller's thread waits for it).
+        :raises ComputeError: ``fn`` raised, here or in the worker computing it, and no
+            stale value could stand in (fail-safe); nothing was cached.
+        :raises CacheTimeout: the wait passed ``timeout``, or ``fn`` passed ``hard_timeout``,
+            and no stale value could stand in.
         :raises TypeError: ``fn`` is not callable or its value cannot be encoded.
         """
         self._check_fork()
         core = self._core
+        policy = core.policy.with_call(
+            fail_safe=fail_safe, fail_safe_throttle=fail_safe_throttle, soft_timeout=soft_timeout,
+            hard_timeout=hard_timeout, eager_refresh=eager_refresh, jitter=jitter, cache_none=cache_none,
+        )
         key, seconds, wait, value = core.begin_compute(key, fn, strategy, ttl, timeout)
-        if value is not MISSING:
-            return value
+        if value is MISSING:
+            value = self._get_or_compute(key, fn, seconds, wait, policy)
+        if policy.eager_refresh:
+            version = core.refresh_due(key, seconds, policy)
+            if version is not None:
+                _background(self._refresh, key, fn, seconds, policy, version)
+        return value
+
+    def _get_or_compute(self, key: str, fn: Callable[[], Any], seconds: float, wait: float, policy: Policy) -> Any:
+        """After near and mirror missed: one request per key for this client's threads."""
+        core = self._core
         deadline = time.monotonic() + wait
         while True:
             with self._lock:
@@ -266,7 +319,8 @@ class Client(ClientBase):
                 return value
             # the thread computing it was interrupted, not this one: try again
         try:
-            value = self._drive(compute_flow(core, key, seconds, max(0.001, deadline - time.monotonic())), fn)
+            flow = compute_flow(core, key, seconds, max(0.001, deadline - time.monotonic()), policy)
+            value = self._drive(flow, fn)
         except BaseException as exc:
             if isinstance(exc, Exception):
                 flight.set_exception(exc)
@@ -280,23 +334,68 @@ class Client(ClientBase):
             with self._lock:
                 self._flights.pop(key, None)
 
-    def _drive(self, flow: Flow, fn: Callable[[], Any] | None = None) -> Any:
-        """Carry a flow out (see :mod:`mtcache.client._flows`): requests block,
-        ``fn`` runs here."""
-        sent: Any = None
+    def _refresh(self, key: str, fn: Callable[[], Any], seconds: float, policy: Policy, version: int) -> None:
+        """An eager refresh, in a background thread (see :func:`refresh_flow`)."""
+        try:
+            self._drive(refresh_flow(self._core, key, seconds, policy, version), fn)
+        except Exception as exc:  # a failed refresh changes nothing: the current value stays
+            log.debug("mtcache: the eager refresh of %r failed: %s", key, exc)
+        finally:
+            self._core.refreshed(key)
+
+    def _drive(self, flow: Flow, fn: Callable[[], Any] | None = None, sent: Any = None) -> Any:
+        """Carry a flow out (see :mod:`mtcache.client._flows`): requests block, ``fn``
+        runs here (in a thread of its own under a soft or hard timeout). ``sent``: what
+        the flow's current step receives (to carry on a flow already started)."""
         while True:
             try:
                 step = flow.send(sent)
             except StopIteration as stop:
                 return stop.value
-            if step is COMPUTE:
+            if isinstance(step, Compute):
                 assert fn is not None
-                try:
-                    sent = (True, fn())
-                except BaseException as exc:  # the flow frees the lease, then re-raises
-                    sent = (False, exc)
+                sent = self._compute(step, fn)
+                if isinstance(sent, _Later):
+                    # past the soft timeout: the caller takes the stale value now, and the
+                    # computation's end (its fill) is carried out in the background
+                    _background(self._finish, flow, sent)
+                    return self._core.served_stale(step.stale)
             else:
                 sent = self._request(step.op, *step.args, timeout=step.timeout, reply=step.reply)
+
+    @staticmethod
+    def _compute(step: Compute, fn: Callable[[], Any]) -> tuple[bool, Any] | _Later:
+        """Run ``fn`` as ``step`` says: ``(True, value)``, ``(False, exception)``, or, past a
+        soft timeout, the computation still running."""
+        if step.soft is None and step.hard is None:
+            try:
+                return True, fn()
+            except BaseException as exc:  # the flow frees the lease, then re-raises
+                return False, exc
+        future = _background(fn)
+        try:
+            return True, future.result(timeout=step.soft if step.soft is not None else step.hard)
+        except concurrent.futures.TimeoutError:
+            pass
+        except BaseException as exc:
+            return False, exc
+        if step.soft is not None:
+            return _Later(future, None if step.hard is None else step.hard - step.soft)
+        return False, CacheTimeout(f"the computation passed its hard timeout of {step.hard:g}s and was abandoned")
+
+    def _finish(self, flow: Flow, later: _Later) -> None:
+        """The rest of a flow whose caller took a stale value at the soft timeout (in a
+        background thread): wait for the computation (up to the hard timeout), then fill."""
+        try:
+            sent: tuple[bool, Any] = True, later.future.result(timeout=later.hard)
+        except concurrent.futures.TimeoutError:
+            sent = False, CacheTimeout("the computation passed its hard timeout and was abandoned")
+        except BaseException as exc:
+            sent = False, exc
+        try:
+            self._drive(flow, None, sent)
+        except Exception as exc:  # its caller has its value already
+            log.debug("mtcache: a computation finished in the background failed: %s", exc)
 
     def clear(self) -> None:
         """Empty this namespace in every tier (this host's L1 and Redis)."""

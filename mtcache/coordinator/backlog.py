@@ -40,6 +40,8 @@ class Write:
     ttl: float
     stamp: int
     clear: bool = False
+    #: seconds the value is kept past ``ttl`` for fail-safe
+    stale_for: float = 0.0
 
     @property
     def nbytes(self) -> int:

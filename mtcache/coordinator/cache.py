@@ -24,7 +24,7 @@ from mtcache.config import Settings
 from mtcache.coordinator.backlog import Write, WriteBacklog
 from mtcache.coordinator.invalidation import BLOCK_MS, InvalidationStream, new_origin
 from mtcache.coordinator.l2 import Envelope, L2Tier, WriteResult
-from mtcache.coordinator.leases import DistributedLeases, LeaseRegistry
+from mtcache.coordinator.leases import DistributedLeases, Lease, LeaseRegistry
 from mtcache.coordinator.local import LocalTier
 from mtcache.coordinator.stamps import HybridClock, stamp_ms
 from mtcache.coordinator.writes import WriteQueue
@@ -104,7 +104,7 @@ class CacheEngine:
             ("l2_hits", "l2_misses", "promotions", "l2_errors", "l2_skipped", "sets", "deletes", "clears",
              "fills", "fills_discarded", "fills_late", "compute_errors", "lease_releases", "lease_timeouts",
              "cross_host_lease_waits", "redis_leases_taken", "staleness_drops", "backlog_replayed",
-             "writes_superseded", "backlog_overflows", "redis_leases_lost"),
+             "writes_superseded", "backlog_overflows", "redis_leases_lost", "fail_safe_activations"),
             0,
         )
 
@@ -260,7 +260,7 @@ class CacheEngine:
             return None
 
         def build(pipe: Any) -> None:
-            l2.queue_write(pipe, write.key, write.value, write.ttl, write.stamp)
+            l2.queue_write(pipe, write.key, write.value, write.ttl, write.stamp, stale_for=write.stale_for)
             if publish is not None:
                 self._publish(pipe, publish, write.key, write.stamp)
             if extra is not None:
@@ -366,23 +366,33 @@ class CacheEngine:
             return None
         return [Status.OK, hit.value, hit.version, hit.ttl]
 
-    def _usable(self, env: Envelope | None, count_miss: bool) -> tuple[bytes, float, int] | None:
+    def _usable(self, env: Envelope | None, count_miss: bool) -> tuple[bytes, float, int, float] | None:
+        """``(value, fresh seconds left, stamp, seconds kept stale after that)`` of a record a reader may
+        take into L1: fresh, or stale but still kept for fail-safe (fresh seconds left <= 0); None for
+        anything else."""
         if env is not None:
             self.clock.observe(env.stamp)
         if env is None or env.tombstone or env.stamp <= self.floor:
             self.counters["l2_misses"] += count_miss
             return None
-        ttl = env.logical_expiry_ms / 1000.0 - time.time()
-        if ttl <= 0:
+        now = time.time()
+        ttl = env.logical_expiry_ms / 1000.0 - now
+        stale_for = max(0.0, env.stale_until_ms / 1000.0 - max(now, env.logical_expiry_ms / 1000.0))
+        if ttl <= 0 and stale_for <= 0:
             self.counters["l2_misses"] += count_miss
             return None
-        self.counters["l2_hits"] += 1
-        return env.value, ttl, env.stamp
+        if ttl > 0:
+            self.counters["l2_hits"] += 1
+        else:
+            self.counters["l2_misses"] += count_miss
+        return env.value, ttl, env.stamp, stale_for
 
     async def _read_l2(self, key: str, *, recheck: bool = False) -> Reply | None:
         """Read ``key`` from L2 and promote it into L1 if no write raced the read.
         A ``recheck`` (looking again for a key already counted as a miss, while
-        waiting for another host) counts its hit but not its miss.
+        waiting for another host) counts its hit but not its miss. A stale record
+        still kept for fail-safe is promoted as stale (for a caller whose source
+        fails) and reads as a miss.
 
         Returns the reply for a hit, None for a miss. If a set or delete of the key
         happened while the read was in flight, the L1 state (newer) wins.
@@ -399,8 +409,12 @@ class CacheEngine:
             return None
         if self.local.version_of(key) != before:
             return self.get_l1(key)
-        value, ttl, stamp = found
-        version = self.local.put(key, value, ttl, stamp)
+        value, ttl, stamp, stale_for = found
+        if ttl <= 0:
+            if self.local.stamp_of(key) is None:
+                self.local.put(key, value, 0.0, stamp, stale_for)
+            return None
+        version = self.local.put(key, value, ttl, stamp, stale_for)
         self.counters["promotions"] += 1
         return [Status.OK, value, version, ttl]
 
@@ -461,9 +475,57 @@ class CacheEngine:
 
     # -- leases -------------------------------------------------------------
 
-    async def lease_miss(self, holder: Hashable, key: str, wait: float) -> Reply:
+    async def lease_miss(self, holder: Hashable, key: str, wait: float, fail_safe: float = 0.0) -> Reply:
         """After an L1 miss (see :meth:`get_l1`): take the key's lease (and read L2
-        as its holder, so one L2 read serves every waiter) or wait for its holder."""
+        as its holder, so one L2 read serves every waiter) or wait for its holder.
+        A GRANTED, COMPUTE_ERROR or TIMEOUT reply carries the key's stale value if
+        it went stale at most ``fail_safe`` seconds ago (else nil)."""
+        reply = await self._lease(holder, key, wait)
+        if reply[0] in (Status.GRANTED, Status.COMPUTE_ERROR, Status.TIMEOUT):
+            reply.append(self._stale(key, fail_safe))
+        return reply
+
+    def _stale(self, key: str, fail_safe: float) -> bytes | None:
+        hit = self.local.stale(key, fail_safe) if fail_safe > 0 else None
+        return None if hit is None else hit.value
+
+    async def refresh(self, holder: Hashable, key: str, version: int, fail_safe: float) -> Reply:
+        """Eager refresh of ``key`` (its caller saw it at ``version``, close to going stale): never
+        waits. GRANTED (with the current value as ``stale``) if this caller may compute it now, under
+        the key's lease on every host; OK with the current value if it was refreshed (or written)
+        meanwhile; BUSY if someone computes it already."""
+        hit = self.local.get(key)
+        if hit is not None and hit.version != version:
+            return [Status.OK, hit.value, hit.version, hit.ttl]
+        token = self.leases.try_acquire(key, holder)
+        if token is None:
+            return [Status.BUSY]
+        held = self.local.stamp_of(key)
+        dist = self.dist
+        for taken in (False, True):
+            # before the cross-host lease, and once more after it: another host may have refreshed
+            # and released it between our look at L2 and our take
+            reply = await self._read_l2(key, recheck=True) if held is None else await self._newer_in_l2(key, held)
+            if reply is not None:  # another host refreshed it already
+                self.leases.finish(key, token, ("value", *reply[1:]))
+                return reply
+            if taken or dist is None:
+                break
+            if await self._l2(lambda _l2: dist.take(key)) is False:
+                self.leases.pass_on(key, token)  # another host refreshes it
+                return [Status.BUSY]
+        return [*self._grant(key, token), hit.value if hit is not None else self._stale(key, fail_safe)]
+
+    async def _newer_in_l2(self, key: str, held: int) -> Reply | None:
+        """The reply for a fresh record of ``key`` in L2 newer than the stamp ``held`` (promoted), or None."""
+        if self.l2 is None or not self.l2_up or self.backlog.covers(key):
+            return None
+        env = await self._l2(lambda l2: l2.get(key))
+        if env is None or env.stamp <= held:
+            return None
+        return await self._read_l2(key, recheck=True)
+
+    async def _lease(self, holder: Hashable, key: str, wait: float) -> Reply:
         deadline = time.monotonic() + wait
         held = self.leases.get(key)
         if held is not None and held.holder is holder:
@@ -576,16 +638,26 @@ class CacheEngine:
         dist.held.discard(key)
         self._spawn(self._l2(lambda _l2: dist.release(key)))
 
-    async def fill(self, key: str, token: bytes, value: bytes, ttl: float) -> Reply:
+    async def fill(
+        self, key: str, token: bytes, value: bytes, ttl: float, stale_for: float = 0.0, store: bool = True
+    ) -> Reply:
         """A lease holder's computed value. Stored in L1 if the key's version did not
         move since the lease was granted (else a newer write wins), and in L2 with the
         stamp of the grant (so any write made after the grant, on any host, beats it);
-        handed to every waiter. A fill that arrives after its lease passed on is
-        accepted on the same terms."""
+        kept ``stale_for`` seconds past ``ttl`` for fail-safe; handed to every waiter.
+        A fill that arrives after its lease passed on is accepted on the same terms.
+        With ``store`` false the value only goes to the waiters (a result the caller
+        does not want cached)."""
         self.counters["fills"] += 1
         grant = self.leases.grant_of(token)
         lease = self.leases.get(key)
         current = lease is not None and lease.token == token
+        if not store:
+            self.leases.forget_grant(token)
+            if current:
+                # the waiters take it, but keep no copy of it (a TTL of zero)
+                self.leases.finish(key, token, ("value", value, self.local.version_of(key), 0.0))
+            return [Status.OK, self.local.version_of(key), False]
         if grant is None or grant.key != key or grant.version != self.local.version_of(key):
             self.counters["fills_discarded"] += 1
             if current:
@@ -599,16 +671,21 @@ class CacheEngine:
             self.leases.forget_grant(token)
             return [Status.OK, self.local.version_of(key), False]
         self.leases.forget_grant(token)
-        version = self.local.put(key, value, ttl, grant.stamp)
         if not current:
             self.counters["fills_late"] += 1
+        return await self._store_fill(key, value, ttl, grant.stamp, stale_for, lease)
+
+    async def _store_fill(self, key: str, value: bytes, ttl: float, stamp: int, stale_for: float,
+                          lease: Lease | None) -> Reply:
+        """Store a computed value (see :meth:`fill`) and end ``key``'s lease with it."""
+        version = self.local.put(key, value, ttl, stamp, stale_for)
         dist = self.dist
         cross_host = dist is not None and key in dist.held
         if dist is not None:
             dist.held.discard(key)  # released with the write below (so the lease's end does not)
         if lease is not None:  # its waiters (and a later holder's) take this value
             self.leases.finish(key, lease.token, ("value", value, version, ttl))
-        age = time.time() - stamp_ms(grant.stamp) / 1000
+        age = time.time() - stamp_ms(stamp) / 1000
         if age >= self.settings.tombstone_ttl - self.settings.staleness_bound:
             # a tombstone of a delete made since the grant may be gone from Redis: L1 only
             if cross_host:
@@ -619,20 +696,31 @@ class CacheEngine:
             if cross_host and dist is not None:
                 dist.queue_release(pipe, key)
 
-        result = await self._write(Write(key, value, min(ttl, self.settings.l2_ttl), grant.stamp),
+        result = await self._write(Write(key, value, min(ttl, self.settings.l2_ttl), stamp, stale_for=stale_for),
                                    publish="fill" if cross_host else None, extra=release, keep=False)
         if result is not None and result <= WriteResult.OLDER:
             # a newer write reached Redis first (another host's set, a delete, a clear)
             self.counters["fills_discarded"] += 1
-            self.local.drop_if(key, grant.stamp)
+            self.local.drop_if(key, stamp)
             return [Status.OK, self.local.version_of(key), False]
         return [Status.OK, version, True]
 
-    def fail(self, key: str, token: bytes, exc_type: str, message: str) -> Reply:
-        """The holder's function raised: every waiter gets the error; nothing is cached."""
-        self.counters["compute_errors"] += 1
+    async def fail(self, key: str, token: bytes, exc_type: str, message: str, throttle: float = 0.0) -> Reply:
+        """The holder's function raised. Without ``throttle``, every waiter gets the error and
+        nothing is cached. With it (fail-safe), the holder serves the stale value instead, and so does
+        everyone: the stale value is made fresh again for ``throttle`` seconds, on every tier, so the
+        failing source is not asked again meanwhile."""
+        grant = self.leases.grant_of(token)
         self.leases.forget_grant(token)
-        self.leases.finish(key, token, ("error", exc_type, message))
+        stale = self.local.stale(key, float("inf")) if throttle > 0 else None
+        lease = self.leases.get(key)
+        if stale is None or grant is None or grant.key != key or lease is None or lease.token != token:
+            self.counters["compute_errors"] += 1
+            self.leases.finish(key, token, ("error", exc_type, message))
+            return [Status.OK]
+        self.counters["fail_safe_activations"] += 1
+        kept = max(0.0, (self.local.store.remaining_ttl(key) or 0.0))
+        await self._store_fill(key, stale.value, throttle, grant.stamp, kept, lease)
         return [Status.OK]
 
     def release(self, key: str, token: bytes) -> Reply:

@@ -87,6 +87,9 @@ class Envelope(NamedTuple):
     stamp: int = 0
     #: a delete: read as a miss by every tier, kept so that older writes cannot land after it
     tombstone: bool = False
+    #: epoch milliseconds until which a logically expired value may still be served when its source fails
+    #: (fail-safe); 0: not past its logical expiry
+    stale_until_ms: int = 0
 
 
 def _is_int(obj: object) -> bool:
@@ -96,26 +99,27 @@ def _is_int(obj: object) -> bool:
 def encode_envelope(env: Envelope) -> bytes:
     """Encode ``env`` as a record: its kind (``V`` value, ``T`` tombstone) and its stamp in 26 ASCII digits
     (the header the Lua scripts read with ``GETRANGE``), then msgpack ``[format_version, logical_expiry_ms,
-    value, list(tags)]``.
+    value, list(tags), stale_until_ms]``.
 
     :raises TypeError: ``env`` is not an :class:`Envelope` or a field has the wrong type.
     :raises ValueError: the format version is not :data:`FORMAT_VERSION`, or the expiry or stamp is out of range.
     """
     if not isinstance(env, Envelope):
         raise TypeError(f"expected an Envelope, got {type(env).__name__}")
-    if not _is_int(env.format_version) or not _is_int(env.logical_expiry_ms) or not _is_int(env.stamp):
-        raise TypeError("Envelope.format_version, logical_expiry_ms and stamp must be int")
+    if not all(_is_int(n) for n in (env.format_version, env.logical_expiry_ms, env.stamp, env.stale_until_ms)):
+        raise TypeError("Envelope.format_version, logical_expiry_ms, stamp and stale_until_ms must be int")
     if env.format_version != FORMAT_VERSION:
         raise ValueError(f"Envelope.format_version is {env.format_version}; this build writes {FORMAT_VERSION}")
-    if not 0 <= env.logical_expiry_ms < _MAX_EXPIRY_MS:
-        raise ValueError(f"Envelope.logical_expiry_ms {env.logical_expiry_ms} is out of range")
+    if not 0 <= env.logical_expiry_ms < _MAX_EXPIRY_MS or not 0 <= env.stale_until_ms < _MAX_EXPIRY_MS:
+        raise ValueError(f"Envelope.logical_expiry_ms {env.logical_expiry_ms} or stale_until_ms is out of range")
     if not isinstance(env.value, bytes):
         raise TypeError(f"Envelope.value must be bytes, got {type(env.value).__name__}")
     if not isinstance(env.tags, tuple) or not all(isinstance(t, str) for t in env.tags):
         raise TypeError("Envelope.tags must be a tuple of str")
     header = (b"T" if env.tombstone else b"V") + format_stamp(env.stamp)
     return header + msgpack.packb(
-        [env.format_version, env.logical_expiry_ms, env.value, list(env.tags)], use_bin_type=True
+        [env.format_version, env.logical_expiry_ms, env.value, list(env.tags), env.stale_until_ms],
+        use_bin_type=True,
     )
 
 
@@ -139,19 +143,21 @@ def decode_envelope(data: bytes) -> Envelope:
         obj = msgpack.unpackb(data[HEADER_BYTES:], raw=False, strict_map_key=True)
     except (ValueError, msgpack.UnpackException) as exc:
         raise ValueError(f"malformed L2 envelope: not msgpack ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(obj, list) or len(obj) != 4:
-        raise ValueError(f"malformed L2 envelope: expected an array of 4 items, got {type(obj).__name__}")
-    version, expiry, value, tags = obj
+    if not isinstance(obj, list) or len(obj) != 5:
+        raise ValueError(f"malformed L2 envelope: expected an array of 5 items, got {type(obj).__name__}")
+    version, expiry, value, tags, stale_until = obj
     if not _is_int(version) or version != FORMAT_VERSION:
         shown = version if _is_int(version) else type(version).__name__
         raise ValueError(f"L2 envelope has format version {shown}; this build reads {FORMAT_VERSION}")
     if not _is_int(expiry) or not 0 <= expiry < _MAX_EXPIRY_MS:
         raise ValueError("malformed L2 envelope: logical expiry is not a non-negative 64-bit integer")
+    if not _is_int(stale_until) or not 0 <= stale_until < _MAX_EXPIRY_MS:
+        raise ValueError("malformed L2 envelope: the fail-safe limit is not a non-negative 64-bit integer")
     if not isinstance(value, bytes):
         raise ValueError(f"malformed L2 envelope: value is {type(value).__name__}, not bytes")
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise ValueError("malformed L2 envelope: tags are not an array of strings")
-    return Envelope(version, expiry, value, tuple(tags), stamp, kind == b"T")
+    return Envelope(version, expiry, value, tuple(tags), stamp, kind == b"T", stale_until)
 
 
 def key_prefix(namespace: str) -> str:
@@ -409,27 +415,36 @@ class L2Tier:
 
     # -- writes -----------------------------------------------------------------
 
-    def record(self, value: bytes | None, ttl: float, stamp: int, tags: Sequence[str] = ()) -> tuple[bytes, int]:
-        """The record of a write (``value`` None: a tombstone) and its physical TTL in ms.
+    def record(
+        self, value: bytes | None, ttl: float, stamp: int, tags: Sequence[str] = (), stale_for: float = 0.0
+    ) -> tuple[bytes, int]:
+        """The record of a write (``value`` None: a tombstone) and its physical TTL in ms: ``ttl`` plus
+        ``stale_for``, the seconds its value may still be served after ``ttl`` when its source fails.
 
-        :raises TypeError, ValueError: an argument is invalid (``value`` must be bytes, ``ttl`` positive finite).
+        :raises TypeError, ValueError: an argument is invalid (``value`` must be bytes, ``ttl`` positive finite,
+            ``stale_for`` non-negative).
         """
         if value is not None and not isinstance(value, bytes):
             raise TypeError(f"value must be bytes (the encoded value), got {type(value).__name__}")
         ttl_ms = max(1, round(_check_seconds("ttl", ttl) * 1000))
+        stale_ms = round(stale_for * 1000) if stale_for else 0
+        if stale_ms < 0:
+            raise ValueError(f"stale_for must not be negative, got {stale_for!r}")
         expiry_ms = time.time_ns() // 1_000_000 + ttl_ms
-        if expiry_ms >= _MAX_EXPIRY_MS:
+        if expiry_ms + stale_ms >= _MAX_EXPIRY_MS:
             raise ValueError(f"ttl {ttl!r} s is too long")
-        env = Envelope(FORMAT_VERSION, expiry_ms, value or b"", _check_tags(tags), stamp, value is None)
-        return encode_envelope(env), ttl_ms
+        env = Envelope(FORMAT_VERSION, expiry_ms, value or b"", _check_tags(tags), stamp, value is None,
+                       expiry_ms + stale_ms if stale_ms else 0)
+        return encode_envelope(env), ttl_ms + stale_ms
 
     def queue_write(
-        self, pipe: Pipeline, key: str, value: bytes | None, ttl: float, stamp: int, tags: Sequence[str] = ()
+        self, pipe: Pipeline, key: str, value: bytes | None, ttl: float, stamp: int, tags: Sequence[str] = (),
+        stale_for: float = 0.0,
     ) -> None:
         """Queue the conditional write of ``key`` (``value`` None: a tombstone) into ``pipe``; its reply is a
-        :class:`WriteResult` code."""
+        :class:`WriteResult` code. ``stale_for``: see :meth:`record`."""
         rkey = self.key(key)
-        data, ttl_ms = self.record(value, ttl, stamp, tags)
+        data, ttl_ms = self.record(value, ttl, stamp, tags, stale_for)
         digits = format_stamp(stamp)
         # EVAL, not EVALSHA: redis-py pipelines check every registered script with an extra SCRIPT EXISTS
         # round trip; the script text is small and Redis caches it

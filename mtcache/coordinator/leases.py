@@ -137,6 +137,14 @@ class LeaseRegistry:
         lease.waiters.append((holder, fut))
         return fut
 
+    def try_acquire(self, key: str, holder: Hashable) -> bytes | None:
+        """The lease on ``key`` for ``holder`` (its token) if nobody holds it, else None: never waits."""
+        if key in self._leases:
+            return None
+        token = self.acquire(key, holder)
+        assert isinstance(token, bytes)
+        return token
+
     def grant(self, key: str, token: bytes, version: int, stamp: int) -> bool:
         """The holder of ``token`` starts computing: its TTL starts now, and the grant
         (``version``, ``stamp``) is remembered for its fill. False for a stale token."""

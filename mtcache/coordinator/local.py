@@ -56,12 +56,23 @@ class LocalTier:
         return table.get(table.slot(key))
 
     def get(self, key: str) -> Hit | None:
-        """The entry of ``key`` (counted as a hit or a miss), or None."""
+        """The fresh entry of ``key`` (counted as a hit or a miss), or None; its ``ttl`` is how long it
+        stays fresh."""
         store = self.store
         value = store.get(key)
         if value is None:
             return None
-        return Hit(value, self.version_of(key), store.remaining_ttl(key) or 0.0, store.stamp_of(key) or 0)
+        return Hit(value, self.version_of(key), store.fresh_left(key) or 0.0, store.stamp_of(key) or 0)
+
+    def stale(self, key: str, max_age: float) -> Hit | None:
+        """``key``'s entry if it is stale by at most ``max_age`` seconds (kept for fail-safe), counting
+        nothing; its ``ttl`` is how long ago it went stale."""
+        store = self.store
+        left = store.fresh_left(key)
+        value = store.peek(key)
+        if left is None or left > 0 or -left > max_age or value is None:
+            return None
+        return Hit(value, self.version_of(key), -left, store.stamp_of(key) or 0)
 
     def stamp_of(self, key: str) -> int | None:
         """The stamp of ``key``'s live entry, if any."""
@@ -75,11 +86,13 @@ class LocalTier:
             return None
         return value, ttl, stamp
 
-    def put(self, key: str, value: bytes, ttl: float, stamp: int) -> int:
-        """Store ``value`` (for at most the L1 lifetime) with the stamp of its write; the key's new version.
-        A value L1 cannot hold (over its byte bound) removes the key's entry instead."""
+    def put(self, key: str, value: bytes, ttl: float, stamp: int, stale_for: float = 0.0) -> int:
+        """Store ``value`` (fresh for ``ttl``, at most the L1 lifetime, then kept ``stale_for`` more
+        seconds as a fail-safe fallback) with the stamp of its write; the key's new version. A value
+        L1 cannot hold (over its byte bound) removes the key's entry instead. The mirror serves it
+        while it is fresh."""
         ttl = min(ttl, self.max_ttl)
-        stored = self.store.set(key, value, ttl, stamp)
+        stored = self.store.set(key, value, ttl + stale_for, stamp, fresh=ttl)
         if self.mirror is not None:
             if stored:
                 self.mirror.put(key, value, time.monotonic() + ttl)

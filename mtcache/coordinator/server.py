@@ -309,13 +309,15 @@ class _Connection(asyncio.Protocol):
             if reply is not None:
                 self._send(rid, reply)
             else:
-                self._spawn(rid, engine.lease_miss(self, args[0], args[1]))
+                self._spawn(rid, engine.lease_miss(self, *args))
         elif op == Op.SET:
             self._spawn(rid, engine.set(*args), write=True)
         elif op == Op.FILL:
             self._spawn(rid, engine.fill(*args), write=True)
         elif op == Op.FAIL:
-            self._send(rid, engine.fail(*args))
+            self._spawn(rid, engine.fail(*args), write=True)
+        elif op == Op.REFRESH:
+            self._spawn(rid, engine.refresh(self, *args))
         elif op == Op.RELEASE:
             self._send(rid, engine.release(*args))
         elif op == Op.DELETE:

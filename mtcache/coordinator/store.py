@@ -90,14 +90,17 @@ class StoreStats:
 
 
 class _Entry:
-    __slots__ = ("expires_at", "nbytes", "seq", "stamp", "value")
+    __slots__ = ("expires_at", "fresh_until", "nbytes", "seq", "stamp", "value")
 
-    def __init__(self, value: bytes, expires_at: float, nbytes: int, seq: int, stamp: int) -> None:
+    def __init__(
+        self, value: bytes, expires_at: float, nbytes: int, seq: int, stamp: int, fresh_until: float
+    ) -> None:
         self.value = value
         self.expires_at = expires_at
         self.nbytes = nbytes
         self.seq = seq
         self.stamp = stamp
+        self.fresh_until = fresh_until
 
 
 def _positive_int(value: object, what: str) -> int:
@@ -159,8 +162,9 @@ class L1Store:
     # reads
 
     def get(self, key: str) -> bytes | None:
-        """The value stored under ``key``, or ``None`` if there is none or it has
-        expired (then it is removed, with ``on_remove(key, "expired")``).
+        """The value stored under ``key``, or ``None`` if there is none, it has
+        expired (then it is removed, with ``on_remove(key, "expired")``) or it is
+        stale (kept, see :meth:`fresh_left`).
 
         Counts a hit or a miss and makes ``key`` the most recently used.
         """
@@ -168,11 +172,15 @@ class L1Store:
         if entry is None:
             self._misses += 1
             return None
-        if entry.expires_at <= self._clock():
+        now = self._clock()
+        if entry.expires_at <= now:
             self._misses += 1
             self._remove(key, entry)
             self._expirations += 1
             self._notify([(key, "expired")])
+            return None
+        if entry.fresh_until <= now:
+            self._misses += 1
             return None
         self._hits += 1
         self._data.move_to_end(key)
@@ -194,6 +202,16 @@ class L1Store:
         if entry is None or entry.expires_at <= self._clock():
             return None
         return entry.stamp
+
+    def fresh_left(self, key: str) -> float | None:
+        """Seconds until ``key``'s value goes stale (negative once it is: then it is
+        kept only as a fail-safe fallback until it expires), or ``None`` if it is
+        absent or expired. Counts nothing."""
+        entry = self._data.get(key)
+        now = self._clock()
+        if entry is None or entry.expires_at <= now:
+            return None
+        return entry.fresh_until - now
 
     def remaining_ttl(self, key: str) -> float | None:
         """Seconds until ``key`` expires, or ``None`` if it is absent or expired.
@@ -237,10 +255,14 @@ class L1Store:
 
     # writes
 
-    def set(self, key: str, value: bytes, ttl: float | None = None, stamp: int = 0) -> bool:
+    def set(
+        self, key: str, value: bytes, ttl: float | None = None, stamp: int = 0, *, fresh: float | None = None
+    ) -> bool:
         """Store ``value`` under ``key`` for ``ttl`` seconds (``None``: the default
         TTL), replacing any entry for ``key`` and making it the most recently used.
-        ``stamp`` is kept with it (the stamp of the write, see :meth:`stamp_of`).
+        ``stamp`` is kept with it (the stamp of the write, see :meth:`stamp_of`);
+        ``fresh`` (at most ``ttl``, default ``ttl``) is how long the value is fresh,
+        see :meth:`fresh_left`.
 
         Then removes expired entries and evicts least-recently-used ones until both
         bounds hold (``on_remove`` is called for each).
@@ -270,7 +292,8 @@ class L1Store:
             return False
         now = self._clock()
         self._seq += 1
-        entry = _Entry(value, now + seconds, nbytes, self._seq, stamp)
+        entry = _Entry(value, now + seconds, nbytes, self._seq, stamp,
+                       now + (seconds if fresh is None else min(fresh, seconds)))
         self._data[key] = entry
         self._bytes += nbytes
         heapq.heappush(self._heap, (entry.expires_at, entry.seq, key))
