@@ -4,6 +4,8 @@ contract (README, "Consistency: what you can rely on").
     .venv/bin/python bench/chaos.py [--minutes 30] [--hosts 2] [--workers 3] [--seed N] [--out DIR]
     .venv/bin/python bench/chaos.py --profile short --seed N      # the pytest profile (~1 minute)
     .venv/bin/python bench/chaos.py --profile short --no-faults   # the same load, no faults
+    .venv/bin/python bench/chaos.py --profile short-failsafe      # get_or_compute with fail-safe on
+    .venv/bin/python bench/chaos.py --minutes 30 --fail-safe 3 --fail-prob 0.25   # a fail-safe soak
 
 Starts one redis-server, ``--hosts`` coordinators (each behind a fault proxy) with ``--workers``
 worker processes each, plays the fault schedule, then checks the recorded history. Writes

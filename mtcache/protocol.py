@@ -25,7 +25,7 @@ DELETE     key                                             OK existed
 CLEAR      —                                               OK removed
 STATS      —                                               OK map
 HEALTH     —                                               OK map
-LEASE      key wait_seconds fail_safe                      OK value version ttl / GRANTED token version stale /
+LEASE      key wait_seconds fail_safe soft                 OK value version ttl / GRANTED token version stale /
                                                            COMPUTE_ERROR type message stale / TIMEOUT stale
 REFRESH    key version fail_safe                           OK value version ttl / GRANTED token version stale /
                                                            BUSY
@@ -41,7 +41,9 @@ gives a lease up without a value or an error (its holder was cancelled).
 
 Fail-safe: ``fail_safe`` (LEASE, REFRESH) is how long past its TTL a value may
 still serve the caller if the source fails; ``stale`` is such a value (bytes),
-or nil. ``stale_for`` (FILL) keeps the filled value that long past its TTL.
+or nil. ``soft`` (LEASE, 0: none): with such a value at hand the caller waits at
+most this long for another worker's computation (then TIMEOUT with the value).
+``stale_for`` (FILL) keeps the filled value that long past its TTL.
 ``throttle`` (FAIL) > 0: the holder serves the stale value instead of the error,
 and the coordinator makes it fresh again for that long (every waiter, worker and
 host takes it, so a failing source is not asked again meanwhile). ``store``
@@ -265,7 +267,7 @@ _SHAPES: dict[int, tuple[type | str, ...]] = {
     Op.CLEAR: (),
     Op.STATS: (),
     Op.HEALTH: (),
-    Op.LEASE: ("key", "seconds", "seconds"),
+    Op.LEASE: ("key", "seconds", "seconds", "seconds"),
     Op.REFRESH: ("key", "version", "seconds"),
     Op.FILL: ("key", bytes, bytes, "ttl", "seconds", bool),
     Op.FAIL: ("key", bytes, str, str, "seconds"),

@@ -200,12 +200,12 @@ def test_a_lease_filled_for_many_waiters_of_a_peer_that_does_not_read(
     waiters = 200
     with _connect(coordinator_no_redis.socket_path) as holder, _connect(coordinator_no_redis.socket_path) as peer:
         _hello(holder)
-        holder.sendall(encode_frame([Op.LEASE, 2, "k", 60, 0]))
+        holder.sendall(encode_frame([Op.LEASE, 2, "k", 60, 0, 0]))
         [granted] = _read_replies(holder, 1)
         assert granted[1] == Status.GRANTED, granted
         _hello(peer)
         coalesced = _counter(good, "coalesced")
-        peer.sendall(b"".join(encode_frame([Op.LEASE, 10 + i, "k", 60, 0]) for i in range(waiters)))
+        peer.sendall(b"".join(encode_frame([Op.LEASE, 10 + i, "k", 60, 0, 0]) for i in range(waiters)))
         _eventually(lambda: _counter(good, "coalesced") - coalesced == waiters, "the waits to be registered")
         base = _rss(pid)
         holder.sendall(encode_frame([Op.FILL, 3, "k", granted[2], os.urandom(4 * MiB), 60, 0, True]))
@@ -340,13 +340,13 @@ def test_requests_running_as_tasks_are_bounded_per_connection(
     count = MAX_TASKS_PER_CONNECTION + extra
     with _connect(path) as holder, _connect(path) as waiter:
         _hello(holder)
-        holder.sendall(encode_frame([Op.LEASE, 2, "k", 30, 0]))
+        holder.sendall(encode_frame([Op.LEASE, 2, "k", 30, 0, 0]))
         [granted] = _read_replies(holder, 1)
         assert granted[1] == Status.GRANTED, granted
         token = granted[2]
         _hello(waiter)
         coalesced = _counter(good, "coalesced")
-        waiter.sendall(b"".join(encode_frame([Op.LEASE, 10 + i, "k", 30, 0]) for i in range(count))
+        waiter.sendall(b"".join(encode_frame([Op.LEASE, 10 + i, "k", 30, 0, 0]) for i in range(count))
                        + encode_frame([Op.PING, 5]))
         _eventually(lambda: _counter(good, "coalesced") - coalesced >= MAX_TASKS_PER_CONNECTION,
                     "the waits to be registered")

@@ -18,6 +18,7 @@ from mtcache import AsyncClient, CacheTimeout, Client, ComputeError
 from mtcache.coordinator.l2 import key_prefix
 from tests.coordinator_proc import CoordinatorProcess
 from tests.redis_server import RedisServer
+from tests.tcp_proxy import FaultProxy
 
 DEADLINE = 30.0
 T = TypeVar("T")
@@ -302,3 +303,90 @@ def test_a_background_refresh_whose_worker_is_killed_hands_the_lease_on(coordina
         finally:
             if worker.is_alive():
                 worker.kill()
+
+
+def test_a_computation_finishing_in_the_background_is_not_started_again(coordinator: CoordinatorProcess) -> None:
+    # found by the chaos checker: the same client asking again for a key whose computation went on
+    # in the background (past its soft timeout) lost that computation's lease, and fn ran twice at once
+    running, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def slow() -> str:
+        calls.append(1)
+        running.set()
+        release.wait(DEADLINE)
+        return "v2"
+
+    try:
+        with Client(coordinator.socket_path, spawn=False) as client:
+            client.get_or_compute("k", lambda: "v1", ttl=0.3, fail_safe=60)
+            stale(client, "k")
+            assert client.get_or_compute("k", slow, ttl=60, fail_safe=60, soft_timeout=0.1) == "v1"
+            assert running.wait(DEADLINE)
+            # asked again while the first computation still runs: it waits (at most its soft timeout)
+            assert client.get_or_compute("k", slow, ttl=60, fail_safe=60, soft_timeout=0.1) == "v1"
+            release.set()
+            poll(lambda: client.get("k") == "v2", "the background result")
+            assert len(calls) == 1
+            assert client.stats().stale_served == 2  # each caller handed the stale value, counted once
+    finally:
+        release.set()
+
+
+def test_a_fail_safe_activation_never_brings_an_old_value_back_over_a_newer_write(
+    short_tmp: Path, redis_server: RedisServer
+) -> None:
+    # found by the chaos checker: the stale value was stored again with the new lease's stamp, so it
+    # beat a write acknowledged earlier on another host whose entry reached Redis later (a replay)
+    with FaultProxy("127.0.0.1", redis_server.port) as proxy:
+        env = {"MTCACHE_REDIS_TIMEOUT": "0.3", "MTCACHE_STALENESS_BOUND": "1"}
+        a = CoordinatorProcess(short_tmp / "a.sock", redis_url=redis_server.url, env=env)
+        b = CoordinatorProcess(short_tmp / "b.sock", redis_url=proxy.url(), env=env)
+        a.start()
+        b.start()
+        try:
+            with Client(a.socket_path, spawn=False) as ca, Client(b.socket_path, spawn=False) as cb:
+                ca.get_or_compute("k", lambda: "old", ttl=0.3, fail_safe=60)
+                proxy.cut()
+                assert cb.set("k", "newer", ttl=60)  # acknowledged by B, waiting to be replayed
+                poll(lambda: cb.health().details["redis"] == "down", "B to notice the cut")
+                stale(ca, "k")
+                # A's source fails after B's write: fail-safe keeps the old value fresh a while on A
+                assert ca.get_or_compute("k", down, ttl=0.3, fail_safe=60) == "old"
+                proxy.heal()
+                poll(lambda: ca.get("k") == "newer", "B's write to win everywhere once replayed")
+                assert cb.get("k") == "newer"
+        finally:
+            a.stop()
+            b.stop()
+
+
+def test_waiters_of_a_computation_past_its_hard_timeout_get_cache_timeout_too(
+    coordinator: CoordinatorProcess,
+) -> None:
+    release = threading.Event()
+    started = threading.Event()
+    errors: list[BaseException] = []
+
+    def hung() -> str:
+        started.set()
+        release.wait(DEADLINE)
+        return "late"
+
+    def holder() -> None:
+        with Client(coordinator.socket_path, spawn=False) as client:
+            try:
+                client.get_or_compute("k", hung, hard_timeout=1.0)
+            except BaseException as exc:
+                errors.append(exc)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert started.wait(DEADLINE)
+        with Client(coordinator.socket_path, spawn=False) as waiter, pytest.raises(CacheTimeout):
+            waiter.get_or_compute("k", lambda: "waiter", timeout=10)
+    finally:
+        release.set()
+        thread.join(DEADLINE)
+    assert len(errors) == 1 and isinstance(errors[0], CacheTimeout)

@@ -266,7 +266,7 @@ GOOD: dict[int, list[Any]] = {
     Op.CLEAR: [],
     Op.STATS: [],
     Op.HEALTH: [],
-    Op.LEASE: ["k", 2.5, 0],
+    Op.LEASE: ["k", 2.5, 0, 0],
     Op.FILL: ["k", b"token", b"v", 10, 0.0, True],
     Op.FAIL: ["k", b"token", "ValueError", "boom", 0],
     Op.PING: [],
@@ -389,12 +389,12 @@ def test_good_ttl(op: int, ttl: float) -> None:
 )
 def test_bad_lease_wait(wait: object) -> None:
     with pytest.raises(ProtocolError, match="non-negative duration"):
-        validate_request([Op.LEASE, 1, "k", wait, 0])
+        validate_request([Op.LEASE, 1, "k", wait, 0, 0])
 
 
 @pytest.mark.parametrize("wait", [0, 0.0, 30])
 def test_zero_and_positive_lease_wait_are_accepted(wait: float) -> None:
-    assert validate_request([Op.LEASE, 1, "k", wait, 0])[2] == ["k", wait, 0]
+    assert validate_request([Op.LEASE, 1, "k", wait, 0, 0])[2] == ["k", wait, 0, 0]
 
 
 @pytest.mark.parametrize(

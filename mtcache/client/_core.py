@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -27,11 +28,19 @@ from mtcache.strategies import CacheStrategy, validate_ttl
 from .near import NearCache
 from .policy import Policy
 
-__all__ = ["ENDS_LEASE", "MISSING", "RETRY", "ClientBase", "ClientCore", "fork_generation"]
+__all__ = ["ENDS_LEASE", "MISSING", "RETRY", "ClientBase", "ClientCore", "Stale", "fork_generation"]
 
 log = logging.getLogger("mtcache.client")
 
 MISSING = NearCache.MISSING
+
+
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """A result that is a stale value standing in for a failed or slow source (fail-safe); the
+    client counts it when it hands it to a caller (:meth:`ClientCore.deliver`)."""
+
+    value: Any
 
 
 class _Retry:
@@ -352,10 +361,13 @@ class ClientCore:
             self.counters["decode_errors"] += 1
             return MISSING
 
-    def served_stale(self, value: Any) -> Any:
-        """Count a stale value handed to a caller (fail-safe) and return it."""
-        self.counters["stale_served"] += 1
-        return value
+    def deliver(self, result: Any) -> Any:
+        """What a caller of get_or_compute receives from a flow's ``result``: a :class:`Stale`
+        value is unwrapped and counted (``stale_served``) once per caller."""
+        if isinstance(result, Stale):
+            self.counters["stale_served"] += 1
+            return result.value
+        return result
 
     def refresh_due(self, key: str, seconds: float, policy: Policy) -> int | None:
         """The version of this worker's copy of ``key`` if an eager refresh of it is due (it has

@@ -19,7 +19,7 @@ from typing import Any
 from mtcache.errors import CacheTimeout, ComputeError
 from mtcache.protocol import Op, Status
 
-from ._core import MISSING, ClientCore
+from ._core import MISSING, ClientCore, Stale
 from .policy import Policy
 
 __all__ = [
@@ -55,6 +55,10 @@ class _Unknown:
 
 
 UNKNOWN = _Unknown()
+
+
+#: How a holder's CacheTimeout (its hard timeout) travels to the waiters.
+_TIMEOUT_NAME = f"{CacheTimeout.__module__}.{CacheTimeout.__qualname__}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +123,8 @@ def compute_flow(core: ClientCore, key: str, seconds: float, wait: float, policy
     caller computes it under the key's lease and fills it; without a coordinator
     it computes it alone. With fail-safe, a failure of the source (here or in the
     worker computing it) gives the stale value instead of the error."""
-    reply = yield Call(Op.LEASE, (key, wait, policy.stale_for), wait + core.request_timeout)
+    soft = policy.soft_timeout or 0.0
+    reply = yield Call(Op.LEASE, (key, wait, policy.stale_for, soft), wait + core.request_timeout)
     if not isinstance(reply, list):
         return (yield from _compute_locally(core, key, policy))
     status = reply[1]
@@ -129,11 +134,13 @@ def compute_flow(core: ClientCore, key: str, seconds: float, wait: float, policy
     stale = core.decode_stale(key, reply[-1])
     if status == Status.COMPUTE_ERROR:
         if stale is not MISSING:
-            return core.served_stale(stale)
+            return Stale(stale)
+        if reply[2] == _TIMEOUT_NAME:  # the holder abandoned it at its hard timeout: the same error here
+            raise CacheTimeout(f"the computation of {key!r} passed its hard timeout and was abandoned")
         raise ComputeError(key, reply[2], reply[3])
     if status == Status.TIMEOUT:
         if stale is not MISSING:
-            return core.served_stale(stale)
+            return Stale(stale)
         raise CacheTimeout(f"gave up waiting for another worker to compute {key!r}")
     return (yield from _compute_and_fill(core, key, reply[2], seconds, policy, stale))
 
@@ -144,12 +151,16 @@ def refresh_flow(core: ClientCore, key: str, seconds: float, policy: Policy, ver
     core.counters["eager_refreshes"] += 1
     reply = yield Call(Op.REFRESH, (key, version, policy.stale_for))
     if isinstance(reply, list) and reply[1] == Status.GRANTED:
-        yield from _compute_and_fill(core, key, reply[2], seconds, policy, MISSING)
+        # the current value stands in if the refresh fails (fail-safe keeps it fresh a while longer)
+        stale = core.decode_stale(key, reply[-1])
+        yield from _compute_and_fill(core, key, reply[2], seconds, policy, stale, background=True)
 
 
-def _compute_and_fill(core: ClientCore, key: str, token: bytes, seconds: float, policy: Policy, stale: Any) -> Flow:
+def _compute_and_fill(
+    core: ClientCore, key: str, token: bytes, seconds: float, policy: Policy, stale: Any, *, background: bool = False
+) -> Flow:
     core.counters["computes"] += 1
-    soft = policy.soft_timeout if stale is not MISSING else None
+    soft = policy.soft_timeout if stale is not MISSING and not background else None
     ok, result = yield Compute(soft, policy.hard_timeout, stale)
     if not ok:
         if not isinstance(result, Exception):
@@ -157,11 +168,11 @@ def _compute_and_fill(core: ClientCore, key: str, token: bytes, seconds: float, 
             # computes it (not waited for: a cancelled caller must not wait on a reply)
             yield Call(Op.RELEASE, (key, token), reply=False)
             raise result
-        if stale is not MISSING:
+        if stale is not MISSING and policy.fail_safe:
             # fail-safe: everyone takes the stale value, fresh again for a while
-            yield Call(Op.FAIL, (key, token, *core.failure(result), policy.fail_safe_throttle))
             core.counters["fail_safe_activations"] += 1
-            return core.served_stale(stale)
+            yield Call(Op.FAIL, (key, token, *core.failure(result), policy.fail_safe_throttle))
+            return Stale(stale)
         # every waiter gets the same error
         yield Call(Op.FAIL, (key, token, *core.failure(result), 0.0))
         if isinstance(result, CacheTimeout):
@@ -192,7 +203,7 @@ def _compute_locally(core: ClientCore, key: str, policy: Policy) -> Flow:
         stale = core.near.stale(key, policy.fail_safe)
         if stale is not MISSING:
             core.counters["fail_safe_activations"] += 1
-            return core.served_stale(stale)
+            return Stale(stale)
     if isinstance(result, CacheTimeout):
         raise result
     raise core.compute_error(key, result) from result

@@ -18,7 +18,7 @@ from mtcache.strategies import CacheStrategy
 from . import _core
 from . import spawn as _spawn
 from . import trust as _trust
-from ._core import MISSING, RETRY, ClientBase
+from ._core import MISSING, RETRY, ClientBase, Stale
 from ._flows import UNKNOWN, Compute, Flow, compute_flow, delete_flow, get_flow, refresh_flow, set_flow
 from .policy import Policy
 from .streams import AsyncStreams, Entry
@@ -38,6 +38,10 @@ async def _call(fn: Callable[[], Any]) -> Any:
 T = TypeVar("T")
 
 
+#: Requests whose reply may grant a lease (which must be released if nobody reads that reply).
+_GRANTS = frozenset((Op.LEASE, Op.REFRESH))
+
+
 class _AsyncConn:
     """One connection; replies are matched to requests by id, so any number of
     requests may be in flight."""
@@ -48,7 +52,7 @@ class _AsyncConn:
         self.decoder = FrameDecoder()
         self.rid = 0
         self.pending: dict[int, asyncio.Future[list[Any]]] = {}
-        #: LEASE requests whose caller stopped waiting (cancelled): their key, by request id
+        #: LEASE/REFRESH requests whose caller stopped waiting (cancelled): their key, by request id
         self.abandoned: dict[int, str] = {}
         self.reader_task = asyncio.get_running_loop().create_task(self._read_loop())
 
@@ -86,10 +90,11 @@ class _AsyncConn:
                     fut.set_exception(error)
             self.pending.clear()
 
-    def _release_abandoned(self, reply: list[Any]) -> None:
+    def _release_abandoned(self, reply: list[Any], key: str | None = None) -> None:
         """A lease granted to a caller that was cancelled meanwhile: give it up at once, or the
         coordinator would keep renewing it for this live connection while others wait."""
-        key = self.abandoned.pop(reply[0])
+        if key is None:
+            key = self.abandoned.pop(reply[0])
         if len(reply) >= 3 and reply[1] == Status.GRANTED and isinstance(reply[2], bytes):
             with contextlib.suppress(CoordinatorUnavailable):
                 self.send([Op.RELEASE, 0, key, reply[2]])
@@ -117,6 +122,7 @@ class _AsyncConn:
         self.pending[rid] = fut
         self.writer.write(encode_frame(msg))
         deadline = loop.time() + timeout
+        read = False
         try:
             while True:
                 remaining = deadline - loop.time()
@@ -124,12 +130,17 @@ class _AsyncConn:
                     raise CoordinatorUnavailable(f"no reply from the coordinator within {timeout:g}s")
                 done, _ = await asyncio.wait({fut}, timeout=min(_core.WAIT_SLICE, remaining))
                 if done:
+                    read = True
                     return fut.result()
                 if stalled():
                     raise CoordinatorUnavailable("the coordinator stopped beating (stopped or paused)")
         finally:
-            if self.pending.pop(rid, None) is not None and msg[0] == Op.LEASE:
-                self.abandoned[rid] = msg[2]  # its reply comes to nobody: release a lease it grants
+            if self.pending.pop(rid, None) is not None:
+                if msg[0] in _GRANTS:
+                    self.abandoned[rid] = msg[2]  # its reply comes to nobody: release a lease it grants
+            elif not read and msg[0] in _GRANTS and fut.done() and not fut.cancelled() and fut.exception() is None:
+                # the reply came, but its caller was cancelled before it read it
+                self._release_abandoned(fut.result(), msg[2])
 
     async def close(self) -> None:
         self.reader_task.cancel()
@@ -223,7 +234,8 @@ class AsyncClient(ClientBase):
                                                         core.stalled))
         except (OSError, ProtocolError) as exc:
             await self._drop_conn()
-            core.unavailable(exc)
+            if not self._closed:  # a request cut short by close() (work in the background) is no fault
+                core.unavailable(exc)
             return UNKNOWN
         if answer[1] == Status.ERROR:
             await self._drop_conn()
@@ -286,7 +298,7 @@ class AsyncClient(ClientBase):
         )
         key, seconds, wait, value = core.begin_compute(key, fn, strategy, ttl, timeout)
         if value is MISSING:
-            value = await self._get_or_compute(key, fn, seconds, wait, policy)
+            value = core.deliver(await self._get_or_compute(key, fn, seconds, wait, policy))
         if policy.eager_refresh:
             version = core.refresh_due(key, seconds, policy)
             if version is not None:
@@ -305,6 +317,8 @@ class AsyncClient(ClientBase):
             try:
                 value = await asyncio.wait_for(asyncio.shield(flight), max(0.0, deadline - loop.time()))
             except TimeoutError:
+                if flight.done():
+                    raise  # the computing task's own error (a CacheTimeout is a TimeoutError too)
                 raise CacheTimeout(f"gave up waiting for another task to compute {key!r}") from None
             if value is not RETRY:
                 return value
@@ -356,7 +370,7 @@ class AsyncClient(ClientBase):
                     # past the soft timeout: the caller takes the stale value now, and the
                     # computation's end (its fill) is carried out in the background
                     self._background(self._finish(flow, sent, step))
-                    return self._core.served_stale(step.stale)
+                    return Stale(step.stale)
             else:
                 sent = await self._request(step.op, *step.args, timeout=step.timeout, reply=step.reply)
 

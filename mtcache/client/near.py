@@ -113,12 +113,14 @@ class NearCache:
     def stale(self, key: str, max_age: float) -> Any:
         """A held copy of ``key`` that went stale at most ``max_age`` seconds ago and that
         no write has replaced since (its counter, as this worker last saw the table, did
-        not move), whatever its coordinator's state; else :attr:`MISSING`. The fail-safe
+        not move), its coordinator gone or stalled but not retired (not replaced: a
+        successor may have taken writes since); else :attr:`MISSING`. The fail-safe
         of a caller whose source failed while no coordinator answers."""
         table = self.table
         with self._lock:
             item = self._data.get(key)
-            if item is None or table is None:
+            # a retired table: its coordinator stopped, or one that replaced it took writes since
+            if item is None or table is None or table.header[3] == 0:
                 return _MISSING
             value, slot, version, _, _, fresh_until = item
             if table.counters[slot] != version or self._clock() - fresh_until > max_age:

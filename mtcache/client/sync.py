@@ -20,7 +20,7 @@ from mtcache.strategies import CacheStrategy
 from . import _core
 from . import spawn as _spawn
 from . import trust as _trust
-from ._core import MISSING, RETRY, ClientBase
+from ._core import MISSING, RETRY, ClientBase, Stale
 from ._flows import UNKNOWN, Compute, Flow, compute_flow, delete_flow, get_flow, refresh_flow, set_flow
 from .policy import Policy
 from .streams import Entry, Streams
@@ -201,7 +201,8 @@ class Client(ClientBase):
             answer = check_reply(op, conn.request([op, 0, *args], timeout or core.request_timeout, core.stalled))
         except (OSError, ProtocolError) as exc:
             self._drop_conn()
-            core.unavailable(exc)
+            if not self._closed:  # a request cut short by close() (work in the background) is no fault
+                core.unavailable(exc)
             return UNKNOWN
         except BaseException:
             # interrupted while waiting (KeyboardInterrupt...): the reply would come to nobody, and a
@@ -293,7 +294,7 @@ class Client(ClientBase):
         )
         key, seconds, wait, value = core.begin_compute(key, fn, strategy, ttl, timeout)
         if value is MISSING:
-            value = self._get_or_compute(key, fn, seconds, wait, policy)
+            value = core.deliver(self._get_or_compute(key, fn, seconds, wait, policy))
         if policy.eager_refresh:
             version = core.refresh_due(key, seconds, policy)
             if version is not None:
@@ -314,6 +315,8 @@ class Client(ClientBase):
             try:
                 value = flight.result(timeout=max(0.0, deadline - time.monotonic()))
             except concurrent.futures.TimeoutError:
+                if flight.done():
+                    raise  # the computing thread's own error (a CacheTimeout is a TimeoutError too)
                 raise CacheTimeout(f"gave up waiting for another thread to compute {key!r}") from None
             if value is not RETRY:
                 return value
@@ -359,7 +362,7 @@ class Client(ClientBase):
                     # past the soft timeout: the caller takes the stale value now, and the
                     # computation's end (its fill) is carried out in the background
                     _background(self._finish, flow, sent)
-                    return self._core.served_stale(step.stale)
+                    return Stale(step.stale)
             else:
                 sent = self._request(step.op, *step.args, timeout=step.timeout, reply=step.reply)
 

@@ -20,7 +20,8 @@ letting an acknowledged write vanish silently.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 __all__ = ["ENTRY_OVERHEAD", "Write", "WriteBacklog"]
 
@@ -42,6 +43,14 @@ class Write:
     clear: bool = False
     #: seconds the value is kept past ``ttl`` for fail-safe
     stale_for: float = 0.0
+    #: the write stores again a value Redis holds with this very stamp (fail-safe's new expiry)
+    renew: bool = False
+    #: when the write was made (``time.monotonic()``): a replay keeps what is left of its TTL
+    made: float = field(default_factory=time.monotonic)
+
+    def left(self) -> float:
+        """Seconds left of ``ttl`` now (zero or less: the value expired meanwhile)."""
+        return self.ttl - (time.monotonic() - self.made)
 
     @property
     def nbytes(self) -> int:

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
@@ -41,6 +42,8 @@ log = logging.getLogger("mtcache.coordinator")
 SWEEP_LIMIT = 4096
 #: Writes replayed per round trip after an outage.
 REPLAY_BATCH = 500
+#: How many periods without Redis stats() reports (the newest).
+DOWN_PERIODS_KEPT = 256
 T = TypeVar("T")
 Reply = list[Any]
 
@@ -98,6 +101,9 @@ class CacheEngine:
         self.backlog = WriteBacklog(settings.backlog_max_bytes)
         self._reconnect_task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
+        #: the last periods (CLOCK_MONOTONIC seconds: one clock for every process of the host) in
+        #: which this coordinator worked without Redis (leases per host only, writes backlogged)
+        self.down_periods: deque[list[float | None]] = deque(maxlen=DOWN_PERIODS_KEPT)
         self.skew_ms: float | None = None
         self.eviction_policy: str | None = None
         self.counters: dict[str, int] = dict.fromkeys(
@@ -129,6 +135,7 @@ class CacheEngine:
                 await asyncio.wait_for(self.inval.synced.wait(), 2 * self.settings.redis_timeout)
         else:
             log.warning("Redis at %s does not answer; serving L1 only until it does", self.settings.redacted_redis_url)
+            self.down_periods.append([time.monotonic(), None])
             self._start_reconnect()
 
     async def close(self) -> None:
@@ -239,6 +246,7 @@ class CacheEngine:
         self.counters["l2_errors"] += 1
         if self.l2_up:
             log.warning("Redis failed (%s); serving L1 only until it answers again", exc)
+            self.down_periods.append([time.monotonic(), None])
         self.l2_up = False
         self._start_reconnect()
 
@@ -260,7 +268,8 @@ class CacheEngine:
             return None
 
         def build(pipe: Any) -> None:
-            l2.queue_write(pipe, write.key, write.value, write.ttl, write.stamp, stale_for=write.stale_for)
+            l2.queue_write(pipe, write.key, write.value, write.ttl, write.stamp, stale_for=write.stale_for,
+                           renew=write.renew)
             if publish is not None:
                 self._publish(pipe, publish, write.key, write.stamp)
             if extra is not None:
@@ -293,6 +302,8 @@ class CacheEngine:
             await asyncio.sleep(delay)  # backoff between reconnect attempts
             delay = min(delay * 2, 2.0)
         self.l2_up = True
+        if self.down_periods and self.down_periods[-1][1] is None:
+            self.down_periods[-1][1] = time.monotonic()
         await self._inspect_redis()
         self.counters["backlog_replayed"] += replayed
         log.info("Redis at %s answers again (%d writes made meanwhile replayed)", self.settings.redacted_redis_url,
@@ -340,10 +351,16 @@ class CacheEngine:
     async def _replay_one(self, write: Write) -> int:
         writes, l2 = self.writes, self.l2
         assert writes is not None and l2 is not None
+        value, ttl = write.value, write.left()
+        if value is not None and ttl <= 0:
+            # it expired while Redis was unreachable: what it replaced must not come back either
+            value, ttl = None, self.settings.tombstone_ttl
+        elif value is None:
+            ttl = self.settings.tombstone_ttl
 
         def build(pipe: Any) -> None:
-            l2.queue_write(pipe, write.key, write.value, write.ttl, write.stamp)
-            self._publish(pipe, "set" if write.value is not None else "del", write.key, write.stamp)
+            l2.queue_write(pipe, write.key, value, ttl, write.stamp)
+            self._publish(pipe, "set" if value is not None else "del", write.key, write.stamp)
 
         return int((await writes.write(write.key, build))[0])
 
@@ -475,11 +492,17 @@ class CacheEngine:
 
     # -- leases -------------------------------------------------------------
 
-    async def lease_miss(self, holder: Hashable, key: str, wait: float, fail_safe: float = 0.0) -> Reply:
+    async def lease_miss(
+        self, holder: Hashable, key: str, wait: float, fail_safe: float = 0.0, soft: float = 0.0
+    ) -> Reply:
         """After an L1 miss (see :meth:`get_l1`): take the key's lease (and read L2
         as its holder, so one L2 read serves every waiter) or wait for its holder.
         A GRANTED, COMPUTE_ERROR or TIMEOUT reply carries the key's stale value if
-        it went stale at most ``fail_safe`` seconds ago (else nil)."""
+        it went stale at most ``fail_safe`` seconds ago (else nil); a caller with
+        such a value at hand waits at most ``soft`` seconds (its soft timeout) for
+        another worker's computation, then takes the stale value."""
+        if soft > 0 and self._stale(key, fail_safe) is not None:
+            wait = min(wait, soft)
         reply = await self._lease(holder, key, wait)
         if reply[0] in (Status.GRANTED, Status.COMPUTE_ERROR, Status.TIMEOUT):
             reply.append(self._stale(key, fail_safe))
@@ -527,13 +550,6 @@ class CacheEngine:
 
     async def _lease(self, holder: Hashable, key: str, wait: float) -> Reply:
         deadline = time.monotonic() + wait
-        held = self.leases.get(key)
-        if held is not None and held.holder is holder:
-            # the connection that holds this lease asks for it again: it lost track of its grant
-            # (a reply that never reached its caller); hand that grant on rather than keep it
-            # renewed for a live connection that will never fill it
-            self.counters["lease_releases"] += 1
-            self.leases.pass_on(key, held.token)
         got = self.leases.acquire(key, holder)
         if isinstance(got, bytes):
             token = got
@@ -676,7 +692,7 @@ class CacheEngine:
         return await self._store_fill(key, value, ttl, grant.stamp, stale_for, lease)
 
     async def _store_fill(self, key: str, value: bytes, ttl: float, stamp: int, stale_for: float,
-                          lease: Lease | None) -> Reply:
+                          lease: Lease | None, *, renew: bool = False) -> Reply:
         """Store a computed value (see :meth:`fill`) and end ``key``'s lease with it."""
         version = self.local.put(key, value, ttl, stamp, stale_for)
         dist = self.dist
@@ -696,7 +712,8 @@ class CacheEngine:
             if cross_host and dist is not None:
                 dist.queue_release(pipe, key)
 
-        result = await self._write(Write(key, value, min(ttl, self.settings.l2_ttl), stamp, stale_for=stale_for),
+        result = await self._write(Write(key, value, min(ttl, self.settings.l2_ttl), stamp, stale_for=stale_for,
+                                         renew=renew),
                                    publish="fill" if cross_host else None, extra=release, keep=False)
         if result is not None and result <= WriteResult.OLDER:
             # a newer write reached Redis first (another host's set, a delete, a clear)
@@ -720,7 +737,9 @@ class CacheEngine:
             return [Status.OK]
         self.counters["fail_safe_activations"] += 1
         kept = max(0.0, (self.local.store.remaining_ttl(key) or 0.0))
-        await self._store_fill(key, stale.value, throttle, grant.stamp, kept, lease)
+        # with the stale value's own stamp: it is that old write made fresh again, never newer than a
+        # write acknowledged since (which beats it in Redis, and on the hosts that have it)
+        await self._store_fill(key, stale.value, throttle, stale.stamp, kept, lease, renew=True)
         return [Status.OK]
 
     def release(self, key: str, token: bytes) -> Reply:
@@ -768,6 +787,7 @@ class CacheEngine:
             "l2_backlog_bytes": self.backlog.bytes,
             "l2_backlog_overflowed": self.backlog.overflowed,
             "l2_backlog_dropped": self.backlog.dropped,
+            "l2_down_periods": [list(period) for period in self.down_periods],
         }
 
     def health(self) -> dict[str, Any]:

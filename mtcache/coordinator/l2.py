@@ -222,11 +222,12 @@ local function record_stamp(header)
 end
 """
 
-# KEYS: the record's key, the namespace floor; ARGV: record, px ms, hlc (16 digits), node (10 digits).
+# KEYS: the record's key, the namespace floor; ARGV: record, px ms, hlc (16 digits), node (10 digits), mode.
 # Stores the record only if its stamp is newer than the floor and than the record Redis holds (what is not
 # a record, foreign data, is overwritten). Returns -1 (older than the floor: a clear came after it),
 # 0 (older than what Redis holds), 1 (stored; no live value was there), 2 (stored over a live value),
-# 3 (this very write is there already: a replay).
+# 3 (this very write is there already: a replay; with mode "renew" it is stored again, with its new
+# expiry: fail-safe keeps an old value fresh for a while, but never over a newer write).
 _WRITE = _STAMP_LUA + """
 local hlc, node = tonumber(ARGV[3]), tonumber(ARGV[4])
 local fh, fn = nil, nil
@@ -235,7 +236,10 @@ if floor then fh, fn = stamp(floor) end
 if fh and not newer(hlc, node, fh, fn) then return -1 end
 local ch, cn, kind = record_stamp(redis.call('GETRANGE', KEYS[1], 0, 26))
 if ch then
-  if ch == hlc and cn == node then return 3 end
+  if ch == hlc and cn == node then
+    if ARGV[5] == 'renew' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+    return 3
+  end
   if not newer(hlc, node, ch, cn) then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -439,16 +443,17 @@ class L2Tier:
 
     def queue_write(
         self, pipe: Pipeline, key: str, value: bytes | None, ttl: float, stamp: int, tags: Sequence[str] = (),
-        stale_for: float = 0.0,
+        stale_for: float = 0.0, *, renew: bool = False,
     ) -> None:
         """Queue the conditional write of ``key`` (``value`` None: a tombstone) into ``pipe``; its reply is a
-        :class:`WriteResult` code. ``stale_for``: see :meth:`record`."""
+        :class:`WriteResult` code. ``stale_for``: see :meth:`record`. With ``renew``, the write (its value and
+        stamp already in Redis) is stored again with this new expiry if it is still the newest there."""
         rkey = self.key(key)
         data, ttl_ms = self.record(value, ttl, stamp, tags, stale_for)
         digits = format_stamp(stamp)
         # EVAL, not EVALSHA: redis-py pipelines check every registered script with an extra SCRIPT EXISTS
         # round trip; the script text is small and Redis caches it
-        pipe.eval(_WRITE, 2, rkey, self.floor_key, data, ttl_ms, digits[:16], digits[16:])
+        pipe.eval(_WRITE, 2, rkey, self.floor_key, data, ttl_ms, digits[:16], digits[16:], "renew" if renew else "")
         self._sets += 1
 
     async def write(

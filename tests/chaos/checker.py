@@ -4,17 +4,20 @@ violations of mtcache's consistency contract (README, "Consistency: what you can
 Definitions (all times ``monotonic_ns``; ``tol`` absorbs clock-stamp granularity):
 
 - A *write* is a ``set`` (its value), a ``delete`` (value None) or a *fill*: a ``get_or_compute``
-  whose function ran and returned, its value written from ``fn_start``. A write is *acknowledged*
-  (``ack``), *skipped* (definitely not applied: it never happened) or *unknown* (maybe applied:
-  raised, counted as unknown by the client, or cut short by a SIGKILL).
+  whose function ran and returned, its value written from ``fn_start`` (also one whose caller
+  took a stale value at its soft timeout, and whose computation then returned in the background).
+  A write is *acknowledged* (``ack``), *skipped* (definitely not applied: it never happened) or
+  *unknown* (maybe applied: raised, counted as unknown by the client, cut short by a SIGKILL, or
+  a background computation whose end was never recorded).
 - Write A *precedes* write B if ``A.order_end + tol < B.start``, where ``order_end`` is the end of an
   acknowledged set or delete, the ``fn_start`` of a fill (mtcache stamps a fill with the moment its
   lease began, before ``fn_start``), and "never" for an unknown write (it may have been applied at
   any time, so it precedes nothing).
 - W *supersedes* W' if W' precedes W and W is an acknowledged set or delete. Fills and unknown
   writes never supersede; their values may always be read.
-- A *read* is a ``get``, or a ``get_or_compute`` that returned a value it did not compute. A read
-  that returns None is never stale (a miss is always allowed; see ``lost_write``).
+- A *read* is a ``get``, or a ``get_or_compute`` that returned a value it did not compute (a
+  stale value served by fail-safe included). A read that returns None is never stale (a miss is
+  always allowed; see ``lost_write``).
 - A fault is *disruptive* unless it is a ``worker_kill``.
 
 The violation kinds are the functions below whose names end in ``_violations``; each docstring
@@ -34,7 +37,7 @@ from tests.chaos.intervals import RangeMax, Timeline
 from tests.chaos.workload import ValueId, value_id
 
 KINDS = ("stale_read_same_host", "stale_read_cross_host", "lost_write", "unknown_value", "not_converged",
-         "unexpected_exception", "duplicate_compute")
+         "unexpected_exception", "duplicate_compute", "expired_value", "uncounted_stale")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,10 @@ class CheckParams:
     #: a duplicate computation this soon after a fault ended is the fault's doing: a coordinator
     #: that lost Redis takes leases per host only until it reconnects (back-off up to 2 s)
     dup_slack: float = 3.0
+    #: how long after its deadline a value may still be read: a near copy's deadline is set when
+    #: the worker receives the value (its transit added), and a deadline is known only to within
+    #: the coordinator's reply (see ``expired_value``)
+    expiry_slack: float = 0.25
     examples: int = 5
 
 
@@ -83,6 +90,13 @@ class Write:
     status: str  # "ack" | "skipped" | "unknown" | "fill"
     start: int  # the earliest its value can exist: the call's start, or fn_start for a fill
     order_end: int  # see "precedes" in the module docstring
+    #: the latest it can have been applied, as its worker saw it: the call's end, the end of the
+    #: background completion of a fill, INF if unknown (see ``expired_value`` for what a degraded
+    #: call adds)
+    landed: int = INF
+    #: its TTL and fail-safe (seconds; TTL None: not recorded, it never expires here)
+    ttl: float | None = None
+    fail_safe: float = 0.0
 
     @property
     def supersedes(self) -> bool:
@@ -101,16 +115,26 @@ def derive_writes(ops: Iterable[Op]) -> list[Write]:
             status = op.ack if op.ack in ("ack", "skipped") and op.outcome == "ok" else "unknown"
             vid = _vid(op.value) if op.op == "set" else None
             order_end = op.end if status == "ack" and op.end is not None else INF
-            out.append(Write(op, op.op, vid, status, op.start, order_end))
-        elif op.op == "goc" and op.fn_result == "ok" and op.fn_start is not None:
-            out.append(Write(op, "fill", (op.worker, op.index, 1), "fill", op.fn_start, op.fn_start))
-        elif op.op == "goc" and op.fn_result == "unknown":  # a SIGKILLed worker's last call
-            out.append(Write(op, "fill", (op.worker, op.index, 1), "unknown", op.start, INF))
+            out.append(Write(op, op.op, vid, status, op.start, order_end, op.finished, op.ttl))
+            continue
+        if op.op != "goc":
+            continue
+        vid = (op.worker, op.index, 1)
+        if op.fn_result == "ok" and op.fn_start is not None:
+            out.append(Write(op, "fill", vid, "fill", op.fn_start, op.fn_start, op.finished, op.ttl, op.fail_safe))
+        elif op.fn_result == "bg" and op.fn_start is not None and op.bg_fn in ("ok", None):
+            if op.bg_fn == "ok" and op.bg_end is not None:  # filled in the background
+                out.append(Write(op, "fill", vid, "fill", op.fn_start, op.fn_start, op.bg_end, op.ttl, op.fail_safe))
+            else:  # its end was never recorded (the worker was killed or stopped meanwhile)
+                out.append(Write(op, "fill", vid, "unknown", op.fn_start, INF, INF, op.ttl, op.fail_safe))
+        elif op.fn_result == "unknown":  # a SIGKILLed worker's last call
+            out.append(Write(op, "fill", vid, "unknown", op.start, INF, INF, op.ttl, op.fail_safe))
     return out
 
 
 def reads(ops: Iterable[Op]) -> list[Op]:
-    """Operations that read a value: gets, and get_or_compute calls that did not fill."""
+    """Operations that read a value: gets, and get_or_compute calls that did not fill (stale values
+    served by fail-safe included)."""
     return [op for op in ops if op.outcome == "ok" and op.end is not None
             and (op.op == "get" or (op.op == "goc" and op.fn_result != "ok"))]
 
@@ -193,8 +217,8 @@ def lost_write_violations(history: History, writes: list[Write], p: CheckParams)
     """``lost_write``: a get R on host h returns None (the client not degraded) while the latest
     acknowledged write of the key by host h that ended before ``R.start`` is a set W, no other write
     of any kind by any host on that key (unknown, skipped, deletes, fills; a fill counted over its
-    whole call) overlaps W or follows it before ``R.start``, and no disruptive fault is active
-    anywhere in ``[W.start, R.start]``."""
+    whole call, and up to the end of its background completion) overlaps W or follows it before
+    ``R.start``, and no disruptive fault is active anywhere in ``[W.start, R.start]``."""
     tol = _ns(p.tol)
     acked = _acked_index(writes)
     timeline = Timeline(f for f in history.faults if f.disruptive)
@@ -210,7 +234,7 @@ def lost_write_violations(history: History, writes: list[Write], p: CheckParams)
         top: list[tuple[int, int, int]] = []
         best = (-INF, -1, -INF)  # (largest end, its write's id, second largest end)
         for w in ws:
-            end = w.op.finished
+            end = max(w.op.finished, w.landed)  # a background fill lands after its call
             best = (end, id(w), best[0]) if end >= best[0] else (best[0], best[1], max(best[2], end))
             top.append(best)
         tops[key] = top
@@ -272,10 +296,15 @@ def convergence_violations(history: History, writes: list[Write], p: CheckParams
     the key: one not superseded by any acknowledged write (skipped writes excluded). None is allowed
     only if there is no write, a maximal write is a delete (acknowledged or unknown), or a
     data-losing fault (``redis_restart_empty``, ``maxmemory_allkeys_lru``) ended after the earliest
-    maximal write began (Redis may have lost it)."""
+    maximal write began (Redis may have lost it).
+
+    A maximal fill with a TTL (fail-safe runs) may expire: if it may have expired before the last
+    final read (its function ended at least its TTL before: its value was stored after that), None
+    is allowed too, mixed with that one value (some reads before its expiry, some after)."""
     if history.final is None:
         return []
     tol = _ns(p.tol)
+    final_end = history.final_time[1] if history.final_time is not None else INF
     by_key: dict[str, list[Write]] = defaultdict(list)
     for w in writes:
         if w.status != "skipped":
@@ -291,9 +320,13 @@ def convergence_violations(history: History, writes: list[Write], p: CheckParams
         earliest = min((w.start for w in maximal), default=INF)
         if not ws or any(w.kind == "delete" for w in maximal) or any(end >= earliest for end in losses):
             allowed.add(None)
+        expiring = any(w.kind == "fill" and w.ttl is not None
+                       and (w.op.fn_end or w.start) + _ns(w.ttl) <= final_end for w in maximal)
+        if expiring:
+            allowed.add(None)
         seen = {h: per_host.get(key, []) for h, per_host in history.final.items()}
         ids = {_final_id(v) for vs in seen.values() for v in vs}
-        if len(ids) == 1 and ids <= allowed:
+        if ids <= allowed and (len(ids) == 1 or (expiring and len(ids - {None}) <= 1)):
             continue
         why = (f"{key}: final reads {seen} (as ids {sorted(map(str, ids))}); maximal writes allow "
                f"{sorted(map(str, allowed))}")
@@ -320,8 +353,9 @@ def _excused_exception(op: Op) -> bool:
 
 def exception_violations(history: History, writes: list[Write], p: CheckParams) -> list[Violation]:
     """``unexpected_exception``: an exception reached a caller, other than a ComputeError caused by
-    the injected failure (here or in the lease holder), CacheTimeout, and the TimeoutError /
-    CancelledError of the worker's own deliberate cancellation."""
+    the injected failure (here or in the lease holder), CacheTimeout (also a hard timeout here or in
+    the lease holder), and the TimeoutError / CancelledError of the worker's own deliberate
+    cancellation."""
     return [Violation("unexpected_exception", op.start, op.outcome, [op])
             for op in history.ops if not _excused_exception(op)]
 
@@ -329,10 +363,12 @@ def exception_violations(history: History, writes: list[Write], p: CheckParams) 
 def duplicate_compute_violations(history: History, writes: list[Write], p: CheckParams) -> list[Violation]:
     """``duplicate_compute``: two executions of a key's function (through the coordinator: not a
     local compute) whose ``[fn_start, fn_end]`` overlap, neither cancelled nor slow, while no slow
-    execution of that key was running and no fault window (disruptive or ``worker_kill``, each
-    extended by ``dup_slack`` after its end) touched ``[earlier fn_start, later fn_end]``."""
+    execution of that key was running and no fault window (disruptive or ``worker_kill``) and no
+    period in which a coordinator worked without Redis (its leases then hold for its host only),
+    each extended by ``dup_slack`` after its end, touched ``[earlier fn_start, later fn_end]``."""
     slack = _ns(p.dup_slack)
-    faults = Timeline(Fault(f.index, f.kind, f.target, f.start, min(INF, f.end + slack)) for f in history.faults)
+    faults = Timeline([*(Fault(f.index, f.kind, f.target, f.start, min(INF, f.end + slack)) for f in history.faults),
+                       *(Fault(-1, "l2_down", None, start, min(INF, end + slack)) for start, end in history.down)])
     runs: dict[str, list[Op]] = defaultdict(list)
     for op in history.ops:
         if op.op == "goc" and op.fn_start is not None and op.fn_end is not None:
@@ -358,8 +394,161 @@ def duplicate_compute_violations(history: History, writes: list[Write], p: Check
     return out
 
 
+def _settled(op: Op, end: int, degraded: bool, disruptive: Timeline) -> int:
+    """The latest a call's requests (up to ``end``) can have been carried out. A call that got its
+    replies: ``end``. A degraded one may have left a request the coordinator carries out later (a
+    stopped coordinator, continued): the end of the disruptive faults overlapping the call, and if
+    none did, never known (INF)."""
+    if not degraded or end >= INF:
+        return end
+    fault_end = disruptive.end_of_overlap(op.start, end)
+    return INF if fault_end is None else max(end, fault_end)
+
+
+@dataclass(frozen=True, slots=True)
+class _Activation:
+    """A call that may have made a stale value fresh again for ``throttle`` seconds (fail-safe), at
+    some moment in ``[start, settled]``."""
+
+    op: Op
+    start: int
+    settled: int
+    throttle: int
+
+
+def _activations(ops: Iterable[Op], disruptive: Timeline) -> dict[str, list[_Activation]]:
+    """Per key, by start: every call that counted an activation (``act``) through the coordinator
+    (not a ``local`` one: without the coordinator, a worker serves its own near copy and makes
+    nothing fresh), every background completion that did (``bg_act``), and, with no known end
+    (they may have activated at any time), every call with fail-safe whose end, or whose background
+    completion's end, was never recorded, and every one whose function failed and that was then
+    interrupted (cancelled: it may have sent its fail-safe activation, and not waited for the reply
+    after which it counts it)."""
+    out: dict[str, list[_Activation]] = defaultdict(list)
+    for op in ops:
+        if op.op != "goc" or op.fail_safe <= 0:
+            continue
+        throttle = _ns(op.throttle)
+        if op.act and op.end is not None and not op.local:
+            out[op.key].append(_Activation(op, op.start, _settled(op, op.end, op.degraded, disruptive), throttle))
+        if op.bg_act and op.bg_end is not None:
+            out[op.key].append(_Activation(op, op.start, _settled(op, op.bg_end, op.bg_deg, disruptive), throttle))
+        interrupted = (not op.act and not op.local and op.fn_result in ("raised", "abandoned")
+                       and op.outcome != "ok" and not op.outcome.startswith(("ComputeError", "CacheTimeout")))
+        if op.end is None or interrupted or (op.fn_result == "bg" and op.bg_end is None):
+            out[op.key].append(_Activation(op, op.start, INF, throttle))
+    for acts in out.values():
+        acts.sort(key=lambda a: a.start)
+    return out
+
+
+def _lifetime(w: Write, acts: list[_Activation], disruptive: Timeline, tol: int) -> list[tuple[int, int, int]]:
+    """How long the value of write ``w`` may stay fresh, and kept (stale) on a tier, as activations
+    may have extended it: ``[(since, fresh_until, kept_until), ...]``, each entry holding from the
+    start of an activation on (the first from the beginning). See ``expired_value``."""
+    if w.ttl is None:
+        return [(-INF, INF, INF)]
+    landed = _settled(w.op, w.landed, w.op.degraded or w.op.bg_deg, disruptive)
+    fresh = landed + _ns(w.ttl) if landed < INF else INF
+    kept = fresh + _ns(w.fail_safe) if fresh < INF else INF
+    out = [(-INF, fresh, kept)]
+    for a in acts:
+        if a.settled < w.start:
+            continue  # over before the value existed
+        if a.start > kept + tol:
+            break  # the value was gone from every tier before this one (and every later one) began
+        if a.settled >= INF:
+            return [*out, (a.start, INF, INF)]
+        # fresh again until the throttle past its Redis record (written by its settled end); kept its
+        # remaining stale time past that: in L1 the throttle longer, in Redis also as long as the
+        # record was written after the activation began (at most its settled end - its start)
+        fresh = max(fresh, a.settled + a.throttle)
+        kept += a.throttle + (a.settled - a.start)
+        out.append((a.start, fresh, kept))
+    return out
+
+
+def expired_value_violations(history: History, writes: list[Write], p: CheckParams) -> list[Violation]:
+    """``expired_value``: a read R returns the value of write W after it may be served. Times are
+    upper bounds, so the rule is sound (``slack`` = ``expiry_slack`` + ``tol``):
+
+    - W *landed* at the end of its call (a set, a fill), or of its background completion (a fill
+      after a soft timeout); for a call whose client was degraded, at the end of the disruptive
+      faults that overlap it (a stopped coordinator carries a request out when continued), or never
+      known if none did. A value with no recorded TTL, or whose landing is not known, never expires.
+    - W is *fresh* until ``landed + ttl`` and *kept* (every tier holds it as a stale fallback) until
+      ``landed + ttl + fail_safe`` (W's own fail-safe; sets have none).
+    - An *activation* is a call (or its background completion) on the key that counted a fail-safe
+      activation through the coordinator, whose end was never recorded, or whose function failed
+      and that was then cancelled (see :func:`_activations`): somewhere in
+      ``[its start, its settled end]`` it may have made the key's stale value fresh again for its
+      throttle ``R``: then that value is fresh until at most ``settled end + R`` (its Redis record
+      was written by then) and kept ``R + (settled end - start)`` longer (the coordinator keeps its
+      remaining stale time as of the activation, and its Redis record may have been written up to
+      the settled end); one whose settled end is not known leaves the value unbounded from its
+      start on. Activations are taken in order of start while they begin before the value's kept
+      deadline so far (plus ``tol``): one that begins after it cannot have found the value (nor can
+      any later one). Any activation of the key counts, whichever value it refreshed, if it settled
+      after W began.
+    - A read that counted no stale serve (a get, a get_or_compute not marked ``stale``) may return
+      W's value only if ``R.start <= fresh + slack``. A get_or_compute marked ``stale`` (its own
+      fail-safe ``R.fail_safe``) only if ``R.start <= min(kept, fresh + R.fail_safe) + slack``: the
+      coordinator hands over a stale value it still keeps, gone stale at most the caller's
+      fail-safe ago; for a ``local`` one (no coordinator answered: the worker's own near copy
+      stands in) only if ``R.start <= fresh + R.fail_safe + slack``. ``fresh`` and ``kept`` with
+      the activations that began before ``R.end``.
+
+    So a value served later than its TTL, or later than its TTL plus fail-safe plus the throttle
+    windows of the activations that could have reached it, is caught. A stale serve that was not
+    counted, of a value past its fresh deadline, is caught here too (it is held to the fresh bound).
+    """
+    tol, slack = _ns(p.tol), _ns(p.expiry_slack) + _ns(p.tol)
+    disruptive = Timeline(f for f in history.faults if f.disruptive)
+    by_vid = {w.vid: w for w in writes if w.vid is not None}
+    acts = _activations(history.ops, disruptive)
+    lifetimes: dict[ValueId, list[tuple[int, int, int]]] = {}
+    out = []
+    for r in reads(history.ops):
+        vid = _vid(r.value)
+        w = by_vid.get(vid) if vid is not None else None
+        if vid is None or w is None or w.status == "skipped":
+            continue
+        life = lifetimes.get(vid)
+        if life is None:
+            life = lifetimes[vid] = _lifetime(w, acts.get(w.op.key, []), disruptive, tol)
+        at = bisect_left(life, (r.finished, -INF, -INF))
+        _, fresh, kept = life[at - 1]
+        stale = r.op == "goc" and r.stale
+        limit = fresh
+        if stale:
+            limit = fresh + _ns(r.fail_safe) if fresh < INF else INF
+            limit = limit if r.local else min(kept, limit)
+        if limit >= INF or r.start <= limit + slack:
+            continue
+        what = "a stale serve allowed until" if stale else "fresh until"
+        out.append(Violation("expired_value", r.start, f"{'a stale' if stale else 'a'} read "
+                             f"{(r.start - limit) / 1e9:.3f}s after its value could be served: {what} "
+                             f"{(limit - history.t0) / 1e9:.3f} (ttl {w.ttl:g}, fail-safe {w.fail_safe:g}, "
+                             f"reader's {r.fail_safe:g}; {at - 1} activation(s) may have reached it)", [r, w.op]))
+    return out
+
+
+def uncounted_stale_violations(history: History, writes: list[Write], p: CheckParams) -> list[Violation]:
+    """``uncounted_stale``: a get_or_compute returned a value although its own function ran and did
+    not give it one (it raised, was cancelled, was given up at the hard timeout, or was left to the
+    background at the soft timeout): a stale value served by fail-safe, and the call did not count
+    it (``stale_served``)."""
+    out = []
+    for op in history.ops:
+        if (op.op == "goc" and op.outcome == "ok" and op.value is not None and not op.stale
+                and op.fn_result in ("raised", "cancelled", "abandoned", "bg")):
+            out.append(Violation("uncounted_stale", op.start, f"served a value its failed function "
+                                 f"({op.fn_result}) did not give, without counting a stale serve", [op]))
+    return out
+
+
 CHECKS = (stale_read_violations, lost_write_violations, unknown_value_violations, convergence_violations,
-          exception_violations, duplicate_compute_violations)
+          exception_violations, duplicate_compute_violations, expired_value_violations, uncounted_stale_violations)
 
 
 def check(history: History, params: CheckParams | None = None) -> CheckResult:

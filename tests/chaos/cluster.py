@@ -122,6 +122,13 @@ class Cluster:
                "--keys", str(wl.keys), "--slow-prob", str(wl.slow_prob), "--fail-prob", str(wl.fail_prob),
                "--cancel-prob", str(wl.cancel_prob), "--lease-ttl", str(wl.lease_ttl), "--think-ms", str(wl.think_ms),
                "--idle-prob", str(wl.idle_prob)]
+        if wl.fail_safe > 0:
+            cmd += ["--fail-safe", str(wl.fail_safe), "--fail-safe-min", str(wl.fail_safe_min),
+                    "--fail-safe-throttle", str(wl.fail_safe_throttle),
+                    "--goc-ttl-min", str(wl.goc_ttl_min), "--goc-ttl-max", str(wl.goc_ttl_max),
+                    "--soft-prob", str(wl.soft_prob), "--hard-prob", str(wl.hard_prob),
+                    "--write-share", str(wl.write_share), "--cold-keys", str(wl.cold_keys),
+                    "--cold-share", str(wl.cold_share)]
         with open(self.history / f"worker-{wid}.log", "ab") as log:
             popen = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         append_json(self.history / "workers.jsonl", {"event": "start", "w": wid, "host": host, "slot": slot,
@@ -214,12 +221,13 @@ class Cluster:
 
     def coordinator_stats(self) -> dict[int, dict[str, Any]]:
         """Each host's coordinator counters (STATS), for the report; empty if it does not answer."""
-        out: dict[int, dict[str, Any]] = {}
-        for host in self.hosts:
-            with Client(host.coordinator.socket_path, namespace=self.settings.namespace, spawn=False,
-                        near_capacity=0) as probe:
-                out[host.index] = probe.stats().coordinator or {}
-        return out
+        return {host.index: self.host_stats(host.index) for host in self.hosts}
+
+    def host_stats(self, index: int) -> dict[str, Any]:
+        """One host's coordinator counters (STATS); empty if it does not answer."""
+        with Client(self.hosts[index].coordinator.socket_path, namespace=self.settings.namespace, spawn=False,
+                    near_capacity=0) as probe:
+            return probe.stats().coordinator or {}
 
     def rss_kib(self) -> dict[int, int | None]:
         """Each host's coordinator resident set (VmRSS, KiB); None if it is not running."""

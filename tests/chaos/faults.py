@@ -152,6 +152,8 @@ class FaultInjector:
     def _coordinator_kill(self, w: Window, detail: dict[str, Any]) -> Heal:
         coordinator = self.cluster.hosts[w.host or 0].coordinator
         detail["pid"] = coordinator.pid
+        # what dies with it: the periods in which it worked without Redis (see History.down)
+        detail["l2_down_periods"] = self.cluster.host_stats(w.host or 0).get("l2_down_periods", [])
         coordinator.kill()
         return coordinator.start
 

@@ -30,6 +30,11 @@ class Timeline:
         """Some window covers ``t``."""
         return self.intersects(t, t)
 
+    def end_of_overlap(self, a: int, b: int) -> int | None:
+        """The latest end of a window that overlaps ``[a, b]``, or None if none does."""
+        i = bisect_right(self.starts, b) - 1
+        return self.ends[i] if i >= 0 and self.ends[i] >= a else None
+
     def last_end_before(self, t: int) -> int | None:
         """The end of the latest window over before ``t``."""
         i = bisect_left(self.ends, t) - 1

@@ -13,7 +13,8 @@ from tests.chaos.schedule import Window
 
 #: The coordinator counters a report shows (from each host's final STATS).
 COORDINATOR_FIELDS = ("mode", "redis", "stream_reader", "invalidation_gaps", "invalidations_applied", "staleness_drops",
-                      "backlog_replayed", "l2_errors", "fills_discarded", "redis_leases_taken")
+                      "backlog_replayed", "l2_errors", "fills_discarded", "redis_leases_taken", "fail_safe_activations",
+                      "writes_superseded", "lease_releases")
 
 
 def _rel(t: int, t0: int) -> float:
@@ -61,6 +62,17 @@ def summarize(history: History, result: CheckResult, *, config: dict[str, Any], 
             "cancelled": sum(op.cancelled for op in gocs),
             "local": sum(op.local for op in gocs),
         },
+        "fail_safe": {
+            "calls": sum(op.fail_safe > 0 for op in gocs),
+            "stale_served": sum(op.stale for op in gocs),
+            "activations": sum(op.act for op in gocs),
+            "abandoned_at_hard_timeout": sum(op.fn_result == "abandoned" for op in gocs),
+            "left_to_background": sum(op.fn_result == "bg" for op in gocs),
+            "background_filled": sum(op.fn_result == "bg" and op.bg_fn == "ok" for op in gocs),
+            "background_unrecorded": sum(op.fn_result == "bg" and op.bg_end is None for op in gocs),
+            "background_stale_counted": sum(op.bg_stale for op in gocs),
+            "background_activations": sum(op.bg_act for op in gocs),
+        },
         "degraded_calls": sum(op.degraded for op in ops),
         "faults": dict(Counter(f.kind for f in history.faults)),
         "fault_errors": [f"{f.kind}: {f.detail['error']}" for f in history.faults if "error" in f.detail],
@@ -87,6 +99,8 @@ def short_text(summary: dict[str, Any], examples: int = 2) -> str:
     lines = [f"chaos run, seed {summary['seed']}: {summary['operations']['total']} operations, "
              f"faults {summary['faults']}, {summary['wall_seconds']}s",
              f"violations: { {k: n for k, n in summary['violations'].items() if n} or 'none'}"]
+    if summary.get("fail_safe", {}).get("calls"):
+        lines.append(f"fail-safe: {summary['fail_safe']}")
     for kind, vs in summary["examples"].items():
         for v in vs[:examples]:
             lines.append(f"  {kind} at {v['at']}s: {v['why']}")
@@ -116,6 +130,7 @@ def markdown(summary: dict[str, Any]) -> str:
     out += [f"| {k} | {', '.join(f'{o}: {n}' for o, n in c.items())} |"
             for k, c in summary["operations"]["by_kind"].items()]
     out += ["", f"Writes: {summary['writes']}  ", f"Computations: {summary['computes']}  ",
+            f"Fail-safe: {summary.get('fail_safe', {})}  ",
             f"Degraded calls: {summary['degraded_calls']}; workers killed: {summary['workers_killed']}; "
             f"worker crashes: {len(summary['worker_crashes'])}", "",
             "## Faults", "", "| kind | count |", "|---|---:|"]

@@ -51,6 +51,26 @@ class RunConfig:
     idle_prob: float = 0.0005
     dup_slack: float = 3.0
     rss_every: float = 5.0
+    #: fail-safe seconds of every get_or_compute (0: off). On, each call also gets a short TTL
+    #: (uniform in [goc_ttl_min, goc_ttl_max]), ``fail_safe_throttle``, and now and then a soft
+    #: (``soft_prob``) and / or a hard timeout (``hard_prob``); sets keep their hour-long TTL (see
+    #: :class:`tests.chaos.workload.WorkloadSettings`)
+    fail_safe: float = 0.0
+    fail_safe_min: float = 0.0
+    fail_safe_throttle: float = 1.0
+    goc_ttl_min: float = 0.3
+    goc_ttl_max: float = 2.0
+    soft_prob: float = 0.2
+    hard_prob: float = 0.2
+    #: with fail-safe on, the share of sets and deletes drawn on the upper half of the keys that stay
+    #: there (the others move to the lower half: computed values there live long enough to go stale)
+    write_share: float = 0.01
+    #: with fail-safe on, how many keys are read rarely, and the share of their reads that stay
+    cold_keys: int = 2
+    cold_share: float = 0.03
+    #: how long after its fresh (or stale) deadline a value may still be read (see
+    #: :func:`tests.chaos.checker.expired_value_violations`)
+    expiry_slack: float = 0.25
 
     def schedule(self) -> list[Window]:
         """The fault windows: between the warm-up and ``heal_bound`` (+1 s) before the load ends."""
@@ -62,14 +82,19 @@ class RunConfig:
 
     def cluster_settings(self) -> ClusterSettings:
         workload = WorkloadSettings(self.keys, self.slow_prob, self.fail_prob, self.cancel_prob, self.lease_ttl,
-                                    self.think_ms, self.idle_prob)
+                                    self.think_ms, self.idle_prob, fail_safe=self.fail_safe,
+                                    fail_safe_min=self.fail_safe_min,
+                                    fail_safe_throttle=self.fail_safe_throttle, goc_ttl_min=self.goc_ttl_min,
+                                    goc_ttl_max=self.goc_ttl_max, soft_prob=self.soft_prob, hard_prob=self.hard_prob,
+                                    write_share=self.write_share, cold_keys=self.cold_keys,
+                                    cold_share=self.cold_share)
         return ClusterSettings(self.hosts, self.workers, self.async_workers, self.seed,
                                staleness_bound=self.staleness_bound, redis_timeout=self.redis_timeout,
                                lease_ttl=self.lease_ttl, workload=workload)
 
     def check_params(self) -> CheckParams:
         return CheckParams(tol=self.tol_ms / 1000, propagation_bound=self.propagation_bound,
-                           heal_bound=self.heal_bound, dup_slack=self.dup_slack)
+                           heal_bound=self.heal_bound, dup_slack=self.dup_slack, expiry_slack=self.expiry_slack)
 
     def command(self, profile: str) -> str:
         """The command line that reruns this config (``profile`` plus what differs from it)."""
@@ -84,9 +109,14 @@ class RunConfig:
 
 
 #: ``short``: the pytest profile (~60 s in all; 12 windows, so every fault kind once);
+#: ``short-failsafe``: the same with fail-safe on (0.5-3 s, throttle 1 s; TTLs of 0.2-1 s, soft and
+#: hard timeouts, a function that fails 40 % of its calls, 16 keys of which 8 are mostly computed
+#: and 2 of those rarely read, so stale values are served all the time, at every age);
 #: ``soak``: 30 minutes, a fault every ~4.5 s.
 PROFILES = {
     "short": RunConfig(seed=14, seconds=50.0, faults=12),
+    "short-failsafe": RunConfig(seed=14, seconds=50.0, faults=12, keys=16, fail_safe=3.0, fail_safe_min=0.5,
+                                fail_prob=0.4, soft_prob=0.3, goc_ttl_min=0.2, goc_ttl_max=1.0),
     "soak": RunConfig(seconds=1800.0, faults=390),
 }
 
@@ -165,7 +195,9 @@ def run(config: RunConfig, out: Path, *, profile: str = "short", redis_server: R
                 injector.heal()
         ticker.until(config.seconds)
         cluster.stop_workers()
+        final_start = time.monotonic_ns()
         final = cluster.final_reads([f"k{i}" for i in range(config.keys)])
+        (out / "final-time.json").write_text(json.dumps({"start": final_start, "end": time.monotonic_ns()}))
         (out / "final.json").write_text(json.dumps(final))
         (out / "coordinators.json").write_text(json.dumps(cluster.coordinator_stats(), default=str))
     finally:

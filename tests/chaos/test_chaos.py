@@ -1,9 +1,13 @@
-"""The chaos checker's short profile: 2 hosts x 3 workers on one Redis, ~50 s of load with 10 fault
-windows from a fixed seed, then heal, convergence reads and the history check. About a minute.
+"""The chaos checker's short profiles: 2 hosts x 3 workers on one Redis, ~50 s of load with 12 fault
+windows from a fixed seed, then heal, convergence reads and the history check. About a minute each.
+``short-failsafe`` is the same load with fail-safe on: every get_or_compute has a short TTL (0.2-1 s),
+fail-safe 3 s with a 1 s throttle, now and then a soft and / or a hard timeout, and a function that
+fails 40 % of its calls, on 16 keys of which 8 are left mostly to get_or_compute, so stale values
+are served, and made fresh again, all the time.
 
 A failure's message holds the report summary, the seed and the command that reruns the run
-(``.venv/bin/python bench/chaos.py --profile short --seed N``); the whole history and
-``report.md`` stay in the test's tmp_path.
+(``.venv/bin/python bench/chaos.py --profile short --seed N``, or ``--profile short-failsafe``); the
+whole history and ``report.md`` stay in the test's tmp_path.
 """
 
 from __future__ import annotations
@@ -17,4 +21,11 @@ from tests.redis_server import RedisServer
 def test_chaos_short_profile(redis_server: RedisServer, tmp_path: Path) -> None:
     result = run(PROFILES["short"], tmp_path / "history", profile="short", redis_server=redis_server,
                  log=lambda _: None)
+    assert result.ok, "\n" + result.text
+
+
+def test_chaos_short_failsafe_profile(redis_server: RedisServer, tmp_path: Path) -> None:
+    result = run(PROFILES["short-failsafe"], tmp_path / "history", profile="short-failsafe",
+                 redis_server=redis_server, log=lambda _: None)
+    assert result.summary["fail_safe"]["stale_served"] > 0, "\n" + result.text  # fail-safe was exercised
     assert result.ok, "\n" + result.text

@@ -242,6 +242,10 @@ def test_none_converges_only_after_a_delete_or_data_loss() -> None:
     ("TimeoutError: ", False, True),
     ("ComputeError: computing 'k' raised asyncio.exceptions.CancelledError: ", False, True),
     ("CoordinatorUnavailable: boom", False, True),
+    ("CacheTimeout: the computation of 'k' passed its hard timeout and was abandoned", False, False),
+    # a holder's hard timeout reaches its waiters as CacheTimeout, never wrapped
+    ("ComputeError: computing 'k' raised mtcache.errors.CacheTimeout: the computation passed its hard timeout "
+     "of 0.02s and was abandoned", False, True),
 ])
 def test_exceptions_other_than_the_planned_ones_are_unexpected(outcome: str, cancelled: bool, flagged: bool) -> None:
     op = Op(1, 0, 1, "goc", "k", 0, MS, outcome=outcome, cancelled=cancelled)
@@ -263,6 +267,170 @@ def test_two_computations_of_one_key_at_once_are_duplicates() -> None:
     assert kinds(History([a, cancelled])) == {}
 
 
+def test_two_computations_while_a_coordinator_worked_without_redis_are_no_duplicates() -> None:
+    # its leases then hold for its host only: the other host may compute the same key
+    a = fill(1, 1, 0, MS, 20 * MS, 21 * MS)
+    b = fill(2, 1, 0, 10 * MS, 30 * MS, 31 * MS, host=1)
+    assert kinds(History([a, b], down=[(0, 5 * MS)])) == {}
+    assert kinds(History([a, b], down=[(-10 * S, -5 * S)])) == {"duplicate_compute": 1}
+    assert kinds(History([a, b], down=[(-10 * S, 2**63)])) == {}  # still down at the end
+
+
+# -- fail-safe: expired values and stale serves --------------------------------------------------------
+#
+# A fill whose call ends at 3 ms with a TTL of 1 s and a fail-safe of 3 s: fresh until 1.003 s, kept
+# (stale) until 4.003 s. The slack is 0.25 s + tol (0.5 ms here).
+
+SAFE: dict[str, Any] = {"ttl": 1.0, "fail_safe": 3.0, "throttle": 1.0}
+
+
+def safe_fill(w: int = 1, s: int = 1, *, host: int = 0, **kw: Any) -> Op:
+    return fill(w, s, 0, MS, 2 * MS, 3 * MS, host=host, **{**SAFE, **kw})
+
+
+def served(w: int, s: int, start: int, value: Any, *, stale: bool = True, fn: str | None = "raised",
+           host: int = 0, **kw: Any) -> Op:
+    """A get_or_compute (fail-safe on) that returned ``value`` without computing it: by default its
+    function raised and it served ``value`` as a stale value (counted)."""
+    fn_times = {"fn_start": start, "fn_end": start + MS // 2} if fn in ("raised", "cancelled") else \
+        {"fn_start": start} if fn else {}
+    return Op(w, host, s, "goc", "k", start, start + MS, value=value, fn_result=fn, stale=stale,
+              **{**fn_times, **SAFE, **kw})
+
+
+def activation(w: int, s: int, start: int, *, host: int = 0, **kw: Any) -> Op:
+    """A get_or_compute whose function failed and that activated fail-safe (throttle 1 s); what it
+    returned does not matter here (None)."""
+    return Op(w, host, s, "goc", "k", start, start + MS, fn_start=start, fn_end=start + MS // 2,
+              fn_result="raised", outcome="ComputeError: computing 'k' raised InjectedFailure", act=True,
+              **{**SAFE, **kw})
+
+
+def test_a_value_is_read_as_fresh_only_until_its_ttl() -> None:
+    w = safe_fill()
+    assert kinds(History([w, get(2, 1, 1200 * MS, 1201 * MS, v(1, 1, 1))])) == {}  # within the slack
+    assert kinds(History([w, get(2, 1, 1500 * MS, 1501 * MS, v(1, 1, 1))])) == {"expired_value": 1}
+    # a get_or_compute that served it without counting a stale serve is held to the fresh bound
+    assert kinds(History([w, served(2, 1, 1500 * MS, v(1, 1, 1), stale=False, fn=None)])) == {"expired_value": 1}
+    assert kinds(History([w, served(2, 1, 900 * MS, v(1, 1, 1), stale=False, fn=None)])) == {}
+    # a value of a history recorded without TTLs never expires
+    old = fill(1, 1, 0, MS, 2 * MS, 3 * MS)
+    assert kinds(History([old, get(2, 1, 100 * S, 100 * S + MS, v(1, 1, 1))])) == {}
+
+
+def test_a_stale_value_is_served_only_within_fail_safe() -> None:
+    w = safe_fill()
+    assert kinds(History([w, served(2, 1, 3900 * MS, v(1, 1, 1))])) == {}
+    assert kinds(History([w, served(2, 1, 4500 * MS, v(1, 1, 1))])) == {"expired_value": 1}
+    # within the caller's own fail-safe, too
+    assert kinds(History([w, served(2, 1, 1900 * MS, v(1, 1, 1), fail_safe=1.0)])) == {}
+    assert kinds(History([w, served(2, 1, 2500 * MS, v(1, 1, 1), fail_safe=1.0)])) == {"expired_value": 1}
+    # without the coordinator, a near copy stands in for its caller's own fail-safe (its fresh
+    # deadline + the caller's fail-safe); with it, what the coordinator keeps (W's) bounds it too
+    assert kinds(History([w, served(2, 1, 4500 * MS, v(1, 1, 1), fail_safe=5.0, local=True)])) == {}
+    assert kinds(History([w, served(2, 1, 4500 * MS, v(1, 1, 1), fail_safe=5.0)])) == {"expired_value": 1}
+    assert kinds(History([w, served(2, 1, 6500 * MS, v(1, 1, 1), fail_safe=5.0, local=True)])) == {
+        "expired_value": 1}
+
+
+def test_an_activation_extends_a_stale_value_by_its_throttle() -> None:
+    w = safe_fill()
+    act = activation(3, 1, 3500 * MS)  # began while the value was kept: fresh until 4.501 s, kept until 5.003 s
+    assert kinds(History([w, act, get(2, 1, 4600 * MS, 4601 * MS, v(1, 1, 1))])) == {}
+    assert kinds(History([w, act, get(2, 1, 4900 * MS, 4901 * MS, v(1, 1, 1))])) == {"expired_value": 1}
+    assert kinds(History([w, act, served(2, 1, 5200 * MS, v(1, 1, 1))])) == {}
+    assert kinds(History([w, act, served(2, 1, 5500 * MS, v(1, 1, 1))])) == {"expired_value": 1}
+    # two activations chain: kept until 6.003 s
+    again = activation(3, 2, 4800 * MS)
+    assert kinds(History([w, act, again, served(2, 1, 6100 * MS, v(1, 1, 1))])) == {}
+    # an activation that began once the value was gone everywhere did not find it
+    late = activation(3, 1, 4500 * MS)
+    assert kinds(History([w, late, served(2, 1, 4600 * MS, v(1, 1, 1))])) == {"expired_value": 1}
+    # nor did one that began after the read ended, nor one without the coordinator (a near copy)
+    after = activation(3, 2, 4950 * MS)
+    assert kinds(History([w, act, after, get(2, 1, 4900 * MS, 4901 * MS, v(1, 1, 1))])) == {"expired_value": 1}
+    assert kinds(History([w, act, after, get(2, 1, 5000 * MS, 5001 * MS, v(1, 1, 1))])) == {}
+    local = activation(3, 1, 3500 * MS, local=True)
+    assert kinds(History([w, local, served(2, 1, 4500 * MS, v(1, 1, 1))])) == {"expired_value": 1}
+    # a call with fail-safe that never ended may have activated at any time: from then on the value
+    # is not bounded, if the call began while it was kept
+    killed = Op(3, 0, 1, "goc", "k", 3500 * MS, None, outcome="killed", fn_result="unknown", **SAFE)
+    assert kinds(History([w, killed, served(2, 1, 9 * S, v(1, 1, 1))])) == {}
+    assert kinds(History([w, killed, get(2, 1, 3400 * MS, 3401 * MS, v(1, 1, 1))])) == {"expired_value": 1}
+    gone = Op(3, 0, 1, "goc", "k", 4500 * MS, None, outcome="killed", fn_result="unknown", **SAFE)
+    assert kinds(History([w, gone, served(2, 1, 9 * S, v(1, 1, 1))])) == {"expired_value": 1}
+    # so may one whose function failed and that was cancelled before it counted its activation
+    cancelled = Op(3, 1, 1, "goc", "k", 3500 * MS, 3510 * MS, outcome="TimeoutError: ", fn_start=3501 * MS,
+                   fn_end=3505 * MS, fn_result="raised", cancelled=True, **SAFE)
+    assert kinds(History([w, cancelled, get(2, 1, 9 * S, 9 * S + MS, v(1, 1, 1))])) == {}
+    failed = Op(3, 1, 1, "goc", "k", 3500 * MS, 3510 * MS, outcome="ComputeError: computing 'k' raised "
+                "InjectedFailure", fn_start=3501 * MS, fn_end=3505 * MS, fn_result="raised", **SAFE)
+    assert kinds(History([w, failed, get(2, 1, 9 * S, 9 * S + MS, v(1, 1, 1))])) == {"expired_value": 1}
+
+
+def test_a_degraded_call_lands_when_the_fault_that_held_it_ends() -> None:
+    w = safe_fill(degraded=True)  # its fill got no reply: a stopped coordinator may carry it out later
+    late = get(2, 1, 3500 * MS, 3501 * MS, v(1, 1, 1))
+    assert kinds(History([w, late])) == {}  # no fault explains it: when it landed is not known
+    stop = fault("coordinator_stop", 0, 2 * S)
+    assert kinds(History([w, get(2, 1, 3100 * MS, 3101 * MS, v(1, 1, 1))], faults=[stop])) == {}
+    assert kinds(History([w, late], faults=[stop])) == {"expired_value": 1}
+
+
+def test_a_background_fill_lands_when_its_completion_ends() -> None:
+    old = safe_fill(1, 1)
+    bg = Op(2, 0, 1, "goc", "k", 500 * MS, 510 * MS, value=v(1, 1, 1), fn_start=501 * MS, fn_result="bg",
+            stale=True, bg_end=2 * S, bg_fn="ok", fn_end=1900 * MS, **SAFE)
+    assert kinds(History([old, bg, get(3, 1, 2900 * MS, 2901 * MS, v(2, 1, 1))])) == {}
+    assert kinds(History([old, bg, get(3, 1, 3500 * MS, 3501 * MS, v(2, 1, 1))])) == {"expired_value": 1}
+    # a completion whose end was never recorded: its value may be read (no unknown_value), any time
+    pending = Op(2, 0, 1, "goc", "k", 500 * MS, 510 * MS, value=v(1, 1, 1), fn_start=501 * MS, fn_result="bg",
+                 stale=True, **SAFE)
+    assert kinds(History([old, pending, get(3, 1, 9 * S, 9 * S + MS, v(2, 1, 1))])) == {}
+    # one that failed filled nothing
+    failed = Op(2, 0, 1, "goc", "k", 500 * MS, 510 * MS, value=v(1, 1, 1), fn_start=501 * MS, fn_result="bg",
+                stale=True, bg_end=2 * S, bg_fn="raised", **SAFE)
+    assert kinds(History([old, failed, get(3, 1, 2900 * MS, 2901 * MS, v(2, 1, 1))])) == {"unknown_value": 1}
+
+
+def test_every_stale_serve_is_counted() -> None:
+    w = safe_fill()
+    for fn in ("raised", "abandoned", "bg", "cancelled"):
+        assert kinds(History([w, served(2, 1, 500 * MS, v(1, 1, 1), fn=fn, stale=False)])) == {"uncounted_stale": 1}
+        assert kinds(History([w, served(2, 1, 500 * MS, v(1, 1, 1), fn=fn)])) == {}
+    # a value a call computed, or read without computing, is not a stale serve
+    assert kinds(History([w, served(2, 1, 500 * MS, v(1, 1, 1), fn=None, stale=False)])) == {}
+
+
+def test_a_stale_value_is_never_served_after_a_newer_acknowledged_write() -> None:
+    w = safe_fill()
+    # the same host deleted it (or set another value) before the stale serve began
+    for newer in (delete(5, 1, 1500 * MS, 1501 * MS), put(5, 1, 1500 * MS, 1501 * MS)):
+        assert kinds(History([w, newer, served(2, 1, 2 * S, v(1, 1, 1))])) == {"stale_read_same_host": 1}
+    # another host, past the propagation bound
+    other = delete(5, 1, 1500 * MS, 1501 * MS, host=1)
+    assert kinds(History([w, other, served(2, 1, 3 * S, v(1, 1, 1))])) == {"stale_read_cross_host": 1}
+    assert kinds(History([w, other, served(2, 1, 2 * S, v(1, 1, 1))])) == {}
+
+
+def test_an_expiring_fill_may_converge_on_a_miss() -> None:
+    ops = [safe_fill()]
+    expired = (10 * S, 11 * S)
+    finals: list[dict[int, dict[str, list[Any]]]] = [{0: {"k": [None, None]}, 1: {"k": [None, None]}},
+                                                     {0: {"k": [v(1, 1, 1), None]}, 1: {"k": [None, None]}}]
+    for final in finals:
+        assert kinds(History(ops, final=final, final_time=expired)) == {}
+        assert kinds(History(ops, final=final)) == {}  # final reads of unknown time: may be after it
+    # read before it could expire: it must be there
+    early = (500 * MS, 600 * MS)
+    assert kinds(History(ops, final={0: {"k": [None, None]}, 1: {"k": [None, None]}}, final_time=early)) == {
+        "not_converged": 1}
+    # two values are never allowed, expiring or not
+    two = {0: {"k": [v(1, 1, 1), None]}, 1: {"k": [v(2, 2, 1), None]}}
+    other = fill(2, 2, 10 * MS, 11 * MS, 12 * MS, 13 * MS, **SAFE)
+    assert kinds(History([*ops, other], final=two, final_time=expired)) == {"not_converged": 1}
+
+
 # -- the history files -------------------------------------------------------------------------------
 
 
@@ -282,3 +450,22 @@ def test_a_history_directory_round_trips_and_keeps_a_killed_workers_last_write(t
     assert (pending.end, pending.ack, pending.outcome, pending.value) == (None, "unknown", "killed", v(1, 2))
     assert history.faults == [Fault(0, "worker_kill", [0, 0], 3 * MS, 4 * MS, {})]
     assert kinds(history) == {}  # the killed worker's unfinished set may have written what was read
+
+
+def test_a_background_completion_joins_its_call_and_a_killed_call_keeps_its_fail_safe(tmp_path: Path) -> None:
+    call = {"w": 1, "h": 0, "i": 1, "op": "goc", "k": "k", "ttl": 1.0, "fs": 3.0, "thr": 1.0, "soft": 0.005,
+            "start": 0, "end": 10 * MS, "out": "ok", "v": None, "fn_start": MS, "fn": "bg", "stale": True}
+    lines = [{"b": 1, **{k: call[k] for k in ("w", "h", "i", "op", "k", "ttl", "fs", "thr", "start")}}, call,
+             {"bg": 1, "w": 1, "i": 1, "t": 30 * MS, "fn": "ok", "fn_end": 20 * MS, "act": True},
+             {"b": 1, "w": 1, "h": 0, "i": 2, "op": "goc", "k": "k", "ttl": 0.5, "fs": 3.0, "thr": 1.0,
+              "start": 40 * MS}]
+    (tmp_path / "ops-1.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (tmp_path / "workers.jsonl").write_text(json.dumps({"event": "killed", "w": 1, "t": 50 * MS}) + "\n")
+    (tmp_path / "final-time.json").write_text(json.dumps({"start": S, "end": 2 * S}))
+    history = load_history(tmp_path)
+    bg, killed = history.ops
+    assert (bg.fn_result, bg.bg_end, bg.bg_fn, bg.fn_end, bg.bg_act, bg.stale) == ("bg", 30 * MS, "ok", 20 * MS, True,
+                                                                                   True)
+    assert (killed.fn_result, killed.ttl, killed.fail_safe, killed.throttle) == ("unknown", 0.5, 3.0, 1.0)
+    assert history.final_time == (S, 2 * S)
+    assert Op.from_json(bg.to_json()) == bg

@@ -13,7 +13,7 @@ import pytest
 
 from tests.chaos.runner import PROFILES, RunConfig, add_arguments, config_from_args
 from tests.chaos.schedule import INSTANT, KINDS, MIN_GAP, make_schedule
-from tests.chaos.workload import WorkloadSettings, plans, value_id
+from tests.chaos.workload import TTL, WorkloadSettings, plans, value_id
 
 
 def test_the_same_seed_gives_the_same_schedule_and_another_seed_another() -> None:
@@ -47,6 +47,25 @@ def test_a_worker_replays_the_same_operations_for_the_same_seed() -> None:
     assert counts["get"] > counts["goc"] > counts["set"] > counts["delete"] > 0
 
 
+def test_fail_safe_changes_only_the_ttls_timeouts_and_keys_of_writes() -> None:
+    off = list(itertools.islice(plans(5, 3, WorkloadSettings(keys=16)), 2000))
+    on = list(itertools.islice(plans(5, 3, WorkloadSettings(keys=16, fail_safe=3.0, fail_safe_min=0.5)), 2000))
+    assert all(p.ttl == TTL and p.soft is None and p.hard is None and not p.fail_safe for p in off)
+    same = ("index", "op", "fn_seconds", "slow", "fail", "cancel_after", "think")
+    assert [[getattr(p, f) for f in same] for p in off] == [[getattr(p, f) for f in same] for p in on]
+    gocs = [p for p in on if p.op == "goc"]
+    assert all(0.3 <= p.ttl <= 2.0 and 0.5 <= p.fail_safe <= 3.0 for p in gocs)
+    assert all(p.soft is None or p.hard is None or p.soft < p.hard for p in gocs)
+    assert any(p.soft for p in gocs) and any(p.hard for p in gocs)
+    assert all(p.ttl == TTL and p.soft is None and p.hard is None and not p.fail_safe for p in on if p.op != "goc")
+    # sets and deletes mostly leave the upper half of the keys to get_or_compute, and reads mostly
+    # leave its last two keys alone
+    writes = [p for p in on if p.op in ("set", "delete")]
+    assert 0 < sum(int(p.key[1:]) >= 8 for p in writes) < 0.05 * len(writes)
+    reads = [p for p in on if p.op in ("get", "goc")]
+    assert 0 < sum(int(p.key[1:]) >= 14 for p in reads) < 0.02 * len(reads)
+
+
 def test_values_name_their_write() -> None:
     assert value_id({"w": 3, "s": 9}) == (3, 9, 0)
     assert value_id({"w": 3, "s": 9, "c": 1}) == (3, 9, 1)
@@ -62,3 +81,7 @@ def test_the_rerun_command_gives_back_the_same_config() -> None:
     add_arguments(parser)
     assert config_from_args(parser.parse_args(argv)) == config
     assert isinstance(config, RunConfig)
+    safe = dataclasses.replace(PROFILES["short-failsafe"], seed=7, soft_prob=0.5)
+    argv = shlex.split(safe.command("short-failsafe"))[2:]
+    assert config_from_args(parser.parse_args(argv)) == safe
+    assert safe.cluster_settings().workload.fail_safe == 3.0
