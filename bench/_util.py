@@ -9,8 +9,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import redis
@@ -73,6 +74,19 @@ def redis_server_version() -> str:
         if word.startswith("v="):
             return word[2:]
     return out.strip()
+
+
+def versions(libraries: Sequence[str]) -> dict[str, str]:
+    """The Python version, each installed version of ``libraries`` ("not installed" if missing), and
+    redis-server's."""
+    out = {"Python": platform.python_version()}
+    for name in libraries:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    out["redis-server"] = redis_server_version()
+    return out
 
 
 @contextlib.contextmanager

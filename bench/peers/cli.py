@@ -12,11 +12,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from _util import machine, redis_server_version
+from _util import machine, versions
 
 from . import charts, crosshost, report, runner
 from .common import Plan
@@ -77,17 +76,6 @@ def _w4(_pool: Pool, *, peer: Peer, plan: Plan) -> dict[str, Any]:
 
 def _w5(_pool: Pool, *, peer: Peer, plan: Plan) -> dict[str, Any]:
     return crosshost.w5(peer.name, plan.crosshost_samples)
-
-
-def _versions() -> dict[str, str]:
-    out = {"Python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    out["redis-server"] = redis_server_version()
-    return out
 
 
 def _cpu() -> str:
@@ -168,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": " ".join([".venv/bin/python", "bench/peers.py", *(argv if argv is not None else sys.argv[1:])]),
             "quick": plan.quick, "machine": machine(), "cpu": _cpu(), "memory": _memory(),
-            "load_before": _load(), "versions": _versions(),
+            "load_before": _load(), "versions": versions(LIBRARIES),
         },
         "plan": asdict(plan),
         "peers": {p.name: {"setup": p.setup, "stampede": p.stampede} for p in PEERS},
