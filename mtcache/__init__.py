@@ -14,11 +14,12 @@ from mtcache.errors import (
     UntrustedSocket,
 )
 from mtcache.stats import Health, Stats
-from mtcache.strategies import CacheStrategy
+from mtcache.strategies import FOREVER, CacheStrategy
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FOREVER",
     "AsyncClient",
     "CacheError",
     "CacheStrategy",

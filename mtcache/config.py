@@ -106,10 +106,10 @@ def resolve_redis_url(
 class Settings:
     """Every mtcache setting, resolved once (see the module docstring for priority).
 
-    Sizes are in bytes, durations in seconds. Each tier has a longest lifetime:
-    an entry lives ``min(its TTL, l1_ttl)`` in L1 and ``min(its TTL, l2_ttl)`` in
-    Redis, so a strategy longer than ``l2_ttl`` (``LONG_TERM``, 3 h, against the
-    1 h default) needs ``l2_ttl`` raised to take full effect.
+    Sizes are in bytes, durations in seconds. A write's TTL (``ttl=`` or a
+    strategy, ``FOREVER`` included) holds on every tier; ``l1_ttl`` and ``l2_ttl``
+    are how long a write that gives neither lives in L1 (and the near copies) and
+    in Redis.
 
     ``lease_ttl`` is how long a lease outlives a holder that stopped living;
     ``lease_max`` how long a living holder may keep renewing it. ``tombstone_ttl``

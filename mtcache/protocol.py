@@ -33,7 +33,22 @@ FILL       key token value ttl stale_for store             OK version stored
 FAIL       key token type message throttle                 OK
 RELEASE    key token                                       OK
 PING       —                                               OK
+GET_MANY   [key, ...]                                      OK [[key, value, version, ttl], ...] (hits only)
+SET_MANY   [[key, value, ttl], ...]                        OK [[version, kept], ...] (in order)
+DELETE_MANY [key, ...]                                     OK existed (how many)
+ADD        key value ttl                                   OK stored version
+INCR       key delta                                       OK value version / REFUSED kind message
+TOUCH      key ttl                                         OK touched
 =========  ==============================================  ===========================================
+
+A ``ttl`` is positive seconds, ``math.inf`` (``mtcache.FOREVER``: no expiry), or nil (SET,
+FILL, ADD, TOUCH, SET_MANY: the call gave no TTL; the coordinator's L1 and L2 defaults). Batches
+hold 1 to :data:`MAX_BATCH` keys. ADD stores only if no live value exists (in Redis, on
+every host; on this host only while Redis is unreachable). INCR adds ``delta`` to a
+counter in Redis (a missing key counts from 0 and gets no expiry); REFUSED with kind
+``type`` (the value is not an integer), ``range`` (past 64 bits) or ``l2`` (Redis is
+unreachable: a counter is never kept on one host alone). TOUCH gives a live value a new
+TTL.
 
 ``kept`` (SET) and ``stored`` (FILL) say whether the worker may keep a near copy
 (not when a newer write from another host already replaced the value). RELEASE
@@ -58,6 +73,7 @@ against these shapes (:func:`check_reply`): a coordinator's reply is not trusted
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -67,6 +83,8 @@ from mtcache.errors import ProtocolError
 
 __all__ = [
     "INSPECT",
+    "INT64",
+    "MAX_BATCH",
     "MAX_FRAME",
     "MAX_KEY_BYTES",
     "PROTOCOL_VERSION",
@@ -86,6 +104,10 @@ INSPECT = "*"
 MAX_FRAME = 16 * 1024 * 1024
 #: Longest key, in UTF-8 bytes.
 MAX_KEY_BYTES = 1024
+#: Most keys in one GET_MANY, SET_MANY or DELETE_MANY (clients split longer batches).
+MAX_BATCH = 1000
+#: Counters (INCR) stay within a signed 64-bit integer.
+INT64 = (-(2**63), 2**63 - 1)
 
 _HEADER = struct.Struct(">I")
 
@@ -106,6 +128,12 @@ class Op:
     PING = 10
     RELEASE = 11
     REFRESH = 12
+    GET_MANY = 13
+    SET_MANY = 14
+    DELETE_MANY = 15
+    ADD = 16
+    INCR = 17
+    TOUCH = 18
 
 
 class Status:
@@ -118,6 +146,9 @@ class Status:
     COMPUTE_ERROR = 4
     TIMEOUT = 5
     BUSY = 6
+    #: the request was understood and refused: ``kind message`` (kind ``"type"``: the value is not
+    #: what the op needs; ``"range"``: the result would leave the range; ``"l2"``: the op needs Redis)
+    REFUSED = 7
 
 
 def check_key(key: object) -> str:
@@ -262,18 +293,68 @@ def _num(x: object) -> bool:
 _SHAPES: dict[int, tuple[type | str, ...]] = {
     Op.HELLO: (int, str, int),
     Op.GET: ("key",),
-    Op.SET: ("key", bytes, "ttl"),
+    Op.SET: ("key", bytes, "ttl?"),
     Op.DELETE: ("key",),
     Op.CLEAR: (),
     Op.STATS: (),
     Op.HEALTH: (),
     Op.LEASE: ("key", "seconds", "seconds", "seconds"),
     Op.REFRESH: ("key", "version", "seconds"),
-    Op.FILL: ("key", bytes, bytes, "ttl", "seconds", bool),
+    Op.FILL: ("key", bytes, bytes, "ttl?", "seconds", bool),
     Op.FAIL: ("key", bytes, str, str, "seconds"),
     Op.PING: (),
     Op.RELEASE: ("key", bytes),
+    Op.GET_MANY: ("keys",),
+    Op.SET_MANY: ("items",),
+    Op.DELETE_MANY: ("keys",),
+    Op.ADD: ("key", bytes, "ttl?"),
+    Op.INCR: ("key", "int64"),
+    Op.TOUCH: ("key", "ttl?"),
 }
+
+
+_ITEM: tuple[type | str, ...] = ("key", bytes, "ttl?")
+
+
+def _ttl_ok(x: object) -> bool:
+    """A TTL: positive seconds below 1e12, or math.inf (FOREVER: no expiry)."""
+    return _num(x) and (0 < x < 1e12 or x == math.inf)  # type: ignore[operator]
+
+
+def _check_arg(i: int, op: int, want: type | str, arg: object) -> None:
+    if want == "key":
+        try:
+            check_key(arg)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"argument {i} of op {op}: {exc}") from None
+    elif want in ("ttl", "ttl?"):
+        if not (_ttl_ok(arg) or (arg is None and want == "ttl?")):
+            raise ProtocolError(f"argument {i} of op {op} must be a positive TTL, got {arg!r}")
+    elif want == "seconds":
+        if not _num(arg) or not 0 <= arg < 1e9:  # type: ignore[operator]
+            raise ProtocolError(f"argument {i} of op {op} must be a non-negative duration, got {arg!r}")
+    elif want == "version":
+        if not isinstance(arg, int) or isinstance(arg, bool) or arg < 0:
+            raise ProtocolError(f"argument {i} of op {op} must be a version counter, got {arg!r}")
+    elif want == "int64":
+        if not _int(arg) or not INT64[0] <= arg <= INT64[1]:  # type: ignore[operator]
+            raise ProtocolError(f"argument {i} of op {op} must be a 64-bit integer, got {arg!r}")
+    elif want in ("keys", "items"):
+        if not isinstance(arg, list) or not 0 < len(arg) <= MAX_BATCH:
+            raise ProtocolError(f"argument {i} of op {op} must be a list of 1 to {MAX_BATCH} entries")
+        for entry in arg:
+            if want == "keys":
+                _check_arg(i, op, "key", entry)
+            elif not isinstance(entry, list) or len(entry) != 3:
+                raise ProtocolError(f"argument {i} of op {op} must hold [key, value, ttl] entries")
+            else:
+                for part, item in zip(_ITEM, entry, strict=True):
+                    _check_arg(i, op, part, item)
+    elif want is bool:
+        if not isinstance(arg, bool):
+            raise ProtocolError(f"argument {i} of op {op} must be a bool, got {type(arg).__name__}")
+    elif isinstance(want, type) and (not isinstance(arg, want) or isinstance(arg, bool)):
+        raise ProtocolError(f"argument {i} of op {op} must be {want.__name__}, got {type(arg).__name__}")
 
 
 def validate_request(msg: list[Any]) -> tuple[int, int, list[Any]]:
@@ -292,25 +373,7 @@ def validate_request(msg: list[Any]) -> tuple[int, int, list[Any]]:
     if len(args) != len(shape):
         raise ProtocolError(f"op {op} takes {len(shape)} arguments, got {len(args)}")
     for i, (want, arg) in enumerate(zip(shape, args, strict=True)):
-        if want == "key":
-            try:
-                check_key(arg)
-            except (TypeError, ValueError) as exc:
-                raise ProtocolError(f"argument {i} of op {op}: {exc}") from None
-        elif want == "ttl":
-            if not _num(arg) or not 0 < arg < 1e12:
-                raise ProtocolError(f"argument {i} of op {op} must be a positive TTL, got {arg!r}")
-        elif want == "seconds":
-            if not _num(arg) or not 0 <= arg < 1e9:
-                raise ProtocolError(f"argument {i} of op {op} must be a non-negative duration, got {arg!r}")
-        elif want == "version":
-            if not isinstance(arg, int) or isinstance(arg, bool) or arg < 0:
-                raise ProtocolError(f"argument {i} of op {op} must be a version counter, got {arg!r}")
-        elif want is bool:
-            if not isinstance(arg, bool):
-                raise ProtocolError(f"argument {i} of op {op} must be a bool, got {type(arg).__name__}")
-        elif isinstance(want, type) and (not isinstance(arg, want) or isinstance(arg, bool)):
-            raise ProtocolError(f"argument {i} of op {op} must be {want.__name__}, got {type(arg).__name__}")
+        _check_arg(i, op, want, arg)
     return op, rid, args
 
 
@@ -339,8 +402,15 @@ _REPLY_SHAPES: dict[int, dict[int, tuple[type | str, ...]]] = {
     Op.FAIL: {Status.OK: ()},
     Op.RELEASE: {Status.OK: ()},
     Op.PING: {Status.OK: ()},
+    Op.GET_MANY: {Status.OK: ("hits",)},
+    Op.SET_MANY: {Status.OK: ("results",)},
+    Op.DELETE_MANY: {Status.OK: ("count",)},
+    Op.ADD: {Status.OK: (bool, "version")},
+    Op.INCR: {Status.OK: ("int64", "version"), Status.REFUSED: (str, str)},
+    Op.TOUCH: {Status.OK: (bool,)},
 }
 _ERROR_SHAPE: tuple[type | str, ...] = (str, str)
+_HIT: tuple[type | str, ...] = (bytes, "version", "seconds")
 _HELLO_INFO = {"protocol": int, "pid": int, "namespace": str, "versions": str, "generation": int,
                "mirror_generation": int}
 _HEALTH_INFO = {"coordinator": str, "redis": str, "mode": str}
@@ -377,7 +447,18 @@ def _reply_item_ok(want: type | str, item: object) -> bool:
     if want in ("version", "count"):
         return _int(item) and item >= 0  # type: ignore[operator]
     if want == "seconds":
-        return _num(item) and 0 <= item < 1e12  # type: ignore[operator]
+        return _num(item) and (0 <= item < 1e12 or item == math.inf)  # type: ignore[operator]
+    if want == "int64":
+        return _int(item) and INT64[0] <= item <= INT64[1]  # type: ignore[operator]
+    if want == "hits":  # GET_MANY: [key, value, version, seconds] per key found
+        return isinstance(item, list) and len(item) <= MAX_BATCH and all(
+            isinstance(hit, list) and len(hit) == 4 and isinstance(hit[0], str)
+            and all(_reply_item_ok(w, x) for w, x in zip(_HIT, hit[1:], strict=True))
+            for hit in item)
+    if want == "results":  # SET_MANY: [version, kept] per item, in order
+        return isinstance(item, list) and len(item) <= MAX_BATCH and all(
+            isinstance(r, list) and len(r) == 2 and _reply_item_ok("version", r[0]) and isinstance(r[1], bool)
+            for r in item)
     if want == "stale":
         return item is None or isinstance(item, bytes)
     assert isinstance(want, type)

@@ -7,16 +7,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import ClassVar
 
-__all__ = ["CacheStrategy", "validate_ttl"]
+__all__ = ["FOREVER", "CacheStrategy", "validate_ttl"]
+
+#: A TTL meaning "no expiry": the value stays until it is deleted, replaced, cleared or
+#: evicted (L1 by its size bounds, Redis by its ``maxmemory`` policy).
+FOREVER: float = math.inf
 
 
-def validate_ttl(ttl: object, *, what: str = "ttl") -> float:
-    """Return ``ttl`` as a positive, finite number of seconds.
+def validate_ttl(ttl: object, *, what: str = "ttl", forever: bool = True) -> float:
+    """Return ``ttl`` as a positive number of seconds: finite, or :data:`FOREVER` if
+    ``forever`` allows it.
 
     Accepts an ``int``, a ``float`` or a ``datetime.timedelta``.
 
     :raises TypeError: ``ttl`` is of another type (``bool`` included).
-    :raises ValueError: ``ttl`` is zero, negative, NaN or infinite.
+    :raises ValueError: ``ttl`` is zero, negative, NaN, or infinite where FOREVER is not allowed.
     """
     if isinstance(ttl, timedelta):
         seconds = ttl.total_seconds()
@@ -30,8 +35,10 @@ def validate_ttl(ttl: object, *, what: str = "ttl") -> float:
             f"{what} must be seconds (int or float) or a timedelta, "
             f"not {type(ttl).__name__}: {ttl!r}"
         )
+    if seconds == FOREVER and forever:
+        return FOREVER
     if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0:
-        raise ValueError(f"{what} must be a positive, finite duration, got {ttl!r}")
+        raise ValueError(f"{what} must be a positive, finite duration{' or FOREVER' if forever else ''}, got {ttl!r}")
     return seconds
 
 
@@ -40,7 +47,8 @@ class CacheStrategy:
     """How long a value lives in the cache.
 
     Use a preset (``REALTIME`` 10 s, ``SHORT_TERM`` 5 min, ``MEDIUM_TERM`` 1 h,
-    ``LONG_TERM`` 3 h, ``DEFAULT`` 5 min) or :meth:`custom`. ``ttl`` is in seconds.
+    ``LONG_TERM`` 3 h, ``DEFAULT`` 5 min) or :meth:`custom`. ``ttl`` is in seconds
+    (or :data:`FOREVER`), and holds on every tier.
     """
 
     name: str

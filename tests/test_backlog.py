@@ -90,7 +90,7 @@ class Outage:
             return await ping() if self.healed.is_set() else False
 
         monkeypatch.setattr(engine.l2, "ping", cut_ping)
-        engine._l2_failed(L2Error("the link is cut (test)"))
+        engine.l2_failed(L2Error("the link is cut (test)"))
 
     def heal(self) -> None:
         self.healed.set()

@@ -10,6 +10,7 @@ sync ``Client`` and the ``AsyncClient`` behind the same coroutine methods.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from mtcache import AsyncClient, CacheStrategy, Client, ComputeError, Health, Stats
+from mtcache import FOREVER, AsyncClient, CacheStrategy, Client, ComputeError, Health, Stats
 from tests.coordinator_proc import CoordinatorProcess
 from tests.redis_server import RedisServer
 from tests.waiting import wait_for_waiters, wait_for_waiters_async
@@ -196,7 +197,7 @@ async def test_invalid_keys_are_refused(open_handle: Callable[..., Handle]) -> N
 
 async def test_invalid_ttl_is_refused(open_handle: Callable[..., Handle]) -> None:
     c = open_handle()
-    for ttl in (0, -1, float("nan"), float("inf"), timedelta(0)):
+    for ttl in (0, -1, float("nan"), float("-inf"), timedelta(0)):
         with pytest.raises(ValueError, match="ttl"):
             await c.set("k", 1, ttl=ttl)
         with pytest.raises(ValueError, match="ttl"):
@@ -574,18 +575,27 @@ async def test_coordinator_killed_under_load_async(coordinator: CoordinatorProce
         assert stats.coordinator["connections"] >= 1
 
 
-def test_each_tier_keeps_an_entry_at_most_its_longest_lifetime(short_tmp: Path, redis_server: RedisServer) -> None:
-    # L1 lives min(ttl, MTCACHE_L1_TTL), Redis min(ttl, MTCACHE_L2_TTL)
+def test_a_strategy_holds_on_every_tier_and_the_tier_defaults_serve_calls_that_give_none(
+    short_tmp: Path, redis_server: RedisServer
+) -> None:
+    # issue 13: LONG_TERM (3 h) used to live min(ttl, MTCACHE_L2_TTL) in Redis (1 h) and 5 min in L1
     proc = CoordinatorProcess(
         short_tmp / "ttl.sock", redis_url=redis_server.url, env={"MTCACHE_L2_TTL": "120", "MTCACHE_L1_TTL": "60"}
     )
     proc.start()
     try:
-        with Client(proc.socket_path, spawn=False) as c:
+        with Client(proc.socket_path, spawn=False, near_capacity=0) as c:
             c.set("long", "v", strategy=CacheStrategy.LONG_TERM)
             c.set("short", "v", ttl=30)
+            c.set("default", "v")
+            c.set("forever", "v", ttl=FOREVER)
+            assert 10_700 < c.ttl("long") <= 10_800  # L1 keeps it 3 h too
+            assert 50 < c.ttl("default") <= 60  # MTCACHE_L1_TTL
+            assert c.ttl("forever") == math.inf
         with redis_server.client() as r:
-            assert 110_000 < r.pttl("mtcache:default:v2:k:long") <= 120_000
+            assert 10_790_000 < r.pttl("mtcache:default:v2:k:long") <= 10_800_000
             assert 20_000 < r.pttl("mtcache:default:v2:k:short") <= 30_000
+            assert 110_000 < r.pttl("mtcache:default:v2:k:default") <= 120_000  # MTCACHE_L2_TTL
+            assert r.pttl("mtcache:default:v2:k:forever") == -1  # no expiry
     finally:
         proc.stop()

@@ -195,7 +195,7 @@ def test_circular_structures_are_type_errors_for_msgpack_and_json() -> None:
 @pytest.mark.parametrize("codec_type", CODECS)
 def test_oversized_value_is_a_value_error(codec_type: type[Codec]) -> None:
     codec = codec_type(max_bytes=64)
-    with pytest.raises(ValueError, match=r"limit of 64 bytes"):
+    with pytest.raises(ValueError, match=r"limit of 64 bytes \(a client's limit is MTCACHE_MAX_VALUE_BYTES\)"):
         codec.encode("x" * 100)
 
 

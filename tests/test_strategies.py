@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from mtcache.strategies import CacheStrategy, validate_ttl
+from mtcache.strategies import FOREVER, CacheStrategy, validate_ttl
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,6 @@ INVALID_TTLS = [
     (-1, ValueError),
     (-0.5, ValueError),
     (math.nan, ValueError),
-    (math.inf, ValueError),
     (-math.inf, ValueError),
     (timedelta(0), ValueError),
     (timedelta(seconds=-5), ValueError),
@@ -103,3 +102,10 @@ def test_huge_int_ttl_raises_value_error() -> None:
 def test_direct_construction_with_timedelta_gives_seconds() -> None:
     strategy = CacheStrategy("mine", timedelta(seconds=5))  # type: ignore[arg-type]
     assert strategy.ttl == 5.0
+
+
+def test_forever_is_a_ttl_and_means_no_expiry() -> None:
+    assert validate_ttl(FOREVER) == math.inf
+    assert CacheStrategy.custom(FOREVER).ttl == math.inf
+    with pytest.raises(ValueError, match="finite"):
+        validate_ttl(FOREVER, what="lease_ttl", forever=False)

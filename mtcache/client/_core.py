@@ -8,10 +8,12 @@ twins over it that only move frames (stamina's ``_core.py`` shape).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -151,8 +153,41 @@ class ClientCore:
         return check_key(key)
 
     @staticmethod
-    def ttl_for(strategy: CacheStrategy | None, ttl: float | timedelta | None) -> float:
-        """The TTL in seconds: ``ttl`` if given, else ``strategy.ttl``, else DEFAULT.
+    def check_keys(keys: object) -> list[str]:
+        """``keys`` as a list of valid keys.
+
+        :raises TypeError: ``keys`` is a single string (or bytes), not iterable, or holds a non-str.
+        :raises ValueError: a key is empty or too long.
+        """
+        if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+            raise TypeError(f"keys must be an iterable of str (not a single string), got {type(keys).__name__}")
+        return [check_key(key) for key in keys]
+
+    @staticmethod
+    def check_items(mapping: object) -> list[tuple[str, Any]]:
+        """The items of ``mapping`` with valid keys.
+
+        :raises TypeError: ``mapping`` is not a Mapping, or a key is not a str.
+        :raises ValueError: a key is empty or too long.
+        """
+        if not isinstance(mapping, Mapping):
+            raise TypeError(f"set_many takes a mapping of key to value, got {type(mapping).__name__}")
+        return [(check_key(key), value) for key, value in mapping.items()]
+
+    @staticmethod
+    def no_positional_ttl(call: str, args: tuple[Any, ...]) -> None:
+        """Refuse a TTL given by position (``set(key, value, 60)``), saying how to give it.
+
+        :raises TypeError: ``args`` is not empty.
+        """
+        if args:
+            raise TypeError(f"{call}() takes the TTL by keyword: {call}(key, value, ttl={args[0]!r}) "
+                            f"(or strategy=CacheStrategy...)")
+
+    @staticmethod
+    def ttl_for(strategy: CacheStrategy | None, ttl: float | timedelta | None) -> float | None:
+        """The TTL in seconds: ``ttl`` if given (FOREVER included), else ``strategy.ttl``, else None
+        (the coordinator's defaults: ``MTCACHE_L1_TTL`` in L1, ``MTCACHE_L2_TTL`` in Redis).
 
         :raises ValueError: both were given, or ``ttl`` is not positive and finite.
         :raises TypeError: ``strategy`` is not a CacheStrategy or ``ttl`` not a number/timedelta.
@@ -162,7 +197,7 @@ class ClientCore:
         if ttl is not None:
             return validate_ttl(ttl)
         if strategy is None:
-            return CacheStrategy.DEFAULT.ttl
+            return None
         if not isinstance(strategy, CacheStrategy):
             raise TypeError(f"strategy must be a CacheStrategy, not {type(strategy).__name__}: {strategy!r}")
         return strategy.ttl
@@ -258,9 +293,9 @@ class ClientCore:
         strategy: CacheStrategy | None,
         ttl: float | timedelta | None,
         timeout: float | None,
-    ) -> tuple[str, float, float, Any]:
+    ) -> tuple[str, float | None, float, Any]:
         """Check ``get_or_compute``'s arguments and look in near and the mirror:
-        ``(key, ttl seconds, wait seconds, value or MISSING)``.
+        ``(key, ttl seconds (None: the defaults), wait seconds, value or MISSING)``.
 
         :raises TypeError, ValueError: an argument is invalid (``fn`` not callable too).
         """
@@ -338,6 +373,17 @@ class ClientCore:
         """Encode with the client's codec (TypeError / ValueError for bad values)."""
         return self.codec.encode(value)
 
+    @staticmethod
+    def refuse_coroutine(result: Any) -> None:
+        """A coroutine where a value was expected: ``fn`` is async and the client is not.
+
+        :raises TypeError: saying to use AsyncClient (the coroutine is closed, never awaited).
+        """
+        if inspect.iscoroutine(result):
+            result.close()
+            raise TypeError("fn returned a coroutine: Client runs plain functions; for a coroutine function "
+                            "use AsyncClient (or call it yourself inside fn)")
+
     def accept_value(self, key: str, data: bytes, version: int, ttl: float) -> Any:
         """Decode a value the coordinator sent and keep a near copy. MISSING if it
         cannot be decoded (another codec wrote it): counted, never raised."""
@@ -369,15 +415,20 @@ class ClientCore:
             return result.value
         return result
 
-    def refresh_due(self, key: str, seconds: float, policy: Policy) -> int | None:
+    def nominal(self, seconds: float | None) -> float:
+        """The lifetime of a write here (near copy, eager refresh): its TTL, or for one that gave
+        none the L1 default its coordinator applies."""
+        return self.settings.l1_ttl if seconds is None else seconds
+
+    def refresh_due(self, key: str, seconds: float | None, policy: Policy) -> int | None:
         """The version of this worker's copy of ``key`` if an eager refresh of it is due (it has
-        less than ``1 - eager_refresh`` of ``seconds`` left to live) and none is running from this
-        client; it then counts as running until :meth:`refreshed`."""
+        less than ``1 - eager_refresh`` of its lifetime left to live) and none is running from
+        this client; it then counts as running until :meth:`refreshed`."""
         eager = policy.eager_refresh
         if not eager:
             return None
         held = self.near.freshness(key)
-        if held is None or held[1] > (1.0 - eager) * seconds:
+        if held is None or held[1] > (1.0 - eager) * self.nominal(seconds):
             return None
         with self._state_lock:
             if key in self._refreshing:
@@ -403,10 +454,10 @@ class ClientCore:
         err.__cause__ = exc
         return err
 
-    def filled(self, key: str, value: Any, data: bytes, ttl: float, reply: Any) -> None:
+    def filled(self, key: str, value: Any, data: bytes, ttl: float | None, reply: Any) -> None:
         """After a fill: keep a near copy if the coordinator stored the value."""
         if isinstance(reply, list) and reply[1] == Status.OK and reply[3]:
-            self.near.put(key, self.codec.decode(data), data, reply[2], ttl)
+            self.near.put(key, self.codec.decode(data), data, reply[2], self.nominal(ttl))
 
     def close(self) -> None:
         """Let go of the shared memory (version table, mirror): unmapped once no
@@ -482,8 +533,20 @@ class ClientBase:
     :param fail_safe, fail_safe_throttle, soft_timeout, hard_timeout, eager_refresh, jitter,
         cache_none: the defaults of ``get_or_compute``'s arguments of the same names (see
         :class:`~mtcache.client.policy.Policy`).
+    :param local: an in-process cache with the same API, semantics and errors, and no
+        coordinator or Redis: a test double for unit tests (:mod:`mtcache.client.local`).
     :raises TypeError, ValueError: an argument is of the wrong type or out of range.
     """
+
+    #: the in-process twin ``local=True`` gives (module :mod:`mtcache.client.local`, class name)
+    _LOCAL_TWIN = ""
+
+    def __new__(cls, *args: Any, local: bool = False, **kwargs: Any) -> Any:
+        if local and cls._LOCAL_TWIN and cls.__name__ != cls._LOCAL_TWIN:
+            from . import local as local_module  # imported on first use: production code never needs it
+
+            cls = getattr(local_module, cls._LOCAL_TWIN)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -505,7 +568,9 @@ class ClientBase:
         eager_refresh: float | None = None,
         jitter: float | None = None,
         cache_none: bool = True,
+        local: bool = False,
     ) -> None:
+        # ``local`` was taken by __new__ (True gives the in-process twin, which has its own __init__)
         policy = Policy(fail_safe, fail_safe_throttle, soft_timeout, hard_timeout, eager_refresh, jitter, cache_none)
         self._core = ClientCore(
             socket_path,

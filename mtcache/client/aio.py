@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mtcache.errors import CacheTimeout, CoordinatorUnavailable, ProtocolError
 from mtcache.protocol import FrameDecoder, Op, Status, check_reply, encode_frame
@@ -19,9 +19,29 @@ from . import _core
 from . import spawn as _spawn
 from . import trust as _trust
 from ._core import MISSING, RETRY, ClientBase, Stale
-from ._flows import UNKNOWN, Compute, Flow, compute_flow, delete_flow, get_flow, refresh_flow, set_flow
+from ._flows import (
+    UNKNOWN,
+    Compute,
+    Flow,
+    add_flow,
+    compute_flow,
+    delete_flow,
+    delete_many_flow,
+    exists_flow,
+    get_flow,
+    get_many_flow,
+    incr_flow,
+    refresh_flow,
+    set_flow,
+    set_many_flow,
+    touch_flow,
+    ttl_flow,
+)
 from .policy import Policy
 from .streams import AsyncStreams, Entry
+
+if TYPE_CHECKING:
+    from .decorator import CachedFunction
 
 __all__ = ["AsyncClient"]
 
@@ -157,6 +177,8 @@ class AsyncClient(ClientBase):
     ``get_or_compute`` accepts a coroutine function or a plain callable (a plain
     callable runs on the loop: keep it quick, or make it a coroutine)."""
 
+    _LOCAL_TWIN = "AsyncLocalClient"
+
     def _setup(self) -> None:
         #: background work (eager refreshes, computations past their soft timeout)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -259,17 +281,87 @@ class AsyncClient(ClientBase):
         return await self._drive(get_flow(self._core, self._core.check_key(key), default))
 
     async def set(
-        self, key: str, value: Any, *, strategy: CacheStrategy | None = None, ttl: float | timedelta | None = None
+        self,
+        key: str,
+        value: Any,
+        *args: Any,
+        strategy: CacheStrategy | None = None,
+        ttl: float | timedelta | None = None,
     ) -> bool:
         """See :meth:`mtcache.Client.set`."""
         self._check_fork()
         core = self._core
+        core.no_positional_ttl("set", args)
         return bool(await self._drive(set_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl))))
 
     async def delete(self, key: str) -> bool:
         """See :meth:`mtcache.Client.delete`."""
         self._check_fork()
         return await self._drive(delete_flow(self._core, self._core.check_key(key)))
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """See :meth:`mtcache.Client.get_many`."""
+        self._check_fork()
+        return await self._drive(get_many_flow(self._core, self._core.check_keys(keys)))
+
+    async def set_many(
+        self,
+        mapping: Mapping[str, Any],
+        *,
+        ttl: float | timedelta | None = None,
+        strategy: CacheStrategy | None = None,
+    ) -> bool:
+        """See :meth:`mtcache.Client.set_many`."""
+        self._check_fork()
+        core = self._core
+        items = core.check_items(mapping)
+        return bool(await self._drive(set_many_flow(core, items, core.ttl_for(strategy, ttl))))
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """See :meth:`mtcache.Client.delete_many`."""
+        self._check_fork()
+        return await self._drive(delete_many_flow(self._core, self._core.check_keys(keys)))
+
+    async def add(
+        self,
+        key: str,
+        value: Any,
+        *args: Any,
+        ttl: float | timedelta | None = None,
+        strategy: CacheStrategy | None = None,
+    ) -> bool:
+        """See :meth:`mtcache.Client.add`."""
+        self._check_fork()
+        core = self._core
+        core.no_positional_ttl("add", args)
+        return bool(await self._drive(add_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl))))
+
+    async def incr(self, key: str, delta: int = 1) -> int:
+        """See :meth:`mtcache.Client.incr`."""
+        self._check_fork()
+        return await self._drive(incr_flow(self._core, self._core.check_key(key), delta))
+
+    async def decr(self, key: str, delta: int = 1) -> int:
+        """See :meth:`mtcache.Client.decr`."""
+        if not isinstance(delta, int) or isinstance(delta, bool):
+            raise TypeError(f"delta must be an int, not {type(delta).__name__}: {delta!r}")
+        return await self.incr(key, -delta)
+
+    async def touch(self, key: str, *, ttl: float | timedelta | None = None) -> bool:
+        """See :meth:`mtcache.Client.touch`."""
+        self._check_fork()
+        core = self._core
+        return bool(await self._drive(touch_flow(core, core.check_key(key), core.ttl_for(None, ttl))))
+
+    async def ttl(self, key: str) -> float | None:
+        """See :meth:`mtcache.Client.ttl`."""
+        self._check_fork()
+        return await self._drive(ttl_flow(self._core, self._core.check_key(key)))
+
+    async def exists(self, key: str) -> bool:
+        """See :meth:`mtcache.Client.exists`."""
+        self._check_fork()
+        return bool(await self._drive(exists_flow(self._core, self._core.check_key(key))))
 
     async def get_or_compute(
         self,
@@ -306,7 +398,7 @@ class AsyncClient(ClientBase):
         return value
 
     async def _get_or_compute(
-        self, key: str, fn: Callable[[], Any], seconds: float, wait: float, policy: Policy
+        self, key: str, fn: Callable[[], Any], seconds: float | None, wait: float, policy: Policy
     ) -> Any:
         """After near and mirror missed: one request per key for this client's tasks."""
         core = self._core
@@ -345,7 +437,24 @@ class AsyncClient(ClientBase):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _refresh(self, key: str, fn: Callable[[], Any], seconds: float, policy: Policy, version: int) -> None:
+    def cached(
+        self,
+        ttl: float | timedelta | None = None,
+        *,
+        strategy: CacheStrategy | None = None,
+        key: str | Callable[..., str] | None = None,
+        tags: Iterable[str] = (),
+        **policy: Any,
+    ) -> Callable[[Callable[..., Any]], CachedFunction]:
+        """A decorator caching a function's results with :meth:`get_or_compute` (for coroutine functions),
+        keyed by its arguments; see :func:`mtcache.client.decorator.cached`."""
+        from .decorator import cached  # the decorator module imports the clients
+
+        return cached(self, ttl, strategy=strategy, key=key, tags=tags, **policy)
+
+    async def _refresh(
+        self, key: str, fn: Callable[[], Any], seconds: float | None, policy: Policy, version: int
+    ) -> None:
         """An eager refresh, as a task of its own (see :func:`refresh_flow`)."""
         try:
             await self._drive(refresh_flow(self._core, key, seconds, policy, version), fn)

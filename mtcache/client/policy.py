@@ -103,8 +103,8 @@ class Policy:
         """Seconds a computed value is kept past its TTL (0: fail-safe off)."""
         return self.fail_safe or 0.0
 
-    def ttl(self, seconds: float) -> float:
-        """``seconds`` shortened at random by up to ``jitter``."""
-        if not self.jitter:
+    def ttl(self, seconds: float | None) -> float | None:
+        """``seconds`` shortened at random by up to ``jitter`` (not a FOREVER or a default TTL)."""
+        if not self.jitter or seconds is None or seconds == math.inf:
             return seconds
         return seconds * (1.0 - self.jitter * random.random())

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import inspect
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mtcache.errors import CacheTimeout, CoordinatorUnavailable, ProtocolError
 from mtcache.protocol import FrameDecoder, Op, Status, check_reply, encode_frame
@@ -21,9 +22,29 @@ from . import _core
 from . import spawn as _spawn
 from . import trust as _trust
 from ._core import MISSING, RETRY, ClientBase, Stale
-from ._flows import UNKNOWN, Compute, Flow, compute_flow, delete_flow, get_flow, refresh_flow, set_flow
+from ._flows import (
+    UNKNOWN,
+    Compute,
+    Flow,
+    add_flow,
+    compute_flow,
+    delete_flow,
+    delete_many_flow,
+    exists_flow,
+    get_flow,
+    get_many_flow,
+    incr_flow,
+    refresh_flow,
+    set_flow,
+    set_many_flow,
+    touch_flow,
+    ttl_flow,
+)
 from .policy import Policy
 from .streams import Entry, Streams
+
+if TYPE_CHECKING:
+    from .decorator import CachedFunction
 
 __all__ = ["Client"]
 
@@ -122,6 +143,8 @@ class Client(ClientBase):
     ``get`` returns the default, ``set``/``delete`` are skipped, ``get_or_compute``
     calls ``fn`` itself; one warning is logged and the client retries with back-off.
     """
+
+    _LOCAL_TWIN = "LocalClient"
 
     def _setup(self) -> None:
         self._local = threading.local()
@@ -234,10 +257,16 @@ class Client(ClientBase):
         return self._drive(get_flow(self._core, self._core.check_key(key), default))
 
     def set(
-        self, key: str, value: Any, *, strategy: CacheStrategy | None = None, ttl: float | timedelta | None = None
+        self,
+        key: str,
+        value: Any,
+        *args: Any,
+        strategy: CacheStrategy | None = None,
+        ttl: float | timedelta | None = None,
     ) -> bool:
-        """Store ``value`` for ``ttl`` seconds (or ``strategy.ttl``, else DEFAULT's
-        5 min) in L1 and L2. Every worker on this host sees it from the moment this
+        """Store ``value`` for ``ttl`` seconds (or ``strategy.ttl``; ``FOREVER``: no expiry) in
+        L1 and L2; with neither, ``MTCACHE_L1_TTL`` (5 min) in L1 and ``MTCACHE_L2_TTL`` (1 h)
+        in Redis. The TTL is given by keyword. Every worker on this host sees it from the moment this
         returns True. False: the coordinator did not acknowledge the write (it is
         unavailable: the write was skipped, or its outcome is unknown; either way
         this worker keeps no copy of it).
@@ -247,12 +276,115 @@ class Client(ClientBase):
         """
         self._check_fork()
         core = self._core
+        core.no_positional_ttl("set", args)
         return bool(self._drive(set_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl))))
 
     def delete(self, key: str) -> bool:
         """Remove ``key`` from every tier; True if some tier held it."""
         self._check_fork()
         return self._drive(delete_flow(self._core, self._core.check_key(key)))
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The cached values of ``keys`` that are there (missing keys are absent from the dict), in
+        the order given: near copies first, the rest in one round trip per 1,000 keys (and one
+        pipelined Redis read for what the coordinator's L1 lacks).
+
+        :raises TypeError, ValueError: a key is not a valid key (``keys`` a single string included).
+        """
+        self._check_fork()
+        return self._drive(get_many_flow(self._core, self._core.check_keys(keys)))
+
+    def set_many(
+        self,
+        mapping: Mapping[str, Any],
+        *,
+        ttl: float | timedelta | None = None,
+        strategy: CacheStrategy | None = None,
+    ) -> bool:
+        """:meth:`set` for every item of ``mapping``, in one round trip per 1,000 items (and one
+        Redis pipeline); True once every write was acknowledged.
+
+        :raises TypeError, ValueError: a key, a value (checked before anything is written) or the TTL is invalid.
+        """
+        self._check_fork()
+        core = self._core
+        items = core.check_items(mapping)
+        return bool(self._drive(set_many_flow(core, items, core.ttl_for(strategy, ttl))))
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """:meth:`delete` for every key, in one round trip per 1,000 keys; how many of them some tier held.
+
+        :raises TypeError, ValueError: a key is not a valid key.
+        """
+        self._check_fork()
+        return self._drive(delete_many_flow(self._core, self._core.check_keys(keys)))
+
+    def add(
+        self,
+        key: str,
+        value: Any,
+        *args: Any,
+        ttl: float | timedelta | None = None,
+        strategy: CacheStrategy | None = None,
+    ) -> bool:
+        """Store ``value`` only if ``key`` has no live value; True if it was stored. Decided in Redis,
+        so of concurrent adds of one key on any hosts exactly one stores (while this host cannot
+        reach Redis, on this host only; then False may also mean "not acknowledged").
+
+        :raises TypeError, ValueError: as :meth:`set`.
+        """
+        self._check_fork()
+        core = self._core
+        core.no_positional_ttl("add", args)
+        return bool(self._drive(add_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl))))
+
+    def incr(self, key: str, delta: int = 1) -> int:
+        """Add ``delta`` to the integer stored under ``key``, atomically across every host (in Redis),
+        and return the new value; a missing key counts from 0 and is stored with no expiry (a live
+        one keeps its TTL). Never answered from a near copy. Counters stay within +-2**53.
+
+        :raises TypeError: the value is not an integer, ``delta`` is not an int, or the client's
+            codec is not msgpack.
+        :raises ValueError: the result would leave +-2**53.
+        :raises L2Error: Redis is unreachable (a counter is never kept by one host alone).
+        :raises CoordinatorUnavailable: no coordinator answers (or it did not reply: the increment
+            may or may not have been made).
+        """
+        self._check_fork()
+        return self._drive(incr_flow(self._core, self._core.check_key(key), delta))
+
+    def decr(self, key: str, delta: int = 1) -> int:
+        """:meth:`incr` by ``-delta``."""
+        if not isinstance(delta, int) or isinstance(delta, bool):
+            raise TypeError(f"delta must be an int, not {type(delta).__name__}: {delta!r}")
+        return self.incr(key, -delta)
+
+    def touch(self, key: str, *, ttl: float | timedelta | None = None) -> bool:
+        """Give the live value of ``key`` a new TTL (from now; None: the tier defaults, as for a
+        :meth:`set` without one); True if there was one.
+
+        :raises TypeError, ValueError: the key or TTL is invalid.
+        """
+        self._check_fork()
+        core = self._core
+        return bool(self._drive(touch_flow(core, core.check_key(key), core.ttl_for(None, ttl))))
+
+    def ttl(self, key: str) -> float | None:
+        """Seconds before the value of ``key`` expires (``math.inf`` for one stored with
+        ``ttl=FOREVER``), as its coordinator knows it; None if there is none (or no coordinator answers).
+
+        :raises TypeError, ValueError: the key is invalid.
+        """
+        self._check_fork()
+        return self._drive(ttl_flow(self._core, self._core.check_key(key)))
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` has a live value.
+
+        :raises TypeError, ValueError: the key is invalid.
+        """
+        self._check_fork()
+        return bool(self._drive(exists_flow(self._core, self._core.check_key(key))))
 
     def get_or_compute(
         self,
@@ -292,6 +424,9 @@ class Client(ClientBase):
             fail_safe=fail_safe, fail_safe_throttle=fail_safe_throttle, soft_timeout=soft_timeout,
             hard_timeout=hard_timeout, eager_refresh=eager_refresh, jitter=jitter, cache_none=cache_none,
         )
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(f"fn {fn.__qualname__} is a coroutine function: Client runs plain functions; "
+                            "use AsyncClient for coroutine functions")
         key, seconds, wait, value = core.begin_compute(key, fn, strategy, ttl, timeout)
         if value is MISSING:
             value = core.deliver(self._get_or_compute(key, fn, seconds, wait, policy))
@@ -301,7 +436,9 @@ class Client(ClientBase):
                 _background(self._refresh, key, fn, seconds, policy, version)
         return value
 
-    def _get_or_compute(self, key: str, fn: Callable[[], Any], seconds: float, wait: float, policy: Policy) -> Any:
+    def _get_or_compute(
+        self, key: str, fn: Callable[[], Any], seconds: float | None, wait: float, policy: Policy
+    ) -> Any:
         """After near and mirror missed: one request per key for this client's threads."""
         core = self._core
         deadline = time.monotonic() + wait
@@ -337,7 +474,22 @@ class Client(ClientBase):
             with self._lock:
                 self._flights.pop(key, None)
 
-    def _refresh(self, key: str, fn: Callable[[], Any], seconds: float, policy: Policy, version: int) -> None:
+    def cached(
+        self,
+        ttl: float | timedelta | None = None,
+        *,
+        strategy: CacheStrategy | None = None,
+        key: str | Callable[..., str] | None = None,
+        tags: Iterable[str] = (),
+        **policy: Any,
+    ) -> Callable[[Callable[..., Any]], CachedFunction]:
+        """A decorator caching a function's results with :meth:`get_or_compute` (for functions),
+        keyed by its arguments; see :func:`mtcache.client.decorator.cached`."""
+        from .decorator import cached  # the decorator module imports the clients
+
+        return cached(self, ttl, strategy=strategy, key=key, tags=tags, **policy)
+
+    def _refresh(self, key: str, fn: Callable[[], Any], seconds: float | None, policy: Policy, version: int) -> None:
         """An eager refresh, in a background thread (see :func:`refresh_flow`)."""
         try:
             self._drive(refresh_flow(self._core, key, seconds, policy, version), fn)

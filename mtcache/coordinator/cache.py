@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 from mtcache.config import Settings
 from mtcache.coordinator.backlog import Write, WriteBacklog
 from mtcache.coordinator.invalidation import BLOCK_MS, InvalidationStream, new_origin
-from mtcache.coordinator.l2 import Envelope, L2Tier, WriteResult
+from mtcache.coordinator.l2 import FOREVER_MS, Envelope, L2Tier, WriteResult
 from mtcache.coordinator.leases import DistributedLeases, Lease, LeaseRegistry
 from mtcache.coordinator.local import LocalTier
 from mtcache.coordinator.stamps import HybridClock, stamp_ms
@@ -62,7 +63,7 @@ class CacheEngine:
     ) -> None:
         self.settings = settings
         self.local = LocalTier(
-            table, mirror, capacity=settings.l1_capacity, max_bytes=settings.l1_max_bytes, max_ttl=settings.l1_ttl
+            table, mirror, capacity=settings.l1_capacity, max_bytes=settings.l1_max_bytes, default_ttl=settings.l1_ttl
         )
         self.l2 = l2
         self.l2_up = False
@@ -110,7 +111,8 @@ class CacheEngine:
             ("l2_hits", "l2_misses", "promotions", "l2_errors", "l2_skipped", "sets", "deletes", "clears",
              "fills", "fills_discarded", "fills_late", "compute_errors", "lease_releases", "lease_timeouts",
              "cross_host_lease_waits", "redis_leases_taken", "staleness_drops", "backlog_replayed",
-             "writes_superseded", "backlog_overflows", "redis_leases_lost", "fail_safe_activations"),
+             "writes_superseded", "backlog_overflows", "redis_leases_lost", "fail_safe_activations", "adds",
+             "incrs", "touches"),
             0,
         )
 
@@ -239,10 +241,11 @@ class CacheEngine:
         try:
             return await op(l2)
         except L2Error as exc:
-            self._l2_failed(exc)
+            self.l2_failed(exc)
             return None
 
-    def _l2_failed(self, exc: L2Error) -> None:
+    def l2_failed(self, exc: L2Error) -> None:
+        """Redis failed: serve without it (L1 only, writes backlogged) and reconnect in the background."""
         self.counters["l2_errors"] += 1
         if self.l2_up:
             log.warning("Redis failed (%s); serving L1 only until it answers again", exc)
@@ -271,7 +274,7 @@ class CacheEngine:
             l2.queue_write(pipe, write.key, write.value, write.ttl, write.stamp, stale_for=write.stale_for,
                            renew=write.renew)
             if publish is not None:
-                self._publish(pipe, publish, write.key, write.stamp)
+                self.publish(pipe, publish, write.key, write.stamp)
             if extra is not None:
                 extra(pipe)
 
@@ -280,7 +283,7 @@ class CacheEngine:
         except L2Error as exc:
             if keep:
                 self.backlog.add(write)
-            self._l2_failed(exc)
+            self.l2_failed(exc)
             return None
         return int(replies[0])
 
@@ -360,7 +363,7 @@ class CacheEngine:
 
         def build(pipe: Any) -> None:
             l2.queue_write(pipe, write.key, value, ttl, write.stamp)
-            self._publish(pipe, "set" if value is not None else "del", write.key, write.stamp)
+            self.publish(pipe, "set" if value is not None else "del", write.key, write.stamp)
 
         return int((await writes.write(write.key, build))[0])
 
@@ -370,7 +373,7 @@ class CacheEngine:
 
         def build(pipe: Any) -> None:
             l2.queue_raise_floor(pipe, stamp)
-            self._publish(pipe, "clear", "", stamp)
+            self.publish(pipe, "clear", "", stamp)
 
         await writes.clear(stamp, build)
 
@@ -392,6 +395,9 @@ class CacheEngine:
         if env is None or env.tombstone or env.stamp <= self.floor:
             self.counters["l2_misses"] += count_miss
             return None
+        if env.logical_expiry_ms >= FOREVER_MS:
+            self.counters["l2_hits"] += 1
+            return env.value, math.inf, env.stamp, 0.0
         now = time.time()
         ttl = env.logical_expiry_ms / 1000.0 - now
         stale_for = max(0.0, env.stale_until_ms / 1000.0 - max(now, env.logical_expiry_ms / 1000.0))
@@ -414,14 +420,32 @@ class CacheEngine:
         Returns the reply for a hit, None for a miss. If a set or delete of the key
         happened while the read was in flight, the L1 state (newer) wins.
         """
-        if self.l2 is None or not self.l2_up:
-            return None
-        if self.backlog.covers(key) or (self.writes is not None and self.writes.busy(key)):
-            # a write of this key is on its way to Redis, or did not get there while it
-            # was down: what L2 holds may be what that write replaced, so do not read it
+        if self.l2 is None or not self.l2_up or not self._l2_readable(key):
             return None
         before = self.local.version_of(key)
-        found = self._usable(await self._l2(lambda l2: l2.get(key)), count_miss=not recheck)
+        return self._promote(key, before, await self._l2(lambda l2: l2.get(key)), count_miss=not recheck)
+
+    async def read_l2_many(self, keys: list[str]) -> list[Reply | None]:
+        """:meth:`_read_l2` for each of ``keys``, in one round trip."""
+        readable = [key for key in keys if self._l2_readable(key)]
+        found: dict[str, Reply | None] = {}
+        if readable and self.l2 is not None and self.l2_up:
+            befores = [self.local.version_of(key) for key in readable]
+            envs = await self._l2(lambda l2: l2.mget(readable))
+            if envs is not None:
+                for key, before, env in zip(readable, befores, envs, strict=True):
+                    found[key] = self._promote(key, before, env, count_miss=True)
+        return [found.get(key) for key in keys]
+
+    def _l2_readable(self, key: str) -> bool:
+        # not while a write of this key is on its way to Redis, or did not get there while it was
+        # down: what L2 holds may be what that write replaced
+        return not self.backlog.covers(key) and not (self.writes is not None and self.writes.busy(key))
+
+    def _promote(self, key: str, before: int, env: Envelope | None, *, count_miss: bool) -> Reply | None:
+        """What a read of ``key`` found in L2 (``env``), promoted into L1 unless a write moved its
+        version from ``before`` meanwhile (then L1, newer, answers)."""
+        found = self._usable(env, count_miss=count_miss)
         if found is None:
             return None
         if self.local.version_of(key) != before:
@@ -442,18 +466,28 @@ class CacheEngine:
 
     # -- writes -------------------------------------------------------------
 
-    def _publish(self, pipe: Any, op: str, key: str, stamp: int) -> None:
+    def publish(self, pipe: Any, op: str, key: str, stamp: int) -> None:
+        """Queue the stream entry that tells the other hosts of a write (``op`` set, del, fill, clear)."""
         if self.inval is not None:
             self.inval.publish(pipe, op, key, stamp)
 
-    async def set(self, key: str, value: bytes, ttl: float) -> Reply:
+    def lifetimes(self, ttl: float | None) -> tuple[float, float]:
+        """How long a write with ``ttl`` lives in L1 and in Redis: its own TTL on both (FOREVER
+        included); for a write that gave none, the L1 and L2 defaults (``MTCACHE_L1_TTL``,
+        ``MTCACHE_L2_TTL``)."""
+        if ttl is None:
+            return self.settings.l1_ttl, self.settings.l2_ttl
+        return ttl, ttl
+
+    async def set(self, key: str, value: bytes, ttl: float | None) -> Reply:
         """Store in L1 (moving the version before the ack) and in L2, and tell the
         other hosts, in one round trip. The reply says whether the worker may keep a
         near copy (not if a newer write from another host already replaced it)."""
         self.counters["sets"] += 1
         stamp = self.clock.now()
-        self.local.put(key, value, ttl, stamp)
-        result = await self._write(Write(key, value, min(ttl, self.settings.l2_ttl), stamp), publish="set")
+        l1_ttl, l2_ttl = self.lifetimes(ttl)
+        self.local.put(key, value, l1_ttl, stamp)
+        result = await self._write(Write(key, value, l2_ttl, stamp), publish="set")
         kept = True
         if result is not None and result <= WriteResult.OLDER:
             self.counters["writes_superseded"] += 1
@@ -487,7 +521,7 @@ class CacheEngine:
             await self._send_clear(stamp)
         except L2Error as exc:
             self.backlog.add(write)
-            self._l2_failed(exc)
+            self.l2_failed(exc)
         return [Status.OK, removed]
 
     # -- leases -------------------------------------------------------------
@@ -655,7 +689,7 @@ class CacheEngine:
         self._spawn(self._l2(lambda _l2: dist.release(key)))
 
     async def fill(
-        self, key: str, token: bytes, value: bytes, ttl: float, stale_for: float = 0.0, store: bool = True
+        self, key: str, token: bytes, value: bytes, ttl: float | None, stale_for: float = 0.0, store: bool = True
     ) -> Reply:
         """A lease holder's computed value. Stored in L1 if the key's version did not
         move since the lease was granted (else a newer write wins), and in L2 with the
@@ -691,9 +725,10 @@ class CacheEngine:
             self.counters["fills_late"] += 1
         return await self._store_fill(key, value, ttl, grant.stamp, stale_for, lease)
 
-    async def _store_fill(self, key: str, value: bytes, ttl: float, stamp: int, stale_for: float,
+    async def _store_fill(self, key: str, value: bytes, ttl: float | None, stamp: int, stale_for: float,
                           lease: Lease | None, *, renew: bool = False) -> Reply:
         """Store a computed value (see :meth:`fill`) and end ``key``'s lease with it."""
+        ttl, l2_ttl = self.lifetimes(ttl)
         version = self.local.put(key, value, ttl, stamp, stale_for)
         dist = self.dist
         cross_host = dist is not None and key in dist.held
@@ -712,8 +747,7 @@ class CacheEngine:
             if cross_host and dist is not None:
                 dist.queue_release(pipe, key)
 
-        result = await self._write(Write(key, value, min(ttl, self.settings.l2_ttl), stamp, stale_for=stale_for,
-                                         renew=renew),
+        result = await self._write(Write(key, value, l2_ttl, stamp, stale_for=stale_for, renew=renew),
                                    publish="fill" if cross_host else None, extra=release, keep=False)
         if result is not None and result <= WriteResult.OLDER:
             # a newer write reached Redis first (another host's set, a delete, a clear)

@@ -47,6 +47,7 @@ else:
     from async_timeout import timeout as _deadline  # type: ignore[no-redef, import-not-found, unused-ignore]
 
 __all__ = [
+    "FOREVER_MS",
     "FORMAT_VERSION",
     "HEADER_BYTES",
     "Envelope",
@@ -68,8 +69,13 @@ _T = TypeVar("_T")
 # the RuntimeError uvloop raises when redis-py writes to a transport a reset already closed
 # ("unable to perform operation on <TCPTransport closed=True>").
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError, RuntimeError)
+# ... and, from a call in flight, the AttributeError redis-py raises when its connection is torn down under it
+# ("'NoneType' object has no attribute 'writelines'": a failed ping dropped the pool meanwhile)
+_CALL_FAILURES = (*_FAILURES, AttributeError)
 # An expiry must stay a signed 64-bit integer for msgpack and for Redis.
 _MAX_EXPIRY_MS = 2**62
+#: The logical expiry of a value stored with no expiry (FOREVER); exact as a Lua number (a double).
+FOREVER_MS = 2**61
 _SCAN_COUNT = 1000
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
@@ -174,6 +180,10 @@ def key_prefix(namespace: str) -> str:
     return f"mtcache:{namespace}:v{FORMAT_VERSION}:"
 
 
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 def _check_key(key: object) -> str:
     if not isinstance(key, str):
         raise TypeError(f"key must be a str, got {type(key).__name__}")
@@ -214,6 +224,10 @@ local function stamp(s)
   return tonumber(string.sub(s, 1, 16)), tonumber(string.sub(s, 17, 26))
 end
 local function newer(h1, n1, h2, n2) return h1 > h2 or (h1 == h2 and n1 > n2) end
+local function store(key, record, px)
+  if px == '0' then return redis.call('SET', key, record) end  -- FOREVER: no expiry
+  return redis.call('SET', key, record, 'PX', px)
+end
 local function record_stamp(header)
   local kind = string.sub(header, 1, 1)
   if kind ~= 'V' and kind ~= 'T' then return nil end
@@ -222,7 +236,8 @@ local function record_stamp(header)
 end
 """
 
-# KEYS: the record's key, the namespace floor; ARGV: record, px ms, hlc (16 digits), node (10 digits), mode.
+# KEYS: the record's key, the namespace floor; ARGV: record, px ms (0: none), hlc (16 digits), node (10 digits),
+# mode.
 # Stores the record only if its stamp is newer than the floor and than the record Redis holds (what is not
 # a record, foreign data, is overwritten). Returns -1 (older than the floor: a clear came after it),
 # 0 (older than what Redis holds), 1 (stored; no live value was there), 2 (stored over a live value),
@@ -237,12 +252,12 @@ if fh and not newer(hlc, node, fh, fn) then return -1 end
 local ch, cn, kind = record_stamp(redis.call('GETRANGE', KEYS[1], 0, 26))
 if ch then
   if ch == hlc and cn == node then
-    if ARGV[5] == 'renew' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+    if ARGV[5] == 'renew' then store(KEYS[1], ARGV[1], ARGV[2]) end
     return 3
   end
   if not newer(hlc, node, ch, cn) then return 0 end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+store(KEYS[1], ARGV[1], ARGV[2])
 if ch and kind == 'V' and (not fh or newer(ch, cn, fh, fn)) then return 2 end
 return 1
 """
@@ -270,6 +285,102 @@ if h and newer(h, n, fh, fn) then return 0 end
 redis.call('UNLINK', KEYS[1])
 if h and kind == 'V' then return 1 end
 return 0
+"""
+
+
+# The envelope of a record starts with its array header, its format version (2) and its logical expiry as a
+# msgpack uint64 (0xcf and 8 bytes: every expiry is past 2**32 ms): bytes 28-38 of the record. Lua reads the
+# expiry from there (exact to the millisecond up to 2**53, past every real date; FOREVER_MS is 2**61).
+_ENVELOPE_LUA = """
+local function expiry_of(rec)
+  local a, b, c = string.byte(rec, 28, 30)
+  if a ~= 0x95 or b ~= 0x02 or c ~= 0xcf or string.len(rec) < 38 then return nil end
+  local e = 0
+  for i = 31, 38 do e = e * 256 + string.byte(rec, i) end
+  return e
+end
+local function floor_of(key)
+  local floor = redis.call('GET', key)
+  if floor then return stamp(floor) end
+  return nil, nil
+end
+-- a live value: a V record newer than the floor whose logical expiry (nil: unreadable, taken as live) is ahead
+local function live(rec, kind, h, n, fh, fn, now)
+  if kind ~= 'V' or (fh and not newer(h, n, fh, fn)) then return false end
+  local e = expiry_of(rec)
+  return e == nil or e > now
+end
+"""
+
+# KEYS: the record's key, the namespace floor; ARGV: record, px ms (0: none), hlc, node, now (epoch ms).
+# ADD: stores the record only if no live value is there (and its stamp is newer than the floor and than
+# the record there). Returns 1 (stored), 0 (a live value, or a newer record, is there), -1 (below the floor).
+_ADD = _STAMP_LUA + _ENVELOPE_LUA + """
+local hlc, node, now = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local fh, fn = floor_of(KEYS[2])
+if fh and not newer(hlc, node, fh, fn) then return -1 end
+local head = redis.call('GETRANGE', KEYS[1], 0, 37)
+local ch, cn, kind = record_stamp(head)
+if ch then
+  if not newer(hlc, node, ch, cn) or live(head, kind, ch, cn, fh, fn, now) then return 0 end
+end
+store(KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: the record's key, the namespace floor; ARGV: delta, hlc, node, now (epoch ms), the stamp's 26 digits.
+# INCR: adds delta to the live value, which must be a msgpack integer (a missing or dead one counts from 0,
+# and the new record gets no expiry; a live one keeps its expiry, tags and physical TTL). Lua numbers are
+# doubles: the counter must stay within +-2**53. Returns {1, value (decimal text), pttl (-1: none)},
+# {0, stamp digits} (a record as new as this stamp is there: take a newer stamp and try again),
+# {-1, floor digits} (likewise for the floor), {-2} (the value is not an integer), {-3} (out of range).
+_INCR = _STAMP_LUA + _ENVELOPE_LUA + """
+local delta, hlc, node, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local limit = 9007199254740992
+local fh, fn = floor_of(KEYS[2])
+if fh and not newer(hlc, node, fh, fn) then return {-1, redis.call('GET', KEYS[2])} end
+local n, expiry, rest, pttl = 0, nil, nil, -1
+local rec = redis.call('GET', KEYS[1])
+if rec then
+  local ch, cn, kind = record_stamp(rec)
+  if ch and not newer(hlc, node, ch, cn) then return {0, string.sub(rec, 2, 27)} end
+  if ch and live(rec, kind, ch, cn, fh, fn, now) then
+    if not expiry_of(rec) then return {-2} end
+    local t, len, off = string.byte(rec, 39), 0, 0
+    if t == 0xc4 then len, off = string.byte(rec, 40), 41
+    elseif t == 0xc5 then len, off = string.byte(rec, 40) * 256 + string.byte(rec, 41), 42
+    else return {-2} end
+    local b = string.byte(rec, off)
+    if not b or len < 1 or not (b <= 0x7f or b >= 0xe0 or (b >= 0xcc and b <= 0xd3)) then return {-2} end
+    n = cmsgpack.unpack(string.sub(rec, off, off + len - 1))
+    if type(n) ~= 'number' or n > limit or n < -limit then return {-3} end
+    expiry, rest, pttl = string.sub(rec, 30, 38), string.sub(rec, off + len), redis.call('PTTL', KEYS[1])
+  end
+end
+local m = n + delta
+if m > limit or m < -limit then return {-3} end
+local packed = cmsgpack.pack(m)
+if not expiry then
+  expiry, rest = string.char(0xcf, 0x20, 0, 0, 0, 0, 0, 0, 0), string.char(0x90, 0x00)  -- FOREVER_MS, no tags
+end
+local record = 'V' .. ARGV[5] .. string.char(0x95, 0x02) .. expiry .. string.char(0xc4, string.len(packed))
+  .. packed .. rest
+if pttl > 0 then redis.call('SET', KEYS[1], record, 'PX', pttl) else redis.call('SET', KEYS[1], record) end
+return {1, string.format('%.0f', m), pttl}
+"""
+
+# KEYS: the record's key, the namespace floor; ARGV: px ms (0: none), the new logical expiry (8 bytes, big
+# endian), now (epoch ms). TOUCH: gives a live value a new expiry (same stamp: the same write, kept longer).
+# Returns 1 if there was one, else 0.
+_TOUCH = _STAMP_LUA + _ENVELOPE_LUA + """
+local now = tonumber(ARGV[3])
+local fh, fn = floor_of(KEYS[2])
+local rec = redis.call('GET', KEYS[1])
+if not rec then return 0 end
+local ch, cn, kind = record_stamp(rec)
+if not ch or not live(rec, kind, ch, cn, fh, fn, now) or not expiry_of(rec) then return 0 end
+store(KEYS[1], string.sub(rec, 1, 30) .. ARGV[2] .. string.sub(rec, 39), ARGV[1])
+return 1
 """
 
 
@@ -423,13 +534,17 @@ class L2Tier:
         self, value: bytes | None, ttl: float, stamp: int, tags: Sequence[str] = (), stale_for: float = 0.0
     ) -> tuple[bytes, int]:
         """The record of a write (``value`` None: a tombstone) and its physical TTL in ms: ``ttl`` plus
-        ``stale_for``, the seconds its value may still be served after ``ttl`` when its source fails.
+        ``stale_for``, the seconds its value may still be served after ``ttl`` when its source fails; for
+        ``ttl`` FOREVER (``math.inf``), a logical expiry of :data:`FOREVER_MS` and a physical TTL of 0 (none).
 
-        :raises TypeError, ValueError: an argument is invalid (``value`` must be bytes, ``ttl`` positive finite,
+        :raises TypeError, ValueError: an argument is invalid (``value`` must be bytes, ``ttl`` positive,
             ``stale_for`` non-negative).
         """
         if value is not None and not isinstance(value, bytes):
             raise TypeError(f"value must be bytes (the encoded value), got {type(value).__name__}")
+        if ttl == math.inf:
+            env = Envelope(FORMAT_VERSION, FOREVER_MS, value or b"", _check_tags(tags), stamp, value is None)
+            return encode_envelope(env), 0
         ttl_ms = max(1, round(_check_seconds("ttl", ttl) * 1000))
         stale_ms = round(stale_for * 1000) if stale_for else 0
         if stale_ms < 0:
@@ -466,6 +581,38 @@ class L2Tier:
         """
         replies = await self.pipeline("write", lambda pipe: self.queue_write(pipe, key, value, ttl, stamp, tags))
         return int(replies[0])
+
+    def queue_add(self, pipe: Pipeline, key: str, value: bytes, ttl: float, stamp: int) -> None:
+        """Queue the write of ``key`` only if it holds no live value (see :data:`_ADD`); its reply is 1 if
+        stored, 0 if not, -1 if ``stamp`` is older than the namespace floor.
+
+        :raises TypeError, ValueError: an argument is invalid.
+        """
+        data, ttl_ms = self.record(value, ttl, stamp)
+        digits = format_stamp(stamp)
+        pipe.eval(_ADD, 2, self.key(key), self.floor_key, data, ttl_ms, digits[:16], digits[16:], _now_ms())
+
+    def queue_incr(self, pipe: Pipeline, key: str, delta: int, stamp: int) -> None:
+        """Queue the addition of ``delta`` to the integer value of ``key`` (see :data:`_INCR` for the reply).
+
+        :raises TypeError, ValueError: an argument is invalid.
+        """
+        digits = format_stamp(_check_stamp(stamp))
+        pipe.eval(_INCR, 2, self.key(key), self.floor_key, int(delta), digits[:16], digits[16:], _now_ms(), digits)
+
+    def queue_touch(self, pipe: Pipeline, key: str, ttl: float) -> None:
+        """Queue giving the live value of ``key`` a new expiry ``ttl`` from now (FOREVER: none); its reply is
+        1 if there was one, else 0.
+
+        :raises TypeError, ValueError: ``ttl`` is invalid.
+        """
+        now = _now_ms()
+        if ttl == math.inf:
+            expiry, px = FOREVER_MS, 0
+        else:
+            px = max(1, round(_check_seconds("ttl", ttl) * 1000))
+            expiry = now + px
+        pipe.eval(_TOUCH, 2, self.key(key), self.floor_key, px, expiry.to_bytes(8, "big"), now)
 
     def queue_raise_floor(self, pipe: Pipeline, stamp: int) -> None:
         """Queue the move of the namespace floor up to ``stamp`` (a clear): every record older is dead.
@@ -556,7 +703,7 @@ class L2Tier:
         try:
             async with _deadline(self._bound):
                 return await call
-        except _FAILURES as exc:
+        except _CALL_FAILURES as exc:
             self._errors += 1
             if isinstance(exc, RuntimeError):
                 # redis-py does not drop a connection on this error: drop them all, or the pool

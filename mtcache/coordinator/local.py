@@ -43,12 +43,13 @@ class LocalTier:
         *,
         capacity: int,
         max_bytes: int,
-        max_ttl: float,
+        default_ttl: float,
     ) -> None:
         self.table = table
         self.mirror = mirror
-        self.max_ttl = max_ttl
-        self.store = L1Store(capacity=capacity, max_bytes=max_bytes, default_ttl=max_ttl, on_remove=self._removed)
+        #: how long a write that gave no TTL (neither ``ttl`` nor a strategy) lives here
+        self.default_ttl = default_ttl
+        self.store = L1Store(capacity=capacity, max_bytes=max_bytes, default_ttl=default_ttl, on_remove=self._removed)
 
     def version_of(self, key: str) -> int:
         """The key's current version counter."""
@@ -86,12 +87,13 @@ class LocalTier:
             return None
         return value, ttl, stamp
 
-    def put(self, key: str, value: bytes, ttl: float, stamp: int, stale_for: float = 0.0) -> int:
-        """Store ``value`` (fresh for ``ttl``, at most the L1 lifetime, then kept ``stale_for`` more
-        seconds as a fail-safe fallback) with the stamp of its write; the key's new version. A value
-        L1 cannot hold (over its byte bound) removes the key's entry instead. The mirror serves it
-        while it is fresh."""
-        ttl = min(ttl, self.max_ttl)
+    def put(self, key: str, value: bytes, ttl: float | None, stamp: int, stale_for: float = 0.0) -> int:
+        """Store ``value`` (fresh for ``ttl``: its write's own TTL, FOREVER included, or the L1 default
+        when the write gave none; then kept ``stale_for`` more seconds as a fail-safe fallback) with the
+        stamp of its write; the key's new version. A value L1 cannot hold (over its byte bound) removes
+        the key's entry instead. The mirror serves it while it is fresh."""
+        if ttl is None:
+            ttl = self.default_ttl
         stored = self.store.set(key, value, ttl + stale_for, stamp, fresh=ttl)
         if self.mirror is not None:
             if stored:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from mtcache.config import Settings
+from mtcache.coordinator import ops
 from mtcache.coordinator.cache import CacheEngine
 from mtcache.coordinator.l2 import L2Tier
 from mtcache.errors import ProtocolError
@@ -324,6 +325,18 @@ class _Connection(asyncio.Protocol):
             self._spawn(rid, engine.delete(args[0]), write=True)
         elif op == Op.CLEAR:
             self._spawn(rid, engine.clear(), write=True)
+        elif op == Op.GET_MANY:
+            self._spawn(rid, ops.get_many(engine, args[0]))
+        elif op == Op.SET_MANY:
+            self._spawn(rid, ops.set_many(engine, args[0]), write=True)
+        elif op == Op.DELETE_MANY:
+            self._spawn(rid, ops.delete_many(engine, args[0]), write=True)
+        elif op == Op.ADD:
+            self._spawn(rid, ops.add(engine, *args), write=True)
+        elif op == Op.INCR:
+            self._spawn(rid, ops.incr(engine, *args), write=True)
+        elif op == Op.TOUCH:
+            self._spawn(rid, ops.touch(engine, *args), write=True)
         elif op == Op.STATS:
             self._send(rid, [Status.OK, self.server.stats()])
         elif op == Op.HEALTH:
