@@ -6,7 +6,7 @@ Starts its own redis-server and coordinators. For a ~200-byte dict and a
 ~10 KiB value (a list of 44 dicts), one row per way of reading it:
 
 * dict get: the floor;
-* near hit: the worker's own copy;
+* near hit: the worker's own copy (and of a value with two tags: a hit never looks a tag up);
 * mirror hit: the coordinator's L1 read from shared memory (near cache off),
   decoded;
 * L1 hit via socket: near cache off, coordinator started without the mirror;
@@ -65,6 +65,9 @@ def rows_for(value: object, url: str, n: int) -> dict[str, dict[str, float]]:
             near.set("k", value)
             near.get("k")
             add("near hit", lambda: near.get("k"), fast, 100)
+            near.set("tagged", value, tags=["prices", "tenant:7"])
+            near.get("tagged")
+            add("near hit, tagged value", lambda: near.get("tagged"), fast, 100)
         with Client(sock, spawn=False, near_capacity=0) as c:
             c.get("k")
             add("mirror hit (near off)", lambda: c.get("k"), fast, 10)

@@ -20,7 +20,7 @@ version counter as read when the reply was made):
 op         args                                            reply payload
 =========  ==============================================  ===========================================
 GET        key                                             OK value version ttl / MISS version
-SET        key value ttl                                   OK version kept
+SET        key value ttl tags                              OK version kept
 DELETE     key                                             OK existed
 CLEAR      —                                               OK removed
 STATS      —                                               OK map
@@ -29,26 +29,29 @@ LEASE      key wait_seconds fail_safe soft                 OK value version ttl 
                                                            COMPUTE_ERROR type message stale / TIMEOUT stale
 REFRESH    key version fail_safe                           OK value version ttl / GRANTED token version stale /
                                                            BUSY
-FILL       key token value ttl stale_for store             OK version stored
+FILL       key token value ttl stale_for store tags        OK version stored
 FAIL       key token type message throttle                 OK
 RELEASE    key token                                       OK
 PING       —                                               OK
 GET_MANY   [key, ...]                                      OK [[key, value, version, ttl], ...] (hits only)
-SET_MANY   [[key, value, ttl], ...]                        OK [[version, kept], ...] (in order)
+SET_MANY   [[key, value, ttl, tags], ...]                  OK [[version, kept], ...] (in order)
 DELETE_MANY [key, ...]                                     OK existed (how many)
-ADD        key value ttl                                   OK stored version
+ADD        key value ttl tags                              OK stored version
 INCR       key delta                                       OK value version / REFUSED kind message
 TOUCH      key ttl                                         OK touched
+INVALIDATE_TAGS [tag, ...]                                 OK acknowledged (Redis has it)
 =========  ==============================================  ===========================================
 
-A ``ttl`` is positive seconds, ``math.inf`` (``mtcache.FOREVER``: no expiry), or nil (SET,
-FILL, ADD, TOUCH, SET_MANY: the call gave no TTL; the coordinator's L1 and L2 defaults). Batches
-hold 1 to :data:`MAX_BATCH` keys. ADD stores only if no live value exists (in Redis, on
-every host; on this host only while Redis is unreachable). INCR adds ``delta`` to a
-counter in Redis (a missing key counts from 0 and gets no expiry); REFUSED with kind
-``type`` (the value is not an integer), ``range`` (past 64 bits) or ``l2`` (Redis is
-unreachable: a counter is never kept on one host alone). TOUCH gives a live value a new
-TTL.
+A ``ttl`` is positive seconds, ``math.inf`` (``mtcache.FOREVER``: no expiry), or nil
+(SET, FILL, ADD, TOUCH, SET_MANY: the call gave no TTL; the coordinator's L1 and L2
+defaults). Batches hold 1 to :data:`MAX_BATCH` keys. ADD stores only if no live value
+exists (in Redis, on every host; on this host only while Redis is unreachable). INCR
+adds ``delta`` to a counter in Redis (a missing key counts from 0 and gets no expiry);
+REFUSED with kind ``type`` (the value is not an integer), ``range`` (past +-2**53) or
+``l2`` (Redis is unreachable: a counter is never kept on one host alone). TOUCH gives a
+live value a new TTL. ``tags`` (a list of strings, see :func:`check_tags`; a trailing
+``tags`` of SET, FILL, ADD or a SET_MANY item may be left out) ties an entry to tags that
+INVALIDATE_TAGS kills on every host (see :mod:`mtcache.coordinator.tags`).
 
 ``kept`` (SET) and ``stored`` (FILL) say whether the worker may keep a near copy
 (not when a newer write from another host already replaced the value). RELEASE
@@ -87,12 +90,15 @@ __all__ = [
     "MAX_BATCH",
     "MAX_FRAME",
     "MAX_KEY_BYTES",
+    "MAX_TAGS",
+    "MAX_TAG_BYTES",
     "PROTOCOL_VERSION",
     "FrameDecoder",
     "Op",
     "Status",
     "check_key",
     "check_reply",
+    "check_tags",
     "encode_frame",
     "validate_request",
 ]
@@ -106,6 +112,9 @@ MAX_FRAME = 16 * 1024 * 1024
 MAX_KEY_BYTES = 1024
 #: Most keys in one GET_MANY, SET_MANY or DELETE_MANY (clients split longer batches).
 MAX_BATCH = 1000
+#: Most tags on one entry, and the longest tag (UTF-8 bytes).
+MAX_TAGS = 32
+MAX_TAG_BYTES = 256
 #: Counters (INCR) stay within a signed 64-bit integer.
 INT64 = (-(2**63), 2**63 - 1)
 
@@ -134,6 +143,7 @@ class Op:
     ADD = 16
     INCR = 17
     TOUCH = 18
+    INVALIDATE_TAGS = 19
 
 
 class Status:
@@ -169,6 +179,29 @@ def check_key(key: object) -> str:
     if n > MAX_KEY_BYTES:
         raise ValueError(f"cache key is {n} bytes long; the limit is {MAX_KEY_BYTES}: {key[:40]!r}...")
     return key
+
+
+def check_tags(tags: object) -> tuple[str, ...]:
+    """``tags`` as a tuple if they are valid: at most :data:`MAX_TAGS` non-empty ``str`` of at most
+    :data:`MAX_TAG_BYTES` UTF-8 bytes each.
+
+    :raises TypeError: ``tags`` is a single string, not a list or tuple, or holds a non-str.
+    :raises ValueError: too many tags, or one is empty, too long or not valid UTF-8.
+    """
+    if isinstance(tags, (str, bytes)) or not isinstance(tags, (list, tuple)):
+        raise TypeError(f"tags must be a list or tuple of str (not a single string), got {type(tags).__name__}")
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} tags per entry, got {len(tags)}")
+    for tag in tags:
+        if not isinstance(tag, str):
+            raise TypeError(f"every tag must be a str, not {type(tag).__name__}: {tag!r}")
+        try:
+            size = len(tag.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValueError(f"tag {tag!r} is not valid UTF-8 text") from None
+        if not 0 < size <= MAX_TAG_BYTES:
+            raise ValueError(f"a tag must be 1 to {MAX_TAG_BYTES} UTF-8 bytes: {tag[:40]!r}")
+    return tuple(tags)
 
 
 def encode_frame(message: list[Any], *, max_frame: int = MAX_FRAME) -> bytes:
@@ -293,27 +326,28 @@ def _num(x: object) -> bool:
 _SHAPES: dict[int, tuple[type | str, ...]] = {
     Op.HELLO: (int, str, int),
     Op.GET: ("key",),
-    Op.SET: ("key", bytes, "ttl?"),
+    Op.SET: ("key", bytes, "ttl?", "tags"),
     Op.DELETE: ("key",),
     Op.CLEAR: (),
     Op.STATS: (),
     Op.HEALTH: (),
     Op.LEASE: ("key", "seconds", "seconds", "seconds"),
     Op.REFRESH: ("key", "version", "seconds"),
-    Op.FILL: ("key", bytes, bytes, "ttl?", "seconds", bool),
+    Op.FILL: ("key", bytes, bytes, "ttl?", "seconds", bool, "tags"),
     Op.FAIL: ("key", bytes, str, str, "seconds"),
     Op.PING: (),
     Op.RELEASE: ("key", bytes),
     Op.GET_MANY: ("keys",),
     Op.SET_MANY: ("items",),
     Op.DELETE_MANY: ("keys",),
-    Op.ADD: ("key", bytes, "ttl?"),
+    Op.ADD: ("key", bytes, "ttl?", "tags"),
     Op.INCR: ("key", "int64"),
     Op.TOUCH: ("key", "ttl?"),
+    Op.INVALIDATE_TAGS: ("tags",),
 }
 
 
-_ITEM: tuple[type | str, ...] = ("key", bytes, "ttl?")
+_ITEM: tuple[type | str, ...] = ("key", bytes, "ttl?", "tags")
 
 
 def _ttl_ok(x: object) -> bool:
@@ -345,11 +379,18 @@ def _check_arg(i: int, op: int, want: type | str, arg: object) -> None:
         for entry in arg:
             if want == "keys":
                 _check_arg(i, op, "key", entry)
-            elif not isinstance(entry, list) or len(entry) != 3:
-                raise ProtocolError(f"argument {i} of op {op} must hold [key, value, ttl] entries")
+            elif not isinstance(entry, list) or not len(_ITEM) - 1 <= len(entry) <= len(_ITEM):
+                raise ProtocolError(f"argument {i} of op {op} must hold [key, value, ttl, tags] entries")
             else:
+                if len(entry) < len(_ITEM):
+                    entry.append([])  # tags left out: none
                 for part, item in zip(_ITEM, entry, strict=True):
                     _check_arg(i, op, part, item)
+    elif want == "tags":
+        try:
+            check_tags(arg)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"argument {i} of op {op}: {exc}") from None
     elif want is bool:
         if not isinstance(arg, bool):
             raise ProtocolError(f"argument {i} of op {op} must be a bool, got {type(arg).__name__}")
@@ -370,6 +411,8 @@ def validate_request(msg: list[Any]) -> tuple[int, int, list[Any]]:
         raise ProtocolError(f"request id must be an int, not {type(rid).__name__}")
     shape = _SHAPES[op]
     args = msg[2:]
+    if shape and shape[-1] == "tags" and len(args) == len(shape) - 1 and op != Op.INVALIDATE_TAGS:
+        args = [*args, []]  # trailing tags may be left out: none
     if len(args) != len(shape):
         raise ProtocolError(f"op {op} takes {len(shape)} arguments, got {len(args)}")
     for i, (want, arg) in enumerate(zip(shape, args, strict=True)):
@@ -408,6 +451,7 @@ _REPLY_SHAPES: dict[int, dict[int, tuple[type | str, ...]]] = {
     Op.ADD: {Status.OK: (bool, "version")},
     Op.INCR: {Status.OK: ("int64", "version"), Status.REFUSED: (str, str)},
     Op.TOUCH: {Status.OK: (bool,)},
+    Op.INVALIDATE_TAGS: {Status.OK: (bool,)},
 }
 _ERROR_SHAPE: tuple[type | str, ...] = (str, str)
 _HIT: tuple[type | str, ...] = (bytes, "version", "seconds")

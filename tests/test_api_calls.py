@@ -7,34 +7,16 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from mtcache import FOREVER, AsyncClient, Client, CoordinatorUnavailable, L2Error
+from mtcache import FOREVER, Client, CoordinatorUnavailable, L2Error
 from tests.coordinator_proc import CoordinatorProcess
+from tests.handles import Handle
 from tests.redis_server import RedisServer
 from tests.test_cross_host import poll, wait_reader_connected
-
-
-class Handle:
-    """A sync Client or an AsyncClient behind coroutine methods (any method, by name)."""
-
-    def __init__(self, kind: str, socket_path: str, **options: Any) -> None:
-        self.kind = kind
-        cls = Client if kind == "sync" else AsyncClient
-        self.client: Any = cls(socket_path, spawn=False, **options)
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self.client, name)
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            result = method(*args, **kwargs)
-            return await result if self.kind == "async" else result
-
-        return call
 
 
 @pytest.fixture(params=["sync", "async"])

@@ -261,23 +261,24 @@ def test_check_key_rejects_bad_str(key: str) -> None:
 GOOD: dict[int, list[Any]] = {
     Op.HELLO: [PROTOCOL_VERSION, "default", 1234],
     Op.GET: ["k"],
-    Op.SET: ["k", b"v", 10.0],
+    Op.SET: ["k", b"v", 10.0, []],
     Op.DELETE: ["k"],
     Op.CLEAR: [],
     Op.STATS: [],
     Op.HEALTH: [],
     Op.LEASE: ["k", 2.5, 0, 0],
-    Op.FILL: ["k", b"token", b"v", 10, 0.0, True],
+    Op.FILL: ["k", b"token", b"v", 10, 0.0, True, ["t"]],
     Op.FAIL: ["k", b"token", "ValueError", "boom", 0],
     Op.PING: [],
     Op.RELEASE: ["k", b"token"],
     Op.REFRESH: ["k", 3, 0.0],
     Op.GET_MANY: [["a", "b"]],
-    Op.SET_MANY: [[["a", b"v", 10.0], ["b", b"w", None]]],
+    Op.SET_MANY: [[["a", b"v", 10.0, []], ["b", b"w", None, ["t", "u"]]]],
     Op.DELETE_MANY: [["a"]],
-    Op.ADD: ["k", b"v", None],
+    Op.ADD: ["k", b"v", None, []],
     Op.INCR: ["k", -5],
     Op.TOUCH: ["k", 60],
+    Op.INVALIDATE_TAGS: [["users", "prices"]],
 }
 
 
@@ -297,13 +298,23 @@ def test_one_argument_too_many(op: int) -> None:
         validate_request([op, 1, *GOOD[op], "extra"])
 
 
+#: ops whose trailing tags may be left out
+OPTIONAL_TAGS = (Op.SET, Op.FILL, Op.ADD)
+
+
 @pytest.mark.parametrize("op", sorted(op for op, args in GOOD.items() if args))
 def test_one_argument_too_few(op: int) -> None:
+    drop = 2 if op in OPTIONAL_TAGS else 1
     with pytest.raises(ProtocolError, match=f"takes {len(GOOD[op])} arguments"):
-        validate_request([op, 1, *GOOD[op][:-1]])
+        validate_request([op, 1, *GOOD[op][:-drop]])
 
 
-@pytest.mark.parametrize("op", [-1, 19, 99, 2**40, "GET", None, 1.0, True, False, [1]])
+@pytest.mark.parametrize("op", OPTIONAL_TAGS)
+def test_trailing_tags_may_be_left_out(op: int) -> None:
+    assert validate_request([op, 1, *GOOD[op][:-1]])[2] == [*GOOD[op][:-1], []]
+
+
+@pytest.mark.parametrize("op", [-1, 20, 99, 2**40, "GET", None, 1.0, True, False, [1]])
 def test_unknown_op(op: object) -> None:
     with pytest.raises(ProtocolError, match="unknown op"):
         validate_request([op, 1])

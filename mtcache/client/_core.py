@@ -22,7 +22,7 @@ from mtcache.codec import Codec, get_codec
 from mtcache.config import Settings
 from mtcache.errors import ComputeError, ProtocolError
 from mtcache.mirror import MirrorReader
-from mtcache.protocol import INSPECT, PROTOCOL_VERSION, Op, Status, check_key, check_reply
+from mtcache.protocol import INSPECT, PROTOCOL_VERSION, Op, Status, check_key, check_reply, check_tags
 from mtcache.shm import STALL_MS, VersionTable
 from mtcache.stats import Health, Stats
 from mtcache.strategies import CacheStrategy, validate_ttl
@@ -173,6 +173,16 @@ class ClientCore:
         if not isinstance(mapping, Mapping):
             raise TypeError(f"set_many takes a mapping of key to value, got {type(mapping).__name__}")
         return [(check_key(key), value) for key, value in mapping.items()]
+
+    @staticmethod
+    def check_tags(tags: object) -> tuple[str, ...]:
+        """``tags`` (any iterable of str, not a single string) as a checked tuple.
+
+        :raises TypeError, ValueError: see :func:`mtcache.protocol.check_tags`.
+        """
+        if isinstance(tags, (str, bytes)) or not isinstance(tags, Iterable):
+            raise TypeError(f"tags must be an iterable of str (not a single string), got {type(tags).__name__}")
+        return check_tags(tuple(tags))
 
     @staticmethod
     def no_positional_ttl(call: str, args: tuple[Any, ...]) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "get_flow",
     "get_many_flow",
     "incr_flow",
+    "invalidate_tags_flow",
     "refresh_flow",
     "set_flow",
     "set_many_flow",
@@ -108,12 +109,12 @@ def _unacknowledged(core: ClientCore, reply: Any, writes: int = 1) -> bool:
     return True
 
 
-def set_flow(core: ClientCore, key: str, value: Any, seconds: float | None) -> Flow:
+def set_flow(core: ClientCore, key: str, value: Any, seconds: float | None, tags: tuple[str, ...] = ()) -> Flow:
     """Encode (raising for a bad value before anything changes), store, keep a near
     copy; True once the coordinator acknowledged the write."""
     data = core.encode(value)
     core.near.discard(key)
-    reply = yield Call(Op.SET, (key, data, seconds))
+    reply = yield Call(Op.SET, (key, data, seconds, list(tags)))
     if _unacknowledged(core, reply):
         return False
     if reply[3]:
@@ -202,7 +203,7 @@ def _compute_and_fill(
         raise
     ttl = policy.ttl(seconds)
     store = result is not None or policy.cache_none
-    reply = yield Call(Op.FILL, (key, token, data, ttl, policy.stale_for, store))
+    reply = yield Call(Op.FILL, (key, token, data, ttl, policy.stale_for, store, list(policy.tags)))
     if store:
         core.filled(key, result, data, ttl, reply)
     return result
@@ -259,7 +260,9 @@ def get_many_flow(core: ClientCore, keys: list[str]) -> Flow:
     return {key: found[key] for key in dict.fromkeys(keys) if key in found}
 
 
-def set_many_flow(core: ClientCore, items: list[tuple[str, Any]], seconds: float | None) -> Flow:
+def set_many_flow(
+    core: ClientCore, items: list[tuple[str, Any]], seconds: float | None, tags: tuple[str, ...] = ()
+) -> Flow:
     """Encode every value (raising for a bad one before anything changes), then store them in one
     request per :data:`~mtcache.protocol.MAX_BATCH`; True once every write was acknowledged."""
     encoded = [(key, core.encode(value)) for key, value in items]
@@ -267,7 +270,7 @@ def set_many_flow(core: ClientCore, items: list[tuple[str, Any]], seconds: float
         core.near.discard(key)
     acknowledged = True
     for chunk in _chunks(encoded):
-        reply = yield Call(Op.SET_MANY, ([[key, data, seconds] for key, data in chunk],))
+        reply = yield Call(Op.SET_MANY, ([[key, data, seconds, list(tags)] for key, data in chunk],))
         if _unacknowledged(core, reply, len(chunk)) or len(reply[2]) != len(chunk):
             acknowledged = False
             continue
@@ -290,10 +293,10 @@ def delete_many_flow(core: ClientCore, keys: list[str]) -> Flow:
     return held
 
 
-def add_flow(core: ClientCore, key: str, value: Any, seconds: float | None) -> Flow:
+def add_flow(core: ClientCore, key: str, value: Any, seconds: float | None, tags: tuple[str, ...] = ()) -> Flow:
     """Store ``value`` only if ``key`` has no live value; True if it was stored."""
     data = core.encode(value)
-    reply = yield Call(Op.ADD, (key, data, seconds))
+    reply = yield Call(Op.ADD, (key, data, seconds, list(tags)))
     if _unacknowledged(core, reply) or not reply[2]:
         return False
     core.near.put(key, core.codec.decode(data), data, reply[3], core.nominal(seconds))
@@ -340,6 +343,17 @@ def ttl_flow(core: ClientCore, key: str) -> Flow:
         return None
     core.accept_value(key, reply[2], reply[3], reply[4])
     return float(reply[4])
+
+
+def invalidate_tags_flow(core: ClientCore, tags: tuple[str, ...]) -> Flow:
+    """Kill every entry carrying one of ``tags``, on every host; True once Redis has it (else the
+    coordinator keeps it for Redis, or, counted as skipped, no coordinator answered)."""
+    if not tags:
+        return True
+    reply = yield Call(Op.INVALIDATE_TAGS, (list(tags),))
+    if _unacknowledged(core, reply):
+        return False
+    return bool(reply[2])
 
 
 def exists_flow(core: ClientCore, key: str) -> Flow:

@@ -31,6 +31,7 @@ from ._flows import (
     get_flow,
     get_many_flow,
     incr_flow,
+    invalidate_tags_flow,
     refresh_flow,
     set_flow,
     set_many_flow,
@@ -287,12 +288,14 @@ class AsyncClient(ClientBase):
         *args: Any,
         strategy: CacheStrategy | None = None,
         ttl: float | timedelta | None = None,
+        tags: Iterable[str] = (),
     ) -> bool:
         """See :meth:`mtcache.Client.set`."""
         self._check_fork()
         core = self._core
         core.no_positional_ttl("set", args)
-        return bool(await self._drive(set_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl))))
+        return bool(await self._drive(set_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl),
+                                          core.check_tags(tags))))
 
     async def delete(self, key: str) -> bool:
         """See :meth:`mtcache.Client.delete`."""
@@ -310,12 +313,13 @@ class AsyncClient(ClientBase):
         *,
         ttl: float | timedelta | None = None,
         strategy: CacheStrategy | None = None,
+        tags: Iterable[str] = (),
     ) -> bool:
         """See :meth:`mtcache.Client.set_many`."""
         self._check_fork()
         core = self._core
         items = core.check_items(mapping)
-        return bool(await self._drive(set_many_flow(core, items, core.ttl_for(strategy, ttl))))
+        return bool(await self._drive(set_many_flow(core, items, core.ttl_for(strategy, ttl), core.check_tags(tags))))
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         """See :meth:`mtcache.Client.delete_many`."""
@@ -329,12 +333,14 @@ class AsyncClient(ClientBase):
         *args: Any,
         ttl: float | timedelta | None = None,
         strategy: CacheStrategy | None = None,
+        tags: Iterable[str] = (),
     ) -> bool:
         """See :meth:`mtcache.Client.add`."""
         self._check_fork()
         core = self._core
         core.no_positional_ttl("add", args)
-        return bool(await self._drive(add_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl))))
+        return bool(await self._drive(add_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl),
+                                          core.check_tags(tags))))
 
     async def incr(self, key: str, delta: int = 1) -> int:
         """See :meth:`mtcache.Client.incr`."""
@@ -358,6 +364,11 @@ class AsyncClient(ClientBase):
         self._check_fork()
         return await self._drive(ttl_flow(self._core, self._core.check_key(key)))
 
+    async def invalidate_tags(self, *tags: str) -> None:
+        """See :meth:`mtcache.Client.invalidate_tags`."""
+        self._check_fork()
+        await self._drive(invalidate_tags_flow(self._core, self._core.check_tags(tags)))
+
     async def exists(self, key: str) -> bool:
         """See :meth:`mtcache.Client.exists`."""
         self._check_fork()
@@ -378,6 +389,7 @@ class AsyncClient(ClientBase):
         eager_refresh: float | None = None,
         jitter: float | None = None,
         cache_none: bool | None = None,
+        tags: Iterable[str] = (),
     ) -> T:
         """See :meth:`mtcache.Client.get_or_compute`; tasks of this client share one
         request per key. Under a soft or hard timeout ``fn`` runs as a task of its own
@@ -387,6 +399,7 @@ class AsyncClient(ClientBase):
         policy = core.policy.with_call(
             fail_safe=fail_safe, fail_safe_throttle=fail_safe_throttle, soft_timeout=soft_timeout,
             hard_timeout=hard_timeout, eager_refresh=eager_refresh, jitter=jitter, cache_none=cache_none,
+            tags=core.check_tags(tags) or None,
         )
         key, seconds, wait, value = core.begin_compute(key, fn, strategy, ttl, timeout)
         if value is MISSING:

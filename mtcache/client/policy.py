@@ -12,6 +12,8 @@ import random
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from mtcache.protocol import check_tags
+
 __all__ = ["Policy"]
 
 
@@ -55,6 +57,7 @@ class Policy:
         do not expire together.
     :param cache_none: False: a ``None`` result is handed to the callers waiting for it but not
         cached.
+    :param tags: the tags the computed value carries (see ``invalidate_tags``).
     """
 
     fail_safe: float | None = None
@@ -64,6 +67,7 @@ class Policy:
     eager_refresh: float | None = None
     jitter: float | None = None
     cache_none: bool = True
+    tags: tuple[str, ...] = ()
     #: the call itself asked for fail-safe (not only the client's default): only then may a
     #: near copy no coordinator vouches for be served when the source fails
     explicit_fail_safe: bool = False
@@ -75,6 +79,7 @@ class Policy:
         _seconds("hard_timeout", self.hard_timeout, zero=False)
         _fraction("eager_refresh", self.eager_refresh, low_open=True)
         _fraction("jitter", self.jitter, low_open=False)
+        check_tags(self.tags)
         if not isinstance(self.cache_none, bool):
             raise TypeError(f"cache_none must be a bool, got {type(self.cache_none).__name__}")
         if self.soft_timeout and self.hard_timeout and self.soft_timeout >= self.hard_timeout:

@@ -34,6 +34,7 @@ from ._flows import (
     get_flow,
     get_many_flow,
     incr_flow,
+    invalidate_tags_flow,
     refresh_flow,
     set_flow,
     set_many_flow,
@@ -263,6 +264,7 @@ class Client(ClientBase):
         *args: Any,
         strategy: CacheStrategy | None = None,
         ttl: float | timedelta | None = None,
+        tags: Iterable[str] = (),
     ) -> bool:
         """Store ``value`` for ``ttl`` seconds (or ``strategy.ttl``; ``FOREVER``: no expiry) in
         L1 and L2; with neither, ``MTCACHE_L1_TTL`` (5 min) in L1 and ``MTCACHE_L2_TTL`` (1 h)
@@ -277,7 +279,8 @@ class Client(ClientBase):
         self._check_fork()
         core = self._core
         core.no_positional_ttl("set", args)
-        return bool(self._drive(set_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl))))
+        return bool(self._drive(set_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl),
+                                          core.check_tags(tags))))
 
     def delete(self, key: str) -> bool:
         """Remove ``key`` from every tier; True if some tier held it."""
@@ -300,6 +303,7 @@ class Client(ClientBase):
         *,
         ttl: float | timedelta | None = None,
         strategy: CacheStrategy | None = None,
+        tags: Iterable[str] = (),
     ) -> bool:
         """:meth:`set` for every item of ``mapping``, in one round trip per 1,000 items (and one
         Redis pipeline); True once every write was acknowledged.
@@ -309,7 +313,7 @@ class Client(ClientBase):
         self._check_fork()
         core = self._core
         items = core.check_items(mapping)
-        return bool(self._drive(set_many_flow(core, items, core.ttl_for(strategy, ttl))))
+        return bool(self._drive(set_many_flow(core, items, core.ttl_for(strategy, ttl), core.check_tags(tags))))
 
     def delete_many(self, keys: Iterable[str]) -> int:
         """:meth:`delete` for every key, in one round trip per 1,000 keys; how many of them some tier held.
@@ -326,6 +330,7 @@ class Client(ClientBase):
         *args: Any,
         ttl: float | timedelta | None = None,
         strategy: CacheStrategy | None = None,
+        tags: Iterable[str] = (),
     ) -> bool:
         """Store ``value`` only if ``key`` has no live value; True if it was stored. Decided in Redis,
         so of concurrent adds of one key on any hosts exactly one stores (while this host cannot
@@ -336,7 +341,8 @@ class Client(ClientBase):
         self._check_fork()
         core = self._core
         core.no_positional_ttl("add", args)
-        return bool(self._drive(add_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl))))
+        return bool(self._drive(add_flow(core, core.check_key(key), value, core.ttl_for(strategy, ttl),
+                                          core.check_tags(tags))))
 
     def incr(self, key: str, delta: int = 1) -> int:
         """Add ``delta`` to the integer stored under ``key``, atomically across every host (in Redis),
@@ -378,6 +384,17 @@ class Client(ClientBase):
         self._check_fork()
         return self._drive(ttl_flow(self._core, self._core.check_key(key)))
 
+    def invalidate_tags(self, *tags: str) -> None:
+        """Make every entry carrying one of ``tags`` a miss on every host: at once on this host, within
+        the propagation bound elsewhere, and for hosts that were away or a Redis that restarted with its
+        data (the tags' stamps live in Redis). One small Redis write per tag; no key is scanned. Not
+        acknowledged (no coordinator answered) is counted as a skipped write.
+
+        :raises TypeError, ValueError: a tag is not a non-empty str of at most 256 UTF-8 bytes.
+        """
+        self._check_fork()
+        self._drive(invalidate_tags_flow(self._core, self._core.check_tags(tags)))
+
     def exists(self, key: str) -> bool:
         """Whether ``key`` has a live value.
 
@@ -401,6 +418,7 @@ class Client(ClientBase):
         eager_refresh: float | None = None,
         jitter: float | None = None,
         cache_none: bool | None = None,
+        tags: Iterable[str] = (),
     ) -> T:
         """The cached value of ``key``; on a miss, ``fn()`` computed exactly once per
         key across every worker of the host (threads of this process share one
@@ -423,6 +441,7 @@ class Client(ClientBase):
         policy = core.policy.with_call(
             fail_safe=fail_safe, fail_safe_throttle=fail_safe_throttle, soft_timeout=soft_timeout,
             hard_timeout=hard_timeout, eager_refresh=eager_refresh, jitter=jitter, cache_none=cache_none,
+            tags=core.check_tags(tags) or None,
         )
         if inspect.iscoroutinefunction(fn):
             raise TypeError(f"fn {fn.__qualname__} is a coroutine function: Client runs plain functions; "

@@ -45,6 +45,8 @@ class Write:
     stale_for: float = 0.0
     #: the write stores again a value Redis holds with this very stamp (fail-safe's new expiry)
     renew: bool = False
+    #: the tags of the value (see :mod:`mtcache.coordinator.tags`)
+    tags: tuple[str, ...] = ()
     #: when the write was made (``time.monotonic()``): a replay keeps what is left of its TTL
     made: float = field(default_factory=time.monotonic)
 

@@ -29,6 +29,7 @@ from mtcache.coordinator.l2 import FOREVER_MS, Envelope, L2Tier, WriteResult
 from mtcache.coordinator.leases import DistributedLeases, Lease, LeaseRegistry
 from mtcache.coordinator.local import LocalTier
 from mtcache.coordinator.stamps import HybridClock, stamp_ms
+from mtcache.coordinator.tags import TagStamps
 from mtcache.coordinator.writes import WriteQueue
 from mtcache.errors import L2Error
 from mtcache.mirror import MirrorWriter
@@ -87,6 +88,7 @@ class CacheEngine:
                 on_clear=self._cleared_elsewhere,
                 on_gap=self._unvouched,
                 on_fill=self._filled_elsewhere,
+                on_tag=self._tag_invalidated,
                 on_stamp=self._observed,
                 # the reader must hear from a healthy Redis well within the staleness bound
                 block_ms=max(10, min(BLOCK_MS, int(settings.staleness_bound * 1000 / 3))),
@@ -94,6 +96,10 @@ class CacheEngine:
             self.dist = DistributedLeases(l2, self.origin, settings.lease_ttl)
         #: the newest clear this host knows of: entries written before it are dead
         self.floor = 0
+        #: the invalidation stamps of the tags this host knows of (see tags.py), and the tag invalidations
+        #: made while Redis was unreachable (replayed with the backlog)
+        self.tag_stamps = TagStamps()
+        self.pending_tags: dict[str, int] = {}
         self._stale_dropped = False
         self._tasks: set[asyncio.Task[Any]] = set()
         # every L2 write goes through one ordered, batching queue (see writes.py)
@@ -112,7 +118,7 @@ class CacheEngine:
              "fills", "fills_discarded", "fills_late", "compute_errors", "lease_releases", "lease_timeouts",
              "cross_host_lease_waits", "redis_leases_taken", "staleness_drops", "backlog_replayed",
              "writes_superseded", "backlog_overflows", "redis_leases_lost", "fail_safe_activations", "adds",
-             "incrs", "touches"),
+             "incrs", "touches", "tag_invalidations"),
             0,
         )
 
@@ -204,7 +210,7 @@ class CacheEngine:
             log.warning(
                 "Redis at %s evicts with maxmemory-policy %s: it may evict tombstones and the invalidation "
                 "stream, so a delete can be undone by an older fill and hosts may drop their L1 on gaps; "
-                "use volatile-lru or volatile-ttl (every mtcache value has a TTL)",
+                "use volatile-lru or volatile-ttl (every mtcache value but those stored FOREVER has a TTL)",
                 self.settings.redacted_redis_url, self.eviction_policy,
             )
 
@@ -223,8 +229,57 @@ class CacheEngine:
 
     def _unvouched(self, reason: str) -> None:
         """L1 may have missed other hosts' writes: drop it, but for this host's own
-        writes that wait to be replayed (the replay decides, by stamp, what wins)."""
+        writes that wait to be replayed (the replay decides, by stamp, what wins), and
+        forget the tag stamps it knew (they are read again from Redis as tags are met)."""
         self.local.clear(keep=self.backlog.holds)
+        self.tag_stamps.forget()
+
+    def _tag_invalidated(self, tag: str, stamp: int) -> None:
+        """``tag`` was invalidated at ``stamp`` (here or on another host): its older entries go."""
+        self.tag_stamps.raise_to(tag, stamp)
+        local = self.local
+        for key in local.tags.keys_of(tag):
+            held = local.stamp_of(key)
+            if held is None or held < stamp:
+                local.delete(key)
+
+    async def _know_tags(self, tags: tuple[str, ...]) -> None:
+        """Read from Redis the stamps of those of ``tags`` this host does not know yet (a tag it
+        cannot read counts as never invalidated: Redis is unreachable, as for any write)."""
+        unknown = self.tag_stamps.unknown(tags)
+        if not unknown:
+            return
+        stamps = await self._l2(lambda l2: l2.tag_stamps(unknown))
+        for tag, stamp in (stamps or {}).items():
+            self.tag_stamps.raise_to(tag, stamp)
+
+    async def invalidate_tags(self, tags: list[str]) -> Reply:
+        """Every entry carrying one of ``tags`` dies on every tier and host (see tags.py). The reply
+        says whether Redis has the invalidation (else it waits with the backlog)."""
+        self.counters["tag_invalidations"] += 1
+        stamp = self.clock.now()
+        unique = tuple(dict.fromkeys(tags))
+        for tag in unique:
+            self._tag_invalidated(tag, stamp)
+        writes, l2 = self.writes, self.l2
+        if writes is None or l2 is None:
+            return [Status.OK, False]
+        if self.l2_up:
+
+            def build(pipe: Any) -> None:
+                for tag in unique:
+                    l2.queue_raise_tag(pipe, tag, stamp)
+                    self.publish(pipe, "tag", tag, stamp)
+
+            try:
+                await writes.write(None, build)
+            except L2Error as exc:
+                self.l2_failed(exc)
+            else:
+                return [Status.OK, True]
+        for tag in unique:
+            self.pending_tags[tag] = max(stamp, self.pending_tags.get(tag, 0))
+        return [Status.OK, False]
 
     def _filled_elsewhere(self, key: str) -> None:
         if self.dist is not None:
@@ -271,8 +326,8 @@ class CacheEngine:
             return None
 
         def build(pipe: Any) -> None:
-            l2.queue_write(pipe, write.key, write.value, write.ttl, write.stamp, stale_for=write.stale_for,
-                           renew=write.renew)
+            l2.queue_write(pipe, write.key, write.value, write.ttl, write.stamp, write.tags,
+                           stale_for=write.stale_for, renew=write.renew)
             if publish is not None:
                 self.publish(pipe, publish, write.key, write.stamp)
             if extra is not None:
@@ -322,6 +377,19 @@ class CacheEngine:
         writes, l2, backlog = self.writes, self.l2, self.backlog
         assert writes is not None and l2 is not None
         replayed = 0
+        if self.pending_tags:
+            pending = dict(self.pending_tags)
+
+            def build_tags(pipe: Any) -> None:
+                for tag, stamp in pending.items():
+                    l2.queue_raise_tag(pipe, tag, stamp)
+                    self.publish(pipe, "tag", tag, stamp)
+
+            await writes.write(None, build_tags)
+            for tag, stamp in pending.items():
+                if self.pending_tags.get(tag) == stamp:
+                    del self.pending_tags[tag]
+            replayed += len(pending)
         while backlog:
             if backlog.overflowed:
                 # writes were dropped: clear everything, everywhere, newer than any of them
@@ -362,7 +430,7 @@ class CacheEngine:
             ttl = self.settings.tombstone_ttl
 
         def build(pipe: Any) -> None:
-            l2.queue_write(pipe, write.key, value, ttl, write.stamp)
+            l2.queue_write(pipe, write.key, value, ttl, write.stamp, write.tags if value is not None else ())
             self.publish(pipe, "set" if value is not None else "del", write.key, write.stamp)
 
         return int((await writes.write(write.key, build))[0])
@@ -392,7 +460,7 @@ class CacheEngine:
         anything else."""
         if env is not None:
             self.clock.observe(env.stamp)
-        if env is None or env.tombstone or env.stamp <= self.floor:
+        if env is None or env.tombstone or env.stamp <= self.floor or self.tag_stamps.dead(env.tags, env.stamp):
             self.counters["l2_misses"] += count_miss
             return None
         if env.logical_expiry_ms >= FOREVER_MS:
@@ -423,7 +491,10 @@ class CacheEngine:
         if self.l2 is None or not self.l2_up or not self._l2_readable(key):
             return None
         before = self.local.version_of(key)
-        return self._promote(key, before, await self._l2(lambda l2: l2.get(key)), count_miss=not recheck)
+        env = await self._l2(lambda l2: l2.get(key))
+        if env is not None and env.tags:
+            await self._know_tags(env.tags)
+        return self._promote(key, before, env, count_miss=not recheck)
 
     async def read_l2_many(self, keys: list[str]) -> list[Reply | None]:
         """:meth:`_read_l2` for each of ``keys``, in one round trip."""
@@ -432,6 +503,9 @@ class CacheEngine:
         if readable and self.l2 is not None and self.l2_up:
             befores = [self.local.version_of(key) for key in readable]
             envs = await self._l2(lambda l2: l2.mget(readable))
+            tags = tuple({tag for env in envs or () if env is not None for tag in env.tags})
+            if tags:
+                await self._know_tags(tags)
             if envs is not None:
                 for key, before, env in zip(readable, befores, envs, strict=True):
                     found[key] = self._promote(key, before, env, count_miss=True)
@@ -446,16 +520,16 @@ class CacheEngine:
         """What a read of ``key`` found in L2 (``env``), promoted into L1 unless a write moved its
         version from ``before`` meanwhile (then L1, newer, answers)."""
         found = self._usable(env, count_miss=count_miss)
-        if found is None:
+        if found is None or env is None:
             return None
         if self.local.version_of(key) != before:
             return self.get_l1(key)
         value, ttl, stamp, stale_for = found
         if ttl <= 0:
             if self.local.stamp_of(key) is None:
-                self.local.put(key, value, 0.0, stamp, stale_for)
+                self.local.put(key, value, 0.0, stamp, stale_for, env.tags)
             return None
-        version = self.local.put(key, value, ttl, stamp, stale_for)
+        version = self.local.put(key, value, ttl, stamp, stale_for, env.tags)
         self.counters["promotions"] += 1
         return [Status.OK, value, version, ttl]
 
@@ -479,15 +553,15 @@ class CacheEngine:
             return self.settings.l1_ttl, self.settings.l2_ttl
         return ttl, ttl
 
-    async def set(self, key: str, value: bytes, ttl: float | None) -> Reply:
+    async def set(self, key: str, value: bytes, ttl: float | None, tags: list[str] | tuple[str, ...] = ()) -> Reply:
         """Store in L1 (moving the version before the ack) and in L2, and tell the
         other hosts, in one round trip. The reply says whether the worker may keep a
         near copy (not if a newer write from another host already replaced it)."""
         self.counters["sets"] += 1
         stamp = self.clock.now()
         l1_ttl, l2_ttl = self.lifetimes(ttl)
-        self.local.put(key, value, l1_ttl, stamp)
-        result = await self._write(Write(key, value, l2_ttl, stamp), publish="set")
+        self.local.put(key, value, l1_ttl, stamp, tags=tuple(tags))
+        result = await self._write(Write(key, value, l2_ttl, stamp, tags=tuple(tags)), publish="set")
         kept = True
         if result is not None and result <= WriteResult.OLDER:
             self.counters["writes_superseded"] += 1
@@ -689,7 +763,8 @@ class CacheEngine:
         self._spawn(self._l2(lambda _l2: dist.release(key)))
 
     async def fill(
-        self, key: str, token: bytes, value: bytes, ttl: float | None, stale_for: float = 0.0, store: bool = True
+        self, key: str, token: bytes, value: bytes, ttl: float | None, stale_for: float = 0.0, store: bool = True,
+        tags: list[str] | tuple[str, ...] = (),
     ) -> Reply:
         """A lease holder's computed value. Stored in L1 if the key's version did not
         move since the lease was granted (else a newer write wins), and in L2 with the
@@ -697,8 +772,12 @@ class CacheEngine:
         kept ``stale_for`` seconds past ``ttl`` for fail-safe; handed to every waiter.
         A fill that arrives after its lease passed on is accepted on the same terms.
         With ``store`` false the value only goes to the waiters (a result the caller
-        does not want cached)."""
+        does not want cached). A value with ``tags`` one of which was invalidated after its
+        lease began is not stored either (it was computed from what that invalidation retired)."""
         self.counters["fills"] += 1
+        tags = tuple(tags)
+        if store and tags:
+            await self._know_tags(tags)
         grant = self.leases.grant_of(token)
         lease = self.leases.get(key)
         current = lease is not None and lease.token == token
@@ -708,7 +787,8 @@ class CacheEngine:
                 # the waiters take it, but keep no copy of it (a TTL of zero)
                 self.leases.finish(key, token, ("value", value, self.local.version_of(key), 0.0))
             return [Status.OK, self.local.version_of(key), False]
-        if grant is None or grant.key != key or grant.version != self.local.version_of(key):
+        if (grant is None or grant.key != key or grant.version != self.local.version_of(key)
+                or self.tag_stamps.dead(tags, grant.stamp)):
             self.counters["fills_discarded"] += 1
             if current:
                 newer = self.get_l1(key)
@@ -723,13 +803,13 @@ class CacheEngine:
         self.leases.forget_grant(token)
         if not current:
             self.counters["fills_late"] += 1
-        return await self._store_fill(key, value, ttl, grant.stamp, stale_for, lease)
+        return await self._store_fill(key, value, ttl, grant.stamp, stale_for, lease, tags=tags)
 
     async def _store_fill(self, key: str, value: bytes, ttl: float | None, stamp: int, stale_for: float,
-                          lease: Lease | None, *, renew: bool = False) -> Reply:
+                          lease: Lease | None, *, renew: bool = False, tags: tuple[str, ...] = ()) -> Reply:
         """Store a computed value (see :meth:`fill`) and end ``key``'s lease with it."""
         ttl, l2_ttl = self.lifetimes(ttl)
-        version = self.local.put(key, value, ttl, stamp, stale_for)
+        version = self.local.put(key, value, ttl, stamp, stale_for, tags)
         dist = self.dist
         cross_host = dist is not None and key in dist.held
         if dist is not None:
@@ -747,7 +827,7 @@ class CacheEngine:
             if cross_host and dist is not None:
                 dist.queue_release(pipe, key)
 
-        result = await self._write(Write(key, value, l2_ttl, stamp, stale_for=stale_for, renew=renew),
+        result = await self._write(Write(key, value, l2_ttl, stamp, stale_for=stale_for, renew=renew, tags=tags),
                                    publish="fill" if cross_host else None, extra=release, keep=False)
         if result is not None and result <= WriteResult.OLDER:
             # a newer write reached Redis first (another host's set, a delete, a clear)
@@ -773,7 +853,8 @@ class CacheEngine:
         kept = max(0.0, (self.local.store.remaining_ttl(key) or 0.0))
         # with the stale value's own stamp: it is that old write made fresh again, never newer than a
         # write acknowledged since (which beats it in Redis, and on the hosts that have it)
-        await self._store_fill(key, stale.value, throttle, stale.stamp, kept, lease, renew=True)
+        await self._store_fill(key, stale.value, throttle, stale.stamp, kept, lease, renew=True,
+                               tags=self.local.tags.tags_of(key))
         return [Status.OK]
 
     def release(self, key: str, token: bytes) -> Reply:

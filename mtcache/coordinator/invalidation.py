@@ -66,7 +66,7 @@ BLOCK_MS = 1000
 BATCH = 1000
 #: How many entries the publishing script and the resume check look through for one with a ``seq``.
 _LOOKBACK = 16
-_OPS = ("set", "del", "clear", "fill")
+_OPS = ("set", "del", "clear", "fill", "tag")
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -98,6 +98,7 @@ class InvalidationStream:
     :param on_gap: ``(reason)`` entries were lost: L1 cannot be vouched for.
     :param on_fill: ``(key)`` another host filled ``key`` (its value is in L2 now).
     :param on_stamp: ``(stamp, entry_ms)`` a stamp and a Redis time read from the stream (for the clock).
+    :param on_tag: ``(tag, stamp)`` a host invalidated ``tag`` (see :mod:`mtcache.coordinator.tags`).
     :param block_ms: the longest blocking read (keep it well under the staleness bound).
     """
 
@@ -115,6 +116,7 @@ class InvalidationStream:
         on_gap: Callable[[str], None],
         on_fill: Callable[[str], None],
         on_stamp: Callable[[int, int], None],
+        on_tag: Callable[[str, int], None] | None = None,
         block_ms: int = BLOCK_MS,
     ) -> None:
         self.stream = prefix + "inval"
@@ -130,6 +132,7 @@ class InvalidationStream:
         self._on_gap = on_gap
         self._on_fill = on_fill
         self._on_stamp = on_stamp
+        self._on_tag = on_tag
         self.last_id: str | None = None
         self.last_seq = 0
         self.connected = False
@@ -299,6 +302,9 @@ class InvalidationStream:
         self.counters["invalidations_received"] += 1
         if op == "clear":
             self._on_clear(stamp)
+        elif op == "tag":
+            if self._on_tag is not None:
+                self._on_tag(key, stamp)
         elif not self._on_invalidate(key, stamp):
             self.counters["invalidations_ignored"] += 1
             return

@@ -582,13 +582,15 @@ class L2Tier:
         replies = await self.pipeline("write", lambda pipe: self.queue_write(pipe, key, value, ttl, stamp, tags))
         return int(replies[0])
 
-    def queue_add(self, pipe: Pipeline, key: str, value: bytes, ttl: float, stamp: int) -> None:
+    def queue_add(
+        self, pipe: Pipeline, key: str, value: bytes, ttl: float, stamp: int, tags: Sequence[str] = ()
+    ) -> None:
         """Queue the write of ``key`` only if it holds no live value (see :data:`_ADD`); its reply is 1 if
         stored, 0 if not, -1 if ``stamp`` is older than the namespace floor.
 
         :raises TypeError, ValueError: an argument is invalid.
         """
-        data, ttl_ms = self.record(value, ttl, stamp)
+        data, ttl_ms = self.record(value, ttl, stamp, tags)
         digits = format_stamp(stamp)
         pipe.eval(_ADD, 2, self.key(key), self.floor_key, data, ttl_ms, digits[:16], digits[16:], _now_ms())
 
@@ -613,6 +615,31 @@ class L2Tier:
             px = max(1, round(_check_seconds("ttl", ttl) * 1000))
             expiry = now + px
         pipe.eval(_TOUCH, 2, self.key(key), self.floor_key, px, expiry.to_bytes(8, "big"), now)
+
+    def tag_key(self, tag: str) -> str:
+        """The Redis key holding the stamp of the last invalidation of ``tag``."""
+        return f"{self.prefix}tag:{tag}"
+
+    def queue_raise_tag(self, pipe: Pipeline, tag: str, stamp: int) -> None:
+        """Queue raising the invalidation stamp of ``tag`` to ``stamp`` (never lowered; no expiry).
+
+        :raises TypeError, ValueError: ``stamp`` is not a stamp.
+        """
+        pipe.eval(_RAISE_FLOOR, 1, self.tag_key(tag), format_stamp(_check_stamp(stamp)))
+
+    async def tag_stamps(self, tags: Sequence[str]) -> dict[str, int]:
+        """The invalidation stamp of each of ``tags`` (0: never invalidated, or unreadable), in one round trip.
+
+        :raises L2Error: Redis failed.
+        """
+        datas: list[Any] = await self._run("tags", self.redis.mget([self.tag_key(tag) for tag in tags]))
+        out: dict[str, int] = {}
+        for tag, data in zip(tags, datas, strict=True):
+            try:
+                out[tag] = parse_stamp(data) if data is not None else 0
+            except ValueError:
+                out[tag] = 0
+        return out
 
     def queue_raise_floor(self, pipe: Pipeline, stamp: int) -> None:
         """Queue the move of the namespace floor up to ``stamp`` (a clear): every record older is dead.

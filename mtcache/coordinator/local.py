@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from mtcache.coordinator.store import L1Store, RemoveReason
+from mtcache.coordinator.tags import TagIndex
 from mtcache.mirror import MirrorWriter
 from mtcache.shm import VersionTable
 
@@ -50,6 +51,8 @@ class LocalTier:
         #: how long a write that gave no TTL (neither ``ttl`` nor a strategy) lives here
         self.default_ttl = default_ttl
         self.store = L1Store(capacity=capacity, max_bytes=max_bytes, default_ttl=default_ttl, on_remove=self._removed)
+        #: which entries carry which tags
+        self.tags = TagIndex()
 
     def version_of(self, key: str) -> int:
         """The key's current version counter."""
@@ -87,7 +90,9 @@ class LocalTier:
             return None
         return value, ttl, stamp
 
-    def put(self, key: str, value: bytes, ttl: float | None, stamp: int, stale_for: float = 0.0) -> int:
+    def put(
+        self, key: str, value: bytes, ttl: float | None, stamp: int, stale_for: float = 0.0, tags: tuple[str, ...] = ()
+    ) -> int:
         """Store ``value`` (fresh for ``ttl``: its write's own TTL, FOREVER included, or the L1 default
         when the write gave none; then kept ``stale_for`` more seconds as a fail-safe fallback) with the
         stamp of its write; the key's new version. A value L1 cannot hold (over its byte bound) removes
@@ -95,6 +100,10 @@ class LocalTier:
         if ttl is None:
             ttl = self.default_ttl
         stored = self.store.set(key, value, ttl + stale_for, stamp, fresh=ttl)
+        if stored:
+            self.tags.set(key, tags)
+        else:
+            self.tags.discard(key)
         if self.mirror is not None:
             if stored:
                 self.mirror.put(key, value, time.monotonic() + ttl)
@@ -105,6 +114,7 @@ class LocalTier:
     def delete(self, key: str) -> bool:
         """Remove ``key``'s entry and move its version; whether a live entry was there."""
         existed = self.store.delete(key)
+        self.tags.discard(key)
         if self.mirror is not None:
             self.mirror.delete(key)
         self.table.bump_key(key)
@@ -131,6 +141,7 @@ class LocalTier:
         store = self.store
         if keep is None:
             dropped = store.clear()
+            self.tags.clear()
             if self.mirror is not None:
                 self.mirror.clear()
         else:
@@ -138,6 +149,7 @@ class LocalTier:
             doomed = [key for key in live if not keep(key, store.stamp_of(key) or 0)]
             for key in doomed:
                 store.delete(key)
+                self.tags.discard(key)
                 if self.mirror is not None:
                     self.mirror.delete(key)
             dropped = len(doomed)
@@ -151,6 +163,7 @@ class LocalTier:
     def _removed(self, key: str, reason: RemoveReason) -> None:
         # evicted or expired: the mirror first, then the version (a worker reads the
         # version before the mirror, so it can never pair an old value with a new version)
+        self.tags.discard(key)
         if self.mirror is not None:
             self.mirror.delete(key)
         self.table.bump_key(key)

@@ -10,16 +10,14 @@ reach Redis in the order they reached L1), moves the key's version with L1, and 
   is atomic on this host only, as leases are).
 - INCR runs in Redis (a script adds to the stored msgpack integer), so counters are exact across hosts;
   with Redis unreachable it is refused (a counter kept by one host alone would be wrong everywhere else).
+  L1 lets the counter go (its version moves), so the next read takes it from Redis.
 - TOUCH gives a live value a new expiry where it lives (Redis, and this host's L1).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import TYPE_CHECKING, Any
-
-import msgpack
 
 from mtcache.coordinator.backlog import Write
 from mtcache.coordinator.stamps import parse_stamp
@@ -56,8 +54,8 @@ async def get_many(engine: CacheEngine, keys: list[str]) -> Reply:
 
 
 async def set_many(engine: CacheEngine, items: list[list[Any]]) -> Reply:
-    """``[OK, [[version, kept], ...]]``: each ``[key, value, ttl]`` set in order (one pipeline)."""
-    replies = await asyncio.gather(*(engine.set(key, value, ttl) for key, value, ttl in items))
+    """``[OK, [[version, kept], ...]]``: each ``[key, value, ttl, tags]`` set in order (one pipeline)."""
+    replies = await asyncio.gather(*(engine.set(key, value, ttl, tags) for key, value, ttl, tags in items))
     return [Status.OK, [reply[1:3] for reply in replies]]
 
 
@@ -67,16 +65,18 @@ async def delete_many(engine: CacheEngine, keys: list[str]) -> Reply:
     return [Status.OK, sum(1 for reply in replies if reply[1])]
 
 
-def _put_if_newest(engine: CacheEngine, key: str, value: bytes, ttl: float, stamp: int) -> int:
+def _put_if_newest(engine: CacheEngine, key: str, value: bytes, ttl: float, stamp: int, tags: tuple[str, ...]) -> int:
     """Put into L1 unless it holds a newer write of ``key`` (one made here after this one began); the
     key's version."""
     held = engine.local.stamp_of(key)
     if held is None or held < stamp:
-        return engine.local.put(key, value, ttl, stamp)
+        return engine.local.put(key, value, ttl, stamp, tags=tags)
     return engine.local.version_of(key)
 
 
-async def add(engine: CacheEngine, key: str, value: bytes, ttl: float | None) -> Reply:
+async def add(
+    engine: CacheEngine, key: str, value: bytes, ttl: float | None, tags: list[str] | tuple[str, ...] = ()
+) -> Reply:
     """``[OK, stored, version]``: ``value`` stored only if ``key`` has no live value (see the module
     docstring)."""
     engine.counters["adds"] += 1
@@ -88,7 +88,7 @@ async def add(engine: CacheEngine, key: str, value: bytes, ttl: float | None) ->
     if writes is not None and l2 is not None and engine.l2_up:
 
         def build(pipe: Any) -> None:
-            l2.queue_add(pipe, key, value, l2_ttl, stamp)
+            l2.queue_add(pipe, key, value, l2_ttl, stamp, tags)
             engine.publish(pipe, "set", key, stamp)
 
         try:
@@ -96,13 +96,14 @@ async def add(engine: CacheEngine, key: str, value: bytes, ttl: float | None) ->
         except L2Error as exc:
             engine.l2_failed(exc)
         else:
-            version = _put_if_newest(engine, key, value, l1_ttl, stamp) if stored else engine.local.version_of(key)
+            version = (_put_if_newest(engine, key, value, l1_ttl, stamp, tuple(tags)) if stored
+                       else engine.local.version_of(key))
             return [Status.OK, stored, version]
     # Redis unreachable: this host decides, and the write waits in the backlog like a set
     if engine.get_l1(key) is not None:
         return [Status.OK, False, engine.local.version_of(key)]
-    version = engine.local.put(key, value, l1_ttl, stamp)
-    engine.backlog.add(Write(key, value, l2_ttl, stamp))
+    version = engine.local.put(key, value, l1_ttl, stamp, tags=tuple(tags))
+    engine.backlog.add(Write(key, value, l2_ttl, stamp, tags=tuple(tags)))
     return [Status.OK, True, version]
 
 
@@ -131,9 +132,9 @@ async def incr(engine: CacheEngine, key: str, delta: int) -> Reply:
             return [Status.REFUSED, "l2", f"incr of {key!r} failed: {exc}"]
         code = int(result[0])
         if code == 1:
-            value, pttl = int(result[1]), int(result[2])
-            ttl = pttl / 1000 if pttl > 0 else math.inf
-            return [Status.OK, value, _put_if_newest(engine, key, msgpack.packb(value), ttl, stamped[0])]
+            # L1 lets the counter go (its version moves): the next read takes it from Redis with its tags
+            engine.local.drop_older(key, stamped[0] + 1)
+            return [Status.OK, int(result[1]), engine.local.version_of(key)]
         if code in (0, -1):  # a newer record, or floor, is there: move this host's clock past it
             engine.clock.observe(parse_stamp(result[1]))
             continue
@@ -157,6 +158,6 @@ async def touch(engine: CacheEngine, key: str, ttl: float | None) -> Reply:
     held = engine.local.peek(key)
     if held is not None:
         value, _, stamp = held
-        engine.local.put(key, value, l1_ttl, stamp)
+        engine.local.put(key, value, l1_ttl, stamp, tags=engine.local.tags.tags_of(key))
         touched = True
     return [Status.OK, touched]

@@ -337,6 +337,8 @@ class _Connection(asyncio.Protocol):
             self._spawn(rid, ops.incr(engine, *args), write=True)
         elif op == Op.TOUCH:
             self._spawn(rid, ops.touch(engine, *args), write=True)
+        elif op == Op.INVALIDATE_TAGS:
+            self._spawn(rid, engine.invalidate_tags(args[0]), write=True)
         elif op == Op.STATS:
             self._send(rid, [Status.OK, self.server.stats()])
         elif op == Op.HEALTH:
