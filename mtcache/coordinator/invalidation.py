@@ -48,15 +48,25 @@ log = logging.getLogger("mtcache.coordinator")
 # KEYS: stream; ARGV: maxlen, origin, op, key, stamp. The new entry's seq follows the newest entry that
 # carries one, counting every entry after it (entries written by others than mtcache take a number too).
 _PUBLISH = """
-local seq = 1
-local recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 16)
-for i, entry in ipairs(recent) do
+local function seq_of(entry)
   local f = entry[2]
-  local found = nil
   for j = 1, #f, 2 do
-    if f[j] == 'seq' then found = tonumber(f[j + 1]) break end
+    if f[j] == 'seq' then return tonumber(f[j + 1]) end
   end
-  if found then seq = found + i break end
+  return nil
+end
+local seq = 1
+-- the newest entry first (almost always one of ours); further back only past foreign entries
+local recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local found = recent[1] and seq_of(recent[1])
+if found then
+  seq = found + 1
+elseif recent[1] then
+  recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 16)
+  for i, entry in ipairs(recent) do
+    found = seq_of(entry)
+    if found then seq = found + i break end
+  end
 end
 return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
                   'seq', seq, 'origin', ARGV[2], 'op', ARGV[3], 'key', ARGV[4], 'stamp', ARGV[5])
