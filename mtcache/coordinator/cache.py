@@ -325,11 +325,12 @@ class CacheEngine:
             self.counters["l2_skipped"] += 1
             return None
 
+        inval = self.inval
+
         def build(pipe: Any) -> None:
+            entry = inval.entry(publish, write.key, write.stamp) if publish is not None and inval is not None else None
             l2.queue_write(pipe, write.key, write.value, write.ttl, write.stamp, write.tags,
-                           stale_for=write.stale_for, renew=write.renew)
-            if publish is not None:
-                self.publish(pipe, publish, write.key, write.stamp)
+                           stale_for=write.stale_for, renew=write.renew, entry=entry)
             if extra is not None:
                 extra(pipe)
 

@@ -41,35 +41,16 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from mtcache.coordinator.l2 import PUBLISH_LUA
+
 __all__ = ["InvalidationStream", "new_origin"]
 
 log = logging.getLogger("mtcache.coordinator")
 
 # KEYS: stream; ARGV: maxlen, origin, op, key, stamp. The new entry's seq follows the newest entry that
 # carries one, counting every entry after it (entries written by others than mtcache take a number too).
-_PUBLISH = """
-local function seq_of(entry)
-  local f = entry[2]
-  for j = 1, #f, 2 do
-    if f[j] == 'seq' then return tonumber(f[j + 1]) end
-  end
-  return nil
-end
-local seq = 1
--- the newest entry first (almost always one of ours); further back only past foreign entries
-local recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local found = recent[1] and seq_of(recent[1])
-if found then
-  seq = found + 1
-elseif recent[1] then
-  recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 16)
-  for i, entry in ipairs(recent) do
-    found = seq_of(entry)
-    if found then seq = found + i break end
-  end
-end
-return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-                  'seq', seq, 'origin', ARGV[2], 'op', ARGV[3], 'key', ARGV[4], 'stamp', ARGV[5])
+_PUBLISH = PUBLISH_LUA + """
+return publish(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
 
 BLOCK_MS = 1000
@@ -163,6 +144,13 @@ class InvalidationStream:
         self.lag_ms = 0.0
 
     # -- publishing -----------------------------------------------------------
+
+    def entry(self, op: str, key: str, stamp: int) -> tuple[str, list[Any]]:
+        """The stream and the arguments of the entry telling of ``op`` on ``key`` (for a script that
+        writes and publishes in one call, see :meth:`mtcache.coordinator.l2.L2Tier.queue_write`)."""
+        if op != "fill":
+            self.counters["invalidations_sent"] += 1
+        return self.stream, [self.maxlen, self.origin, op, key, stamp]
 
     def publish(self, pipe: Any, op: str, key: str, stamp: int) -> None:
         """Queue the publication of ``op`` on ``key`` with the write's ``stamp`` into

@@ -243,7 +243,7 @@ end
 # 0 (older than what Redis holds), 1 (stored; no live value was there), 2 (stored over a live value),
 # 3 (this very write is there already: a replay; with mode "renew" it is stored again, with its new
 # expiry: fail-safe keeps an old value fresh for a while, but never over a newer write).
-_WRITE = _STAMP_LUA + """
+_WRITE_BODY = """
 local hlc, node = tonumber(ARGV[3]), tonumber(ARGV[4])
 local fh, fn = nil, nil
 local floor = redis.call('GET', KEYS[2])
@@ -260,6 +260,45 @@ end
 store(KEYS[1], ARGV[1], ARGV[2])
 if ch and kind == 'V' and (not fh or newer(ch, cn, fh, fn)) then return 2 end
 return 1
+"""
+_WRITE = _STAMP_LUA + _WRITE_BODY
+
+# The publication of a write on the invalidation stream (KEYS stream; ARGV maxlen, origin, op, key, stamp):
+# the new entry's seq follows the newest entry that carries one, counting every entry after it (entries
+# written by others than mtcache take a number too).
+PUBLISH_LUA = """
+local function seq_of(entry)
+  local f = entry[2]
+  for j = 1, #f, 2 do
+    if f[j] == 'seq' then return tonumber(f[j + 1]) end
+  end
+  return nil
+end
+local function publish(stream, maxlen, origin, op, key, stamp)
+  local seq = 1
+  -- the newest entry first (almost always one of ours); further back only past foreign entries
+  local recent = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  local found = recent[1] and seq_of(recent[1])
+  if found then
+    seq = found + 1
+  elseif recent[1] then
+    recent = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 16)
+    for i, entry in ipairs(recent) do
+      found = seq_of(entry)
+      if found then seq = found + i break end
+    end
+  end
+  return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
+                    'seq', seq, 'origin', origin, 'op', op, 'key', key, 'stamp', stamp)
+end
+"""
+
+# _WRITE and the write's stream entry in one call (KEYS: the record's key, the floor, the stream; ARGV: as
+# _WRITE, then the entry's maxlen, origin, op, key, stamp): half the script calls of a write.
+_WRITE_AND_PUBLISH = _STAMP_LUA + PUBLISH_LUA + "local function write()\n" + _WRITE_BODY + """end
+local code = write()
+publish(KEYS[3], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
+return code
 """
 
 # KEYS: the namespace floor; ARGV: a stamp (26 digits). Raises the floor to it; 1 if it moved.
@@ -558,17 +597,24 @@ class L2Tier:
 
     def queue_write(
         self, pipe: Pipeline, key: str, value: bytes | None, ttl: float, stamp: int, tags: Sequence[str] = (),
-        stale_for: float = 0.0, *, renew: bool = False,
+        stale_for: float = 0.0, *, renew: bool = False, entry: tuple[str, Sequence[Any]] | None = None,
     ) -> None:
         """Queue the conditional write of ``key`` (``value`` None: a tombstone) into ``pipe``; its reply is a
         :class:`WriteResult` code. ``stale_for``: see :meth:`record`. With ``renew``, the write (its value and
-        stamp already in Redis) is stored again with this new expiry if it is still the newest there."""
+        stamp already in Redis) is stored again with this new expiry if it is still the newest there. With
+        ``entry`` (a stream and its entry's arguments, see ``InvalidationStream.entry``), the same call
+        publishes the write on the invalidation stream, whatever the write's outcome."""
         rkey = self.key(key)
         data, ttl_ms = self.record(value, ttl, stamp, tags, stale_for)
         digits = format_stamp(stamp)
+        args = (data, ttl_ms, digits[:16], digits[16:], "renew" if renew else "")
         # EVAL, not EVALSHA: redis-py pipelines check every registered script with an extra SCRIPT EXISTS
         # round trip; the script text is small and Redis caches it
-        pipe.eval(_WRITE, 2, rkey, self.floor_key, data, ttl_ms, digits[:16], digits[16:], "renew" if renew else "")
+        if entry is None:
+            pipe.eval(_WRITE, 2, rkey, self.floor_key, *args)
+        else:
+            stream, fields = entry
+            pipe.eval(_WRITE_AND_PUBLISH, 3, rkey, self.floor_key, stream, *args, *fields)
         self._sets += 1
 
     async def write(
