@@ -18,12 +18,12 @@ import pytest
 import redis.asyncio
 from hypothesis import given
 from hypothesis import strategies as st
-from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from mtcache.coordinator.l2 import (
     FORMAT_VERSION,
     HEADER_BYTES,
+    Batch,
     Envelope,
     L2Tier,
     WriteResult,
@@ -414,15 +414,33 @@ async def test_mget_returns_hits_misses_and_tombstones_in_order(tier: L2Tier, cl
     assert (stats["gets"], stats["hits"], stats["misses"]) == (5, 3, 2)
 
 
+async def test_batches_survive_a_flushed_script_cache_and_an_error_reply(tier: L2Tier, clock: HybridClock) -> None:
+    """Scripts go as EVALSHA: after SCRIPT FLUSH (or a restart) the batch still runs, each script once and in
+    order; an error reply fails its batch as L2Error and leaves the connection in step for the next one."""
+    assert await tier.write("a", b"one", 60, clock.now()) == WriteResult.STORED
+    await tier.redis.script_flush()
+    first, second = clock.now(), clock.now()
+
+    def build(pipe: Batch) -> None:
+        tier.queue_write(pipe, "a", b"two", 60, second)
+        tier.queue_write(pipe, "a", b"older", 60, first)
+
+    assert await tier.pipeline("write", build) == [WriteResult.REPLACED, WriteResult.OLDER]
+    with pytest.raises(L2Error, match="write failed"):
+        await tier.pipeline("write", lambda pipe: pipe.eval("return redis.error_reply('boom')", 0))
+    found = await tier.get("a")
+    assert found is not None and found.value == b"two"
+
+
 async def test_writes_queued_into_one_pipeline(tier: L2Tier, clock: HybridClock) -> None:
     """queue_write lets a write travel with other commands; each reply is the write's WriteResult."""
     older, newer = clock.now(), clock.now()
 
-    def build(pipe: Pipeline) -> None:
+    def build(pipe: Batch) -> None:
         tier.queue_write(pipe, "a", b"new", 60, newer)
         tier.queue_write(pipe, "a", b"old", 60, older)
         tier.queue_write(pipe, "b", None, 600, older)
-        pipe.exists(tier.key("a"))
+        pipe.eval("return redis.call('EXISTS', KEYS[1])", 1, tier.key("a"))
 
     assert await tier.pipeline("write", build) == [WriteResult.STORED, WriteResult.OLDER, WriteResult.STORED, 1]
     found = await tier.get("a")

@@ -31,6 +31,7 @@ other exception is logged, counted, and treated as a gap; a malformed entry
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -39,7 +40,9 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mtcache.coordinator.l2 import PUBLISH_LUA
 
@@ -115,9 +118,11 @@ class InvalidationStream:
         self.block_ms = block_ms
         self.maxlen = maxlen
         self.origin = origin
-        self._reader = Redis.from_url(
-            reader_url, socket_timeout=block_ms / 1000 + timeout + 1, socket_connect_timeout=timeout
-        )
+        #: the longest a blocking read may take before Redis counts as gone
+        self._read_bound = block_ms / 1000 + timeout + 1
+        self._reader = Redis.from_url(reader_url, socket_timeout=self._read_bound, socket_connect_timeout=timeout)
+        #: the blocking reads' own connection (see _xread)
+        self._conn: AbstractConnection | None = None
         self._on_invalidate = on_invalidate
         self._on_clear = on_clear
         self._on_gap = on_gap
@@ -155,8 +160,6 @@ class InvalidationStream:
     def publish(self, pipe: Any, op: str, key: str, stamp: int) -> None:
         """Queue the publication of ``op`` on ``key`` with the write's ``stamp`` into
         ``pipe`` (a pipeline of the writer), so it travels with the L2 write it describes."""
-        # EVAL, not EVALSHA: redis-py pipelines check every registered script with an extra SCRIPT EXISTS
-        # round trip; the script text is small and Redis caches it
         pipe.eval(_PUBLISH, 1, self.stream, self.maxlen, self.origin, op, key, stamp)
         if op != "fill":
             self.counters["invalidations_sent"] += 1
@@ -183,6 +186,7 @@ class InvalidationStream:
             # swallowed (the task goes back to XREAD); the flag ends the loop then,
             # at the latest when that block returns
             await asyncio.wait({self._task}, timeout=self.block_ms / 1000 * 2 + 1)
+        await self._drop_conn()
         await self._reader.aclose()
 
     async def _run(self) -> None:
@@ -195,13 +199,12 @@ class InvalidationStream:
                     self.last_ok = time.monotonic()
                     self.synced.set()
                     delay = 0.05
-                # redis-py's stubs type these replies loosely: they are the raw RESP shapes
-                reply: Any = await self._reader.xread({self.stream: self.last_id or "0-0"}, count=BATCH,
-                                                   block=self.block_ms)
+                reply = await self._xread()
                 self.last_ok = time.monotonic()
-                for _stream, entries in reply or ():
-                    for entry_id, fields in entries:
-                        self._apply(entry_id.decode(), fields)
+                # RESP3 answers a map of streams, RESP2 a list of [stream, entries] pairs
+                for _stream, entries in (reply.items() if isinstance(reply, dict) else reply or ()):
+                    for entry_id, flat in entries:
+                        self._apply(entry_id.decode(), dict(zip(flat[::2], flat[1::2], strict=True)))
             except (RedisError, OSError, asyncio.TimeoutError) as exc:
                 if self.connected:
                     log.warning("invalidation stream reader lost Redis (%s); will resume after %s", exc, self.last_id)
@@ -218,6 +221,35 @@ class InvalidationStream:
                 self._gap("the reader failed")
                 await asyncio.sleep(delay)  # back-off before trying again
                 delay = min(delay * 2, 1.0)
+
+    async def _xread(self) -> Any:
+        """One blocking ``XREAD`` after the last entry read: its raw reply (None: nothing came within the block
+        time). Every entry of this host's own writes wakes the reader, so this is on the path of
+        every write: it goes straight to a connection of its own, without redis-py's per-command machinery
+        (which cost several times the round trip's own CPU), bounded by the socket timeout."""
+        conn = self._conn
+        if conn is None:
+            pool = self._reader.connection_pool
+            conn = self._conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        bound = self._read_bound
+        try:
+            await conn.send_packed_command(conn.pack_command(
+                "XREAD", "COUNT", BATCH, "BLOCK", self.block_ms, "STREAMS", self.stream, self.last_id or "0-0"),
+                check_health=False)
+            reply = await conn.read_response(timeout=bound)
+            if reply is None:
+                raise RedisTimeoutError(f"no reply to a blocking read within {bound:g} s")
+        except BaseException:
+            await self._drop_conn()
+            raise
+        return reply
+
+    async def _drop_conn(self) -> None:
+        """Close the blocking reads' connection (its next use opens a new one)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
 
     async def _resync(self) -> None:
         """On (re)connect: find where to read from, and whether entries were lost meanwhile."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import logging
 import math
 import re
@@ -30,11 +32,11 @@ from urllib.parse import urlsplit
 
 import msgpack
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from mtcache.config import redact_url
 from mtcache.coordinator.stamps import format_stamp, parse_stamp
@@ -50,6 +52,7 @@ __all__ = [
     "FOREVER_MS",
     "FORMAT_VERSION",
     "HEADER_BYTES",
+    "Batch",
     "Envelope",
     "L2Tier",
     "WriteResult",
@@ -423,6 +426,100 @@ return 1
 """
 
 
+@functools.cache
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
+class Batch:
+    """The commands of one round trip to Redis: Lua scripts with their keys and arguments, which is what every
+    write of the coordinator is. Sent by :meth:`L2Tier.pipeline`."""
+
+    __slots__ = ("commands",)
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, int, tuple[Any, ...]]] = []
+
+    def eval(self, script: str, numkeys: int, *args: Any) -> None:
+        """Queue a call of ``script`` with ``numkeys`` keys first in ``args``."""
+        self.commands.append((script, numkeys, args))
+
+    def __len__(self) -> int:
+        return len(self.commands)
+
+
+class _Lane:
+    """One connection of the tier's own, driven at the connection level: a batch costs one write and one read,
+    without redis-py's per-call machinery (a pipeline object, its retry wrapper, a timeout task per write and
+    per reply), which cost more CPU than the round trip itself (``bench/paths.py``). The connection has no
+    socket timeout: the caller's deadline bounds the whole batch, and a batch cut short by it closes the
+    connection (its replies would be read by the next batch). Batches take turns, in the order they come.
+
+    Scripts go as ``EVALSHA``; one Redis does not have cached (it restarted, or ``SCRIPT FLUSH``) goes again
+    as ``EVAL``, in order, in a second round trip: a script that is not cached ran nowhere. Like the tier's
+    client, a batch is sent once more, at once, on a new connection after a connection error (a connection
+    Redis dropped while idle); writes are conditional on their stamps, so one that ran twice stores once."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._pool = redis.connection_pool
+        self._conn: AbstractConnection | None = None
+        self._lock = asyncio.Lock()
+
+    async def run(self, batch: Batch) -> list[Any]:
+        """The replies of ``batch``, in order.
+
+        :raises RedisError, OSError: Redis failed (an error reply: the first one, after every reply is read).
+        """
+        async with self._lock:
+            try:
+                replies = await self._attempt(batch)
+            except RedisConnectionError:
+                replies = await self._attempt(batch)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def _attempt(self, batch: Batch) -> list[Any]:
+        conn = self._conn
+        if conn is None:
+            pool = self._pool
+            conn = self._conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        try:
+            replies = await self._send(conn, [("EVALSHA", _sha(s), n, *args) for s, n, args in batch.commands])
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                again = await self._send(conn, [("EVAL", batch.commands[i][0], batch.commands[i][1],
+                                                 *batch.commands[i][2]) for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        except BaseException:
+            self._conn = None
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+            raise
+        return replies
+
+    @staticmethod
+    async def _send(conn: AbstractConnection, commands: list[tuple[Any, ...]]) -> list[Any]:
+        if not commands:
+            return []
+        await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response(timeout=math.inf))
+            except ResponseError as exc:  # read whole: the connection is still in step
+                replies.append(exc)
+        return replies
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+        if self._conn is not None:
+            await self._conn.disconnect()
+            self._conn = None
+
+
 class WriteResult:
     """What :data:`_WRITE` answered."""
 
@@ -486,6 +583,7 @@ class L2Tier:
         elif not isinstance(client, Redis):
             raise TypeError(f"client must be a redis.asyncio.Redis, got {type(client).__name__}")
         self.redis = client
+        self._lane = _Lane(client)
         self._bound = 2 * timeout
         self.floor_key = self.prefix + "floor"
         #: the namespace floor as last read: records with an older stamp are dead
@@ -596,7 +694,7 @@ class L2Tier:
         return encode_envelope(env), ttl_ms + stale_ms
 
     def queue_write(
-        self, pipe: Pipeline, key: str, value: bytes | None, ttl: float, stamp: int, tags: Sequence[str] = (),
+        self, pipe: Batch, key: str, value: bytes | None, ttl: float, stamp: int, tags: Sequence[str] = (),
         stale_for: float = 0.0, *, renew: bool = False, entry: tuple[str, Sequence[Any]] | None = None,
     ) -> None:
         """Queue the conditional write of ``key`` (``value`` None: a tombstone) into ``pipe``; its reply is a
@@ -608,8 +706,6 @@ class L2Tier:
         data, ttl_ms = self.record(value, ttl, stamp, tags, stale_for)
         digits = format_stamp(stamp)
         args = (data, ttl_ms, digits[:16], digits[16:], "renew" if renew else "")
-        # EVAL, not EVALSHA: redis-py pipelines check every registered script with an extra SCRIPT EXISTS
-        # round trip; the script text is small and Redis caches it
         if entry is None:
             pipe.eval(_WRITE, 2, rkey, self.floor_key, *args)
         else:
@@ -629,7 +725,7 @@ class L2Tier:
         return int(replies[0])
 
     def queue_add(
-        self, pipe: Pipeline, key: str, value: bytes, ttl: float, stamp: int, tags: Sequence[str] = ()
+        self, pipe: Batch, key: str, value: bytes, ttl: float, stamp: int, tags: Sequence[str] = ()
     ) -> None:
         """Queue the write of ``key`` only if it holds no live value (see :data:`_ADD`); its reply is 1 if
         stored, 0 if not, -1 if ``stamp`` is older than the namespace floor.
@@ -640,7 +736,7 @@ class L2Tier:
         digits = format_stamp(stamp)
         pipe.eval(_ADD, 2, self.key(key), self.floor_key, data, ttl_ms, digits[:16], digits[16:], _now_ms())
 
-    def queue_incr(self, pipe: Pipeline, key: str, delta: int, stamp: int) -> None:
+    def queue_incr(self, pipe: Batch, key: str, delta: int, stamp: int) -> None:
         """Queue the addition of ``delta`` to the integer value of ``key`` (see :data:`_INCR` for the reply).
 
         :raises TypeError, ValueError: an argument is invalid.
@@ -648,7 +744,7 @@ class L2Tier:
         digits = format_stamp(_check_stamp(stamp))
         pipe.eval(_INCR, 2, self.key(key), self.floor_key, int(delta), digits[:16], digits[16:], _now_ms(), digits)
 
-    def queue_touch(self, pipe: Pipeline, key: str, ttl: float) -> None:
+    def queue_touch(self, pipe: Batch, key: str, ttl: float) -> None:
         """Queue giving the live value of ``key`` a new expiry ``ttl`` from now (FOREVER: none); its reply is
         1 if there was one, else 0.
 
@@ -666,7 +762,7 @@ class L2Tier:
         """The Redis key holding the stamp of the last invalidation of ``tag``."""
         return f"{self.prefix}tag:{tag}"
 
-    def queue_raise_tag(self, pipe: Pipeline, tag: str, stamp: int) -> None:
+    def queue_raise_tag(self, pipe: Batch, tag: str, stamp: int) -> None:
         """Queue raising the invalidation stamp of ``tag`` to ``stamp`` (never lowered; no expiry).
 
         :raises TypeError, ValueError: ``stamp`` is not a stamp.
@@ -687,19 +783,20 @@ class L2Tier:
                 out[tag] = 0
         return out
 
-    def queue_raise_floor(self, pipe: Pipeline, stamp: int) -> None:
+    def queue_raise_floor(self, pipe: Batch, stamp: int) -> None:
         """Queue the move of the namespace floor up to ``stamp`` (a clear): every record older is dead.
 
         :raises TypeError, ValueError: ``stamp`` is not a stamp.
         """
         pipe.eval(_RAISE_FLOOR, 1, self.floor_key, format_stamp(_check_stamp(stamp)))
 
-    async def pipeline(self, op: str, build: Callable[[Pipeline], None]) -> list[Any]:
-        """Run the commands ``build(pipe)`` queues in one non-transactional round
-        trip, under the deadline, failures translated into :class:`L2Error`."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            build(pipe)
-            return await self._run(op, pipe.execute())
+    async def pipeline(self, op: str, build: Callable[[Batch], None]) -> list[Any]:
+        """Run the commands ``build(batch)`` queues in one non-transactional round trip on the tier's own
+        connection (see :class:`_Lane`), in the order calls come, under the deadline, failures translated
+        into :class:`L2Error`."""
+        batch = Batch()
+        build(batch)
+        return await self._run(op, self._lane.run(batch))
 
     async def purge(self, floor: int) -> int:
         """Remove the records of this namespace older than ``floor`` (after a clear), by ``SCAN MATCH`` and a
@@ -716,7 +813,7 @@ class L2Tier:
             cursor, batch = await self._run("clear", self.redis.scan(cursor, match=self._match, count=_SCAN_COUNT))
             if batch:
 
-                def build(pipe: Pipeline, batch: list[Any] = batch) -> None:
+                def build(pipe: Batch, batch: list[Any] = batch) -> None:
                     for rkey in batch:
                         pipe.eval(_PURGE, 1, rkey, digits)
 
@@ -750,6 +847,7 @@ class L2Tier:
 
     async def aclose(self) -> None:
         """Close the client and its connections. The tier cannot be used afterwards."""
+        await self._lane.aclose()
         await self.redis.aclose()
 
     def stats(self) -> dict[str, int]:

@@ -125,9 +125,9 @@ class WriteQueue:
 
             def build_all(pipe: Any, batch: list[_Item] = batch, counts: list[int] = counts) -> None:
                 for item in batch:
-                    before = len(pipe.command_stack)
+                    before = len(pipe)
                     item.build(pipe)
-                    counts.append(len(pipe.command_stack) - before)
+                    counts.append(len(pipe) - before)
 
             self.batches += 1
             self.writes += len(batch)
