@@ -587,3 +587,40 @@ async def test_async_client_cached_method_is_the_decorator(coordinator: Coordina
         assert await cube.invalidate(2) is True
         with pytest.raises(TypeError, match="coroutine function"):
             client.cached()(len)
+
+
+def test_a_methods_key_for_and_invalidate_bind_to_the_instance() -> None:
+    """Through an instance, a cached method's key_for and invalidate take the call's own arguments;
+    through the class, the instance first, as the method does."""
+    calls: list[int] = []
+    local = Client(local=True)
+
+    class Service:
+        @cached(local)
+        def lookup(self, user_id: int) -> int:
+            calls.append(user_id)
+            return user_id * 10
+
+    service = Service()
+    assert service.lookup(4) == 40 and service.lookup(4) == 40
+    assert calls == [4]
+    assert service.lookup.key_for(4) == Service.lookup.key_for(service, 4)
+    assert service.lookup.invalidate(4) is True
+    assert service.lookup(4) == 40
+    assert calls == [4, 4]
+    assert Service.lookup.invalidate(service, 4) is True
+
+
+async def test_an_async_cached_method_stays_a_coroutine_function_through_its_instance() -> None:
+    local = AsyncClient(local=True)
+
+    class Service:
+        @cached(local)
+        async def lookup(self, user_id: int) -> int:
+            return user_id + 1
+
+    service = Service()
+    assert inspect.iscoroutinefunction(service.lookup)
+    assert await service.lookup(1) == 2
+    assert await service.lookup.invalidate(1) is True
+    assert await service.lookup.invalidate(1) is False

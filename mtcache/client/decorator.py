@@ -160,6 +160,14 @@ def _check_format(template: str, sig: inspect.Signature) -> None:
             _check_format(spec, sig)
 
 
+def _first_parameter(fn: Callable[..., Any]) -> str | None:
+    """The name of ``fn``'s first parameter (None: none, or no signature)."""
+    try:
+        return next(iter(inspect.signature(fn).parameters), None)
+    except (TypeError, ValueError):
+        return None
+
+
 def _key_maker(
     fn: Callable[..., Any], key: str | Callable[..., str] | None
 ) -> Callable[[tuple[Any, ...], dict[str, Any]], str]:
@@ -197,10 +205,33 @@ def _key_maker(
     if not isinstance(qualname, str):
         raise TypeError(f"{fn!r} has no __qualname__ to build a default key from: pass key= to cached()")
     prefix = f"{getattr(fn, '__module__', None)}.{qualname}:"
-    first = next(iter(sig.parameters), None)
+    first = _first_parameter(fn)
     # a method's instance or class is no part of the default key
     skip = first if first in ("self", "cls") else None
     return lambda args, kwargs: check_key(_default_key(prefix, bind(args, kwargs), skip))
+
+
+class _Method:
+    """A cached method (a first parameter named ``self``): through an instance it is bound like a
+    method, and so are its ``key_for`` and ``invalidate`` (``service.lookup.invalidate(42)``);
+    through the class all three take the instance first (``Service.lookup.invalidate(service, 42)``).
+    A bound one is a :class:`functools.partial` of the wrapper, so ``inspect.iscoroutinefunction``
+    still sees a coroutine function through it."""
+
+    def __init__(self, wrapper: Callable[..., Any]) -> None:
+        self._wrapper = wrapper
+        functools.update_wrapper(self, wrapper)  # type: ignore[arg-type]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrapper(*args, **kwargs)
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        bound = functools.partial(self._wrapper, instance)
+        bound.key_for = functools.partial(self.key_for, instance)  # type: ignore[attr-defined]
+        bound.invalidate = functools.partial(self.invalidate, instance)  # type: ignore[attr-defined]
+        return bound
 
 
 def cached(
@@ -219,8 +250,9 @@ def cached(
     **policy)``: computed once per key across every worker. The wrapper keeps ``fn`` as
     ``__wrapped__`` and adds ``key_for(*args, **kwargs)`` (the key, no I/O) and
     ``invalidate(*args, **kwargs)`` (``client.delete`` of that key; a coroutine on an
-    ``AsyncClient``). On a method both take the instance first, as the function does
-    through its class: ``Service.lookup.invalidate(service, 42)``.
+    ``AsyncClient``). On a method (a first parameter named ``self``) both are bound with it
+    through an instance (``service.lookup.invalidate(42)``) and take the instance first
+    through the class (``Service.lookup.invalidate(service, 42)``).
 
     :param client: a ``Client`` or an ``AsyncClient``.
     :param ttl, strategy: as in ``get_or_compute`` (at most one of them).
@@ -300,6 +332,8 @@ def cached(
 
         functools.update_wrapper(wrapper, fn)
         wrapper.__dict__.update(key_for=key_for, invalidate=invalidate)
+        if _first_parameter(fn) == "self":
+            return cast(CachedFunction, _Method(wrapper))
         return cast(CachedFunction, wrapper)
 
     return decorate
