@@ -162,8 +162,9 @@ def main() -> None:
         print(f"  {name:<40} {value:>9.1f}")
     set_floor = single["floor: set/delete (PING + SET+XADD)"]
     get_floor = single["floor: L2 hit (PING + GET)"]
-    print(f"  set / floor {single['mtcache set'] / set_floor:.2f}x, delete / floor "
-          f"{single['mtcache delete'] / set_floor:.2f}x, L2 hit / floor {single['mtcache get, L2 hit'] / get_floor:.2f}x")
+    print(f"  set / floor {single['mtcache set'] / set_floor:.2f}x, "
+          f"delete / floor {single['mtcache delete'] / set_floor:.2f}x, "
+          f"L2 hit / floor {single['mtcache get, L2 hit'] / get_floor:.2f}x")
     print(f"\n{args.procs} processes, aggregate ops/s (median of {args.rounds} runs of {args.seconds:g} s)")
     for name, value in multi.items():
         print(f"  {name:<40} {value:>9.0f}")

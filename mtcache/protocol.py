@@ -40,6 +40,8 @@ ADD        key value ttl tags                              OK stored version
 INCR       key delta                                       OK value version / REFUSED kind message
 TOUCH      key ttl                                         OK touched
 INVALIDATE_TAGS [tag, ...]                                 OK acknowledged (Redis has it)
+SET_BEHIND key value ttl max_delay tags                    OK version kept
+DELETE_BEHIND key max_delay                                OK existed (in L1)
 =========  ==============================================  ===========================================
 
 A ``ttl`` is positive seconds, ``math.inf`` (``mtcache.FOREVER``: no expiry), or nil
@@ -52,6 +54,10 @@ REFUSED with kind ``type`` (the value is not an integer), ``range`` (past +-2**5
 live value a new TTL. ``tags`` (a list of strings, see :func:`check_tags`; a trailing
 ``tags`` of SET, FILL, ADD or a SET_MANY item may be left out) ties an entry to tags that
 INVALIDATE_TAGS kills on every host (see :mod:`mtcache.coordinator.tags`).
+
+SET_BEHIND and DELETE_BEHIND (write-behind) are answered once L1, the mirror and the version
+table hold the write; its L2 write and stream entry follow through the same ordered write
+queue, held at most ``max_delay`` seconds to share a round trip with other writes.
 
 ``kept`` (SET) and ``stored`` (FILL) say whether the worker may keep a near copy
 (not when a newer write from another host already replaced the value). RELEASE
@@ -144,6 +150,9 @@ class Op:
     INCR = 17
     TOUCH = 18
     INVALIDATE_TAGS = 19
+    #: a set acknowledged once this host holds it; Redis follows within a delay (write_mode="behind")
+    SET_BEHIND = 20
+    DELETE_BEHIND = 21
 
 
 class Status:
@@ -344,6 +353,8 @@ _SHAPES: dict[int, tuple[type | str, ...]] = {
     Op.INCR: ("key", "int64"),
     Op.TOUCH: ("key", "ttl?"),
     Op.INVALIDATE_TAGS: ("tags",),
+    Op.SET_BEHIND: ("key", bytes, "ttl?", "seconds", "tags"),
+    Op.DELETE_BEHIND: ("key", "seconds"),
 }
 
 
@@ -452,6 +463,8 @@ _REPLY_SHAPES: dict[int, dict[int, tuple[type | str, ...]]] = {
     Op.INCR: {Status.OK: ("int64", "version"), Status.REFUSED: (str, str)},
     Op.TOUCH: {Status.OK: (bool,)},
     Op.INVALIDATE_TAGS: {Status.OK: (bool,)},
+    Op.SET_BEHIND: {Status.OK: ("version", bool)},
+    Op.DELETE_BEHIND: {Status.OK: (bool,)},
 }
 _ERROR_SHAPE: tuple[type | str, ...] = (str, str)
 _HIT: tuple[type | str, ...] = (bytes, "version", "seconds")

@@ -279,6 +279,8 @@ GOOD: dict[int, list[Any]] = {
     Op.INCR: ["k", -5],
     Op.TOUCH: ["k", 60],
     Op.INVALIDATE_TAGS: [["users", "prices"]],
+    Op.SET_BEHIND: ["k", b"v", 10.0, 0.005, ["t"]],
+    Op.DELETE_BEHIND: ["k", 0.0],
 }
 
 
@@ -299,7 +301,7 @@ def test_one_argument_too_many(op: int) -> None:
 
 
 #: ops whose trailing tags may be left out
-OPTIONAL_TAGS = (Op.SET, Op.FILL, Op.ADD)
+OPTIONAL_TAGS = (Op.SET, Op.FILL, Op.ADD, Op.SET_BEHIND)
 
 
 @pytest.mark.parametrize("op", sorted(op for op, args in GOOD.items() if args))
@@ -314,7 +316,7 @@ def test_trailing_tags_may_be_left_out(op: int) -> None:
     assert validate_request([op, 1, *GOOD[op][:-1]])[2] == [*GOOD[op][:-1], []]
 
 
-@pytest.mark.parametrize("op", [-1, 20, 99, 2**40, "GET", None, 1.0, True, False, [1]])
+@pytest.mark.parametrize("op", [-1, 22, 99, 2**40, "GET", None, 1.0, True, False, [1]])
 def test_unknown_op(op: object) -> None:
     with pytest.raises(ProtocolError, match="unknown op"):
         validate_request([op, 1])
@@ -370,7 +372,7 @@ BAD_TTLS = [
 
 
 #: where each op's TTL argument is
-_TTL_AT = {Op.SET: 2, Op.FILL: 3}
+_TTL_AT = {Op.SET: 2, Op.FILL: 3, Op.SET_BEHIND: 2}
 
 
 def _with_ttl(op: int, ttl: object) -> list[Any]:
@@ -380,14 +382,14 @@ def _with_ttl(op: int, ttl: object) -> list[Any]:
 
 
 @pytest.mark.parametrize("ttl", BAD_TTLS)
-@pytest.mark.parametrize("op", [Op.SET, Op.FILL])
+@pytest.mark.parametrize("op", [Op.SET, Op.FILL, Op.SET_BEHIND])
 def test_bad_ttl(op: int, ttl: object) -> None:
     with pytest.raises(ProtocolError, match="positive TTL"):
         validate_request(_with_ttl(op, ttl))
 
 
 @pytest.mark.parametrize("ttl", [1, 0.001, 1e11, math.inf, None])  # FOREVER; nil: the coordinator's defaults
-@pytest.mark.parametrize("op", [Op.SET, Op.FILL])
+@pytest.mark.parametrize("op", [Op.SET, Op.FILL, Op.SET_BEHIND])
 def test_good_ttl(op: int, ttl: float) -> None:
     assert validate_request(_with_ttl(op, ttl))[2][_TTL_AT[op]] == ttl
 

@@ -75,6 +75,8 @@ def fork_generation() -> int:
 #: stalled (it handles them when it runs again), never skipped while their connection
 #: stays open, or the coordinator would keep the lease for a live connection.
 ENDS_LEASE = frozenset({Op.FILL, Op.FAIL, Op.RELEASE})
+#: ``write_mode`` values: ``"through"`` (a write returns once Redis has it) and ``"behind"``
+WRITE_MODES = ("through", "behind")
 
 #: Back-off between attempts to reach a coordinator that did not answer.
 RETRY_MIN, RETRY_MAX = 0.5, 5.0
@@ -103,6 +105,8 @@ class ClientCore:
         copy_on_read: bool,
         request_timeout: float,
         policy: Policy,
+        write_mode: str = "through",
+        write_behind_max_delay: float = 0.005,
     ) -> None:
         self.settings = Settings.load(socket_path=socket_path, namespace=namespace, redis_url=redis_url)
         #: the client's defaults for get_or_compute's fail-safe and timing arguments
@@ -116,6 +120,14 @@ class ClientCore:
         if not isinstance(request_timeout, (int, float)) or not request_timeout > 0:
             raise ValueError(f"request_timeout must be a positive number of seconds, got {request_timeout!r}")
         self.request_timeout = float(request_timeout)
+        if write_mode not in WRITE_MODES:
+            raise ValueError(f"write_mode must be one of {', '.join(map(repr, WRITE_MODES))}, got {write_mode!r}")
+        #: write-behind: set and delete are acknowledged once this host's coordinator holds them
+        self.write_behind = write_mode == "behind"
+        if (not isinstance(write_behind_max_delay, (int, float)) or isinstance(write_behind_max_delay, bool)
+                or not 0 <= write_behind_max_delay <= 1):
+            raise ValueError(f"write_behind_max_delay must be 0 to 1 seconds, got {write_behind_max_delay!r}")
+        self.write_behind_max_delay = float(write_behind_max_delay)
         self.fork_gen = fork_generation()
         self.counters = dict.fromkeys(
             ("computes", "local_computes", "local_coalesced", "coordinator_errors", "decode_errors",
@@ -540,6 +552,11 @@ class ClientBase:
     :param codec: ``"msgpack"`` (default), ``"json"``, ``"pickle"`` or a codec object.
     :param copy_on_read: decode a fresh copy on every near hit.
     :param request_timeout: seconds to wait for a reply (lease waits excepted).
+    :param write_mode: ``"through"`` (default): ``set``/``delete`` return once Redis holds the
+        write. ``"behind"``: once this host's coordinator holds it (L1, mirror, version table:
+        every worker of the host sees it); Redis and the other hosts follow within
+        ``write_behind_max_delay`` seconds (default 5 ms) plus a round trip. A coordinator that
+        crashes in between loses those writes (see the README's write-behind section).
     :param fail_safe, fail_safe_throttle, soft_timeout, hard_timeout, eager_refresh, jitter,
         cache_none: the defaults of ``get_or_compute``'s arguments of the same names (see
         :class:`~mtcache.client.policy.Policy`).
@@ -579,6 +596,8 @@ class ClientBase:
         jitter: float | None = None,
         cache_none: bool = True,
         local: bool = False,
+        write_mode: str = "through",
+        write_behind_max_delay: float = 0.005,
     ) -> None:
         # ``local`` was taken by __new__ (True gives the in-process twin, which has its own __init__)
         policy = Policy(fail_safe, fail_safe_throttle, soft_timeout, hard_timeout, eager_refresh, jitter, cache_none)
@@ -594,6 +613,8 @@ class ClientBase:
             copy_on_read=copy_on_read,
             request_timeout=request_timeout,
             policy=policy,
+            write_mode=write_mode,
+            write_behind_max_delay=write_behind_max_delay,
         )
         self._near = self._core.near
         self._closed = False

@@ -114,7 +114,10 @@ def set_flow(core: ClientCore, key: str, value: Any, seconds: float | None, tags
     copy; True once the coordinator acknowledged the write."""
     data = core.encode(value)
     core.near.discard(key)
-    reply = yield Call(Op.SET, (key, data, seconds, list(tags)))
+    if core.write_behind:
+        reply = yield Call(Op.SET_BEHIND, (key, data, seconds, core.write_behind_max_delay, list(tags)))
+    else:
+        reply = yield Call(Op.SET, (key, data, seconds, list(tags)))
     if _unacknowledged(core, reply):
         return False
     if reply[3]:
@@ -126,7 +129,10 @@ def set_flow(core: ClientCore, key: str, value: Any, seconds: float | None, tags
 def delete_flow(core: ClientCore, key: str) -> Flow:
     """Remove from every tier; True if some tier held the key."""
     core.near.discard(key)
-    reply = yield Call(Op.DELETE, (key,))
+    if core.write_behind:
+        reply = yield Call(Op.DELETE_BEHIND, (key, core.write_behind_max_delay))
+    else:
+        reply = yield Call(Op.DELETE, (key,))
     if _unacknowledged(core, reply):
         return False
     return bool(reply[2])

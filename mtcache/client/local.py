@@ -501,6 +501,8 @@ class _LocalTwin:
         jitter: float | None = None,
         cache_none: bool = True,
         local: bool = True,
+        write_mode: str = "through",
+        write_behind_max_delay: float = 0.005,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # ``local`` was taken by ClientBase.__new__; the parents' __init__ is never called: it sets up a
@@ -511,7 +513,8 @@ class _LocalTwin:
         self._core = ClientCore(
             socket_path, namespace=namespace, redis_url=redis_url, spawn=spawn, near_capacity=near_capacity,
             near_max_bytes=near_max_bytes, near_max_age=near_max_age, codec=codec, copy_on_read=copy_on_read,
-            request_timeout=request_timeout, policy=policy,
+            request_timeout=request_timeout, policy=policy, write_mode=write_mode,
+            write_behind_max_delay=write_behind_max_delay,
         )
         self._closed = False
         self._store = _Store(self._core, clock, type(self).__name__)

@@ -102,6 +102,8 @@ class CacheEngine:
         self.pending_tags: dict[str, int] = {}
         self._stale_dropped = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: L2 writes of writes-behind still on their way (see set_behind)
+        self._behind: set[asyncio.Task[None]] = set()
         # every L2 write goes through one ordered, batching queue (see writes.py)
         self.writes = WriteQueue(l2) if l2 is not None else None
         # writes acknowledged while Redis was unreachable (see backlog.py)
@@ -118,7 +120,7 @@ class CacheEngine:
              "fills", "fills_discarded", "fills_late", "compute_errors", "lease_releases", "lease_timeouts",
              "cross_host_lease_waits", "redis_leases_taken", "staleness_drops", "backlog_replayed",
              "writes_superseded", "backlog_overflows", "redis_leases_lost", "fail_safe_activations", "adds",
-             "incrs", "touches", "tag_invalidations"),
+             "incrs", "touches", "tag_invalidations", "writes_behind"),
             0,
         )
 
@@ -147,7 +149,12 @@ class CacheEngine:
             self._start_reconnect()
 
     async def close(self) -> None:
-        """Stop background work and close the Redis connection."""
+        """Send the writes-behind still queued (bounded by the Redis deadline), stop background work and
+        close the Redis connection."""
+        if self._behind:
+            if self.writes is not None:
+                self.writes.send_now()
+            await asyncio.wait(self._behind, timeout=2 * self.settings.redis_timeout)
         if self._reconnect_task is not None:
             self._reconnect_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -309,7 +316,8 @@ class CacheEngine:
         self._start_reconnect()
 
     async def _write(
-        self, write: Write, *, publish: str | None, extra: Callable[[Any], None] | None = None, keep: bool = True
+        self, write: Write, *, publish: str | None, extra: Callable[[Any], None] | None = None, keep: bool = True,
+        delay: float = 0.0,
     ) -> int | None:
         """Send ``write`` (with its stream entry ``publish``) through the write queue;
         the :class:`WriteResult`, or None if Redis is down or failed on this write.
@@ -335,7 +343,7 @@ class CacheEngine:
                 extra(pipe)
 
         try:
-            replies = await writes.write(write.key, build)
+            replies = await writes.write(write.key, build, delay=delay)
         except L2Error as exc:
             if keep:
                 self.backlog.add(write)
@@ -569,6 +577,42 @@ class CacheEngine:
             self.local.drop_if(key, stamp)
             kept = False
         return [Status.OK, self.local.version_of(key), kept]
+
+    def set_behind(
+        self, key: str, value: bytes, ttl: float | None, delay: float, tags: list[str] | tuple[str, ...] = ()
+    ) -> Reply:
+        """A write-behind: store in L1 (moving the version), answer at once, and send the L2 write and its
+        stream entry through the write queue within ``delay`` seconds (sooner with other writes). Ordered
+        with every other write by its stamp; if Redis turns out to hold a newer write, L1 drops this one
+        (its version moves, so near copies die). Redis down: it goes to the backlog like any write."""
+        self.counters["sets"] += 1
+        self.counters["writes_behind"] += 1
+        stamp = self.clock.now()
+        l1_ttl, l2_ttl = self.lifetimes(ttl)
+        self.local.put(key, value, l1_ttl, stamp, tags=tuple(tags))
+        self._send_behind(Write(key, value, l2_ttl, stamp, tags=tuple(tags)), "set", delay)
+        return [Status.OK, self.local.version_of(key), True]
+
+    def delete_behind(self, key: str, delay: float) -> Reply:
+        """A delete-behind: remove from L1 and answer at once (whether L1 held it); the tombstone and
+        stream entry follow as in :meth:`set_behind`."""
+        self.counters["deletes"] += 1
+        self.counters["writes_behind"] += 1
+        stamp = self.clock.now()
+        existed = self.local.delete(key)
+        self._send_behind(Write(key, None, self.settings.tombstone_ttl, stamp), "del", delay)
+        return [Status.OK, bool(existed)]
+
+    def _send_behind(self, write: Write, publish: str, delay: float) -> None:
+        task = asyncio.get_running_loop().create_task(self._write_behind(write, publish, delay))
+        self._behind.add(task)
+        task.add_done_callback(self._behind.discard)
+
+    async def _write_behind(self, write: Write, publish: str, delay: float) -> None:
+        result = await self._write(write, publish=publish, delay=delay)
+        if result is not None and result <= WriteResult.OLDER and write.value is not None:
+            self.counters["writes_superseded"] += 1
+            self.local.drop_if(write.key, write.stamp)
 
     async def delete(self, key: str) -> Reply:
         """Remove from L1, write a tombstone to L2 and tell the other hosts; the reply

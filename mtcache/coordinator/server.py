@@ -313,6 +313,10 @@ class _Connection(asyncio.Protocol):
                 self._spawn(rid, engine.lease_miss(self, *args))
         elif op == Op.SET:
             self._spawn(rid, engine.set(*args), write=True)
+        elif op == Op.SET_BEHIND:
+            self._send(rid, engine.set_behind(*args))
+        elif op == Op.DELETE_BEHIND:
+            self._send(rid, engine.delete_behind(*args))
         elif op == Op.FILL:
             self._spawn(rid, engine.fill(*args), write=True)
         elif op == Op.FAIL:

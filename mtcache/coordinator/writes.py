@@ -7,6 +7,10 @@ two writes of one key reach Redis in the order they reached L1 (a connection
 pool would reorder them), and a burst of writes costs one round trip, not one
 each (a lock around each write made them queue behind one another).
 
+A write-behind (its caller already has its answer) may wait up to its own
+delay for others to share its round trip; any other write, or a full batch,
+sends everything queued at once.
+
 The queue also knows which keys have a write in flight: until Redis has done
 it, an L1 miss must not read the key from L2 and promote what it finds there,
 which may be the value a delete or clear is about to remove.
@@ -31,12 +35,16 @@ log = logging.getLogger("mtcache.coordinator")
 
 Build = Callable[[Any], None]
 
+#: writes-behind held for a shared round trip go at once when this many are queued
+HOLD_MAX = 256
+
 
 @dataclass(eq=False)
 class _Item:
     build: Build
     key: str | None
     clear: int | None  # the stamp of a clear
+    due: float | None = None  # a write-behind: the loop time by which it must be sent
     fut: asyncio.Future[list[Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -60,6 +68,8 @@ class WriteQueue:
         self._task: asyncio.Task[None] | None = None
         self._pending: Counter[str] = Counter()
         self._clearing = 0
+        #: set when the queue must be sent at once (a write that is not behind, a full batch)
+        self._now = asyncio.Event()
         self.batches = 0
         self.writes = 0
 
@@ -67,16 +77,22 @@ class WriteQueue:
         """True while a write of ``key`` (or a clear) is queued or in flight."""
         return self._clearing > 0 or key in self._pending
 
-    async def write(self, key: str | None, build: Build) -> list[Any]:
+    async def write(self, key: str | None, build: Build, *, delay: float = 0.0) -> list[Any]:
         """Queue the commands ``build(pipe)`` adds; return their replies once Redis
-        has run them.
+        has run them. With a ``delay`` (seconds; a write-behind) they may wait that long
+        for other writes to share the round trip.
 
         :raises L2Error: the round trip that carried them failed.
         """
-        item = _Item(build, key, clear=None)
+        due = asyncio.get_running_loop().time() + delay if delay > 0 else None
+        item = _Item(build, key, clear=None, due=due)
         if key is not None:
             self._pending[key] += 1
         return await self._enqueue(item)
+
+    def send_now(self) -> None:
+        """Stop holding writes-behind: send what is queued at once."""
+        self._now.set()
 
     async def clear(self, stamp: int, build: Build) -> int:
         """After every write queued before: run ``build(pipe)`` (the new namespace
@@ -90,6 +106,8 @@ class WriteQueue:
 
     async def _enqueue(self, item: _Item) -> list[Any]:
         self._queue.append(item)
+        if item.due is None or len(self._queue) >= HOLD_MAX:
+            self._now.set()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._flush())
         return await item.fut
@@ -104,9 +122,24 @@ class WriteQueue:
         while self._queue:
             self._settle([self._queue.popleft()], error=error)
 
+    async def _hold(self) -> None:
+        """While only writes-behind are queued: wait until the first is due, or until
+        something must go at once."""
+        queue = self._queue
+        if any(item.due is None for item in queue) or len(queue) >= HOLD_MAX:
+            return
+        self._now.clear()
+        loop = asyncio.get_running_loop()
+        timer = loop.call_at(min(item.due for item in queue if item.due is not None), self._now.set)
+        try:
+            await self._now.wait()
+        finally:
+            timer.cancel()
+
     async def _flush(self) -> None:
         queue = self._queue
         while queue:
+            await self._hold()
             if queue[0].clear is not None:
                 item = queue.popleft()
                 assert item.clear is not None
