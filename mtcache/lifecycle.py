@@ -53,11 +53,12 @@ class CoordinatorHandle:
 
     ``socket_path`` is where it serves, ``pid`` its process, ``started`` whether
     this call started it (False: it joined one already serving), ``log_path``
-    where a coordinator started here logs.
+    where a coordinator started here logs (None for one joined: ``health()``'s
+    ``details["log"]`` says where any coordinator logs).
     """
 
     def __init__(
-        self, socket_path: str, pid: int, started: bool, log_path: str,
+        self, socket_path: str, pid: int, started: bool, log_path: str | None,
         users_fd: int, proc: subprocess.Popen[bytes] | None,
     ) -> None:
         self.socket_path = socket_path
@@ -122,7 +123,7 @@ def start_coordinator(
     try:
         pid = _serving_pid(path)
         if pid is not None:
-            return CoordinatorHandle(path, pid, False, log_file, users_fd, None)
+            return CoordinatorHandle(path, pid, False, None, users_fd, None)
         proc = _run(resolved, settings, use_redis=use_redis, idle_exit=idle_exit, log_file=log_file,
                     log_level=log_level, new_session=new_session)
         pid = _wait_serving(path, proc, timeout)
@@ -133,7 +134,7 @@ def start_coordinator(
                 raise RuntimeError(f"the mtcache coordinator on {path} did not start; its log:\n{tail}")
         if pid != proc.pid:  # another user's start won the race: join that one
             _end(proc, timeout)
-            return CoordinatorHandle(path, pid, False, log_file, users_fd, None)
+            return CoordinatorHandle(path, pid, False, None, users_fd, None)
         os.ftruncate(users_fd, 0)
         os.pwrite(users_fd, f"{pid}\n".encode(), 0)
         return CoordinatorHandle(path, pid, True, log_file, users_fd, proc)

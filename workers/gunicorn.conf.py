@@ -44,8 +44,7 @@ def on_starting(server: Arbiter) -> None:
     global _coordinator
     _coordinator = start_coordinator()  # on the socket the workers' clients resolve (MTCACHE_SOCKET...)
     how = "started" if _coordinator.started else "joined"
-    server.log.info("mtcache coordinator (pid %s) %s on %s (log: %s)", _coordinator.pid, how,
-                    _coordinator.socket_path, _coordinator.log_path)
+    server.log.info("mtcache coordinator (pid %s) %s on %s", _coordinator.pid, how, _coordinator.socket_path)
 
 
 def on_exit(server: Arbiter) -> None:
