@@ -157,8 +157,8 @@ class CacheEngine:
         self.redis_failure = failure
         if previous is not None and previous.kind == failure.kind:
             return
-        log.warning("%s at %s; serving L1 only, retrying in the background", failure.reason,
-                    self.settings.redacted_redis_url)
+        log.warning("Redis at %s: %s; serving L1 only, retrying in the background",
+                    self.settings.redacted_redis_url, failure.reason)
 
     async def close(self) -> None:
         """Stop background work and close the Redis connection."""

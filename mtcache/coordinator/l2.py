@@ -116,13 +116,13 @@ class RedisFailure(NamedTuple):
     def reason(self) -> str:
         """One line saying what happened and what to check."""
         if self.kind == "auth":
-            return f"Redis refused authentication ({self.detail}): check the password and ACL user in REDIS_URL"
+            return f"authentication refused ({self.detail}): check the password and ACL user in REDIS_URL"
         if self.kind == "tls":
-            return (f"the TLS handshake with Redis failed ({self.detail}): check rediss:// and its certificates "
+            return (f"TLS handshake failed ({self.detail}): check rediss:// and its certificates "
                     f"(ssl_ca_certs, ssl_certfile, ssl_keyfile in REDIS_URL)")
         if self.kind == "unreachable":
-            return f"Redis is unreachable ({self.detail})"
-        return f"Redis answered an error ({self.detail})"
+            return f"unreachable ({self.detail})"
+        return f"answered an error ({self.detail})"
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
