@@ -46,6 +46,10 @@ from mtcache.errors import UntrustedSocket
 
 __all__ = ["CoordinatorHandle", "start_coordinator", "stop_coordinator"]
 
+#: Coordinators this process started and left running for their other users, by pid: kept so
+#: that this process can still reap them (whoever stops them), and reaped as they exit.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
 
 class CoordinatorHandle:
     """One use of a coordinator, from :func:`start_coordinator` until
@@ -171,8 +175,12 @@ def stop_coordinator(handle: CoordinatorHandle, *, timeout: float = 10.0) -> boo
         return stopped
     finally:
         os.close(fd)
-        if handle._proc is not None:
-            handle._proc.poll()  # reap our child if it has exited (stopped by another user)
+        proc = handle._proc
+        if proc is not None and proc.poll() is None:
+            _children[proc.pid] = proc  # still serving others: reaped once it exits
+        for pid, child in list(_children.items()):
+            if child.poll() is not None:
+                del _children[pid]
 
 
 def _lock_users(path: str, operation: int) -> int:
@@ -268,7 +276,8 @@ def _terminate(pid: int, proc: subprocess.Popen[bytes] | None, timeout: float) -
     """SIGTERM the coordinator ``pid`` and wait until it has exited (SIGKILL after
     ``timeout``). It may be another process's child (a master that started it and
     exited): then its exit is seen in /proc, not by waiting for it."""
-    if proc is not None and proc.pid == pid:
+    proc = proc if proc is not None and proc.pid == pid else _children.pop(pid, None)
+    if proc is not None:
         _end(proc, timeout)
         return
     for sig in (signal.SIGTERM, signal.SIGKILL):
