@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -90,27 +91,29 @@ def versions(libraries: Sequence[str]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def coordinator(redis_url: str | None, *extra: str) -> Iterator[str]:
+def coordinator(redis_url: str | None, **settings: Any) -> Iterator[str]:
     """A coordinator process on a temporary socket; yields the socket path."""
-    with coordinator_process(redis_url, *extra) as server:
+    with coordinator_process(redis_url, **settings) as server:
         yield server.address
 
 
 @contextlib.contextmanager
-def coordinator_process(redis_url: str | None, *extra: str) -> Iterator[Server]:
-    """A coordinator process on a temporary socket; yields the socket path and pid."""
-    from mtcache.client.spawn import start_coordinator, stop_coordinator
+def coordinator_process(redis_url: str | None, **settings: Any) -> Iterator[Server]:
+    """A coordinator process on a temporary socket, with ``settings`` (``Settings``
+    field names: ``l1_capacity=20_000``); yields the socket path and pid."""
+    from mtcache import start_coordinator, stop_coordinator
 
     folder = Path(tempfile.mkdtemp(prefix="mtc-bench-"))
     sock = str(folder / "c.sock")
     try:
-        proc = start_coordinator(
-            sock, redis_url=redis_url, no_redis=redis_url is None, extra=("--log-level", "WARNING", *extra)
+        handle = start_coordinator(
+            sock, redis_url=redis_url, use_redis=redis_url is not None, log_level="WARNING", new_session=False,
+            **settings,
         )
         try:
-            yield Server(sock, proc.pid)
+            yield Server(sock, handle.pid)
         finally:
-            stop_coordinator(proc)
+            stop_coordinator(handle)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mtcache.codec import MsgpackCodec
+from mtcache import MsgpackCodec
 
 SMALL: dict[str, Any] = {
     "symbol": "ACME", "price": 123.45, "bid": 123.40, "ask": 123.50, "volume": 1_234_567, "exchange": "XNYS",

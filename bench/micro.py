@@ -71,10 +71,10 @@ def rows_for(value: object, url: str, n: int) -> dict[str, dict[str, float]]:
         with Client(sock, spawn=False, near_capacity=0) as c:
             c.get("k")
             add("mirror hit (near off)", lambda: c.get("k"), fast, 10)
-    with coordinator(url, "--l1-shm-bytes", "0") as sock, Client(sock, spawn=False, near_capacity=0) as c:
+    with coordinator(url, l1_shm_bytes=0) as sock, Client(sock, spawn=False, near_capacity=0) as c:
         c.set("k", value)
         add("L1 hit via coordinator socket (no mirror)", lambda: c.get("k"), n)
-    with coordinator(url, "--l1-capacity", "1", "--l1-shm-bytes", "0") as sock, \
+    with coordinator(url, l1_capacity=1, l1_shm_bytes=0) as sock, \
             Client(sock, spawn=False, near_capacity=0) as c:
         c.set("a", value)
         c.set("b", value)
@@ -106,10 +106,10 @@ def batch_rows(url: str, n: int) -> dict[str, dict[str, float]]:
 
     out: dict[str, dict[str, float]] = {}
     items = {key: SMALL for key in BATCH_KEYS}
-    with coordinator(url, "--l1-shm-bytes", "0") as sock, Client(sock, spawn=False, near_capacity=0) as c:
+    with coordinator(url, l1_shm_bytes=0) as sock, Client(sock, spawn=False, near_capacity=0) as c:
         c.set_many(items)
         out["mtcache get_many, L1 hits"] = measure(lambda: c.get_many(BATCH_KEYS), n=n)
-    with coordinator(url, "--l1-capacity", "1", "--l1-shm-bytes", "0") as sock, \
+    with coordinator(url, l1_capacity=1, l1_shm_bytes=0) as sock, \
             Client(sock, spawn=False, near_capacity=0) as c:
         c.set_many(items)
         out["mtcache get_many, L2 hits (Redis)"] = measure(lambda: c.get_many(BATCH_KEYS), n=n)

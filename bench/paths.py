@@ -71,7 +71,7 @@ def one_process(url: str, n: int) -> dict[str, float]:
         keys = itertools.cycle([f"k{i}" for i in range(1000)])
         add("mtcache set", lambda: c.set(next(keys), VALUE))
         add("mtcache delete", lambda: c.delete(next(keys)))
-    with coordinator(url, "--l1-capacity", "1", "--l1-shm-bytes", "0") as sock, \
+    with coordinator(url, l1_capacity=1, l1_shm_bytes=0) as sock, \
             Client(sock, spawn=False, near_capacity=0) as c:
         c.set("a", VALUE)
         c.set("b", VALUE)
@@ -131,7 +131,7 @@ def aggregate(url: str, procs: int, seconds: float) -> dict[str, float]:
     out: dict[str, float] = {}
     with coordinator(url) as sock:
         out["mtcache set"] = many_processes("mtcache set", sock, procs, seconds)
-    with coordinator(url, "--l1-capacity", "1", "--l1-shm-bytes", "0") as sock:
+    with coordinator(url, l1_capacity=1, l1_shm_bytes=0) as sock:
         with Client(sock, spawn=False, near_capacity=0) as c:
             c.set("b", VALUE)
         out["mtcache get, L2 hit"] = many_processes("mtcache get", sock, procs, seconds)

@@ -20,10 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from mtcache.client.spawn import can_connect, redis_answers, start_coordinator, stop_coordinator
-from mtcache.config import Settings
+import redis
 
-__all__ = ["Target", "parser", "run"]
+from mtcache import Client, Settings, start_coordinator, stop_coordinator
+
+__all__ = ["Target", "parser", "redis_answers", "run"]
+
+
+def redis_answers(url: str) -> bool:
+    """True if Redis at ``url`` answers PING within half a second."""
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5) as client:
+            return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -46,8 +56,8 @@ def _own_coordinator() -> Iterator[Target]:
     folder = Path(tempfile.mkdtemp(prefix="mtcache-example-"))
     socket_path = str(folder / "coordinator.sock")
     try:
-        proc = start_coordinator(
-            socket_path, redis_url=settings.redis_url, no_redis=not use_redis, extra=("--log-level", "WARNING")
+        handle = start_coordinator(
+            socket_path, redis_url=settings.redis_url, use_redis=use_redis, log_level="WARNING", new_session=False
         )
     except RuntimeError as exc:
         shutil.rmtree(folder, ignore_errors=True)
@@ -55,7 +65,7 @@ def _own_coordinator() -> Iterator[Target]:
     try:
         yield Target(socket_path, started=True)
     finally:
-        stop_coordinator(proc)
+        stop_coordinator(handle)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -84,7 +94,9 @@ def run(body: Callable[[Target, argparse.Namespace], int], options: argparse.Arg
     args = options.parse_args()
     signal.signal(signal.SIGTERM, _terminated)
     if args.socket is not None:
-        if not can_connect(args.socket):
+        with Client(args.socket, spawn=False) as client:
+            answers = client.health().coordinator == "ok"
+        if not answers:
             print(f"no coordinator answers on {args.socket}", file=sys.stderr)
             sys.exit(1)
         sys.exit(body(Target(args.socket, started=False), args))

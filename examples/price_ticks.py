@@ -30,11 +30,10 @@ from typing import Any
 import multiprocess
 import redis
 
-from mtcache.client.streams import Streams, stream_key
-from mtcache.config import redact_url, resolve_redis_url
-from mtcache.errors import L2Error
+from mtcache import Client, L2Error, Settings
 
-PREFIX = "mtcache:example:"
+#: the streams live under mtcache:<namespace>:stream:<name>; no coordinator is needed for them
+NAMESPACE = "example"
 GROUP = "pricers"
 CONSUMERS = ("consumer-1", "consumer-2")
 SYMBOLS = ("AAPL", "MSFT", "GOOG")
@@ -42,11 +41,16 @@ MAXLEN = 200
 RUN_DEADLINE = 60.0  # seconds; the example ends by itself even if a process hangs
 
 
+def _streams(url: str) -> Client:
+    """A client used for its Redis Streams helpers only (they talk to Redis directly)."""
+    return Client(redis_url=url, namespace=NAMESPACE, spawn=False)
+
+
 def publish(url: str, stream: str, ticks: int, consumed: Any, results: Any) -> None:
     """Publisher process: ``ticks`` ticks round-robin over SYMBOLS, a random walk each."""
     rnd = random.Random(7)
     prices = dict.fromkeys(SYMBOLS, 100.0)
-    with Streams(url, PREFIX) as streams:
+    with _streams(url) as streams:
         for seq in range(ticks):
             while seq - consumed.value >= MAXLEN // 2:
                 time.sleep(0.001)  # back-pressure: let the consumers catch up before trimming could bite
@@ -59,7 +63,7 @@ def publish(url: str, stream: str, ticks: int, consumed: Any, results: Any) -> N
 def consume(url: str, stream: str, name: str, consumed: Any, stop: Any, results: Any) -> None:
     """Consumer process: read new ticks as ``name`` in GROUP, ack them, until stopped and idle."""
     seqs: list[int] = []
-    with Streams(url, PREFIX) as streams:
+    with _streams(url) as streams:
         while True:
             entries = streams.read_group(stream, GROUP, name, count=50, block_ms=100)
             if not entries:
@@ -87,20 +91,21 @@ def _wait_for(condition: Any, deadline: float) -> bool:
 
 def run(url: str, ticks: int) -> int:
     stream = f"price_ticks:{uuid.uuid4().hex[:8]}"
-    with Streams(url, PREFIX) as streams:
+    with _streams(url) as streams:
         try:
             streams.create_consumer_group(stream, GROUP, start_id="0")
         except L2Error as exc:
-            print(f"Redis at {redact_url(url)} does not answer: {exc.__cause__}", file=sys.stderr)
+            shown = Settings.load(redis_url=url).redacted_redis_url
+            print(f"Redis at {shown} does not answer: {exc.__cause__}", file=sys.stderr)
             return 2
         try:
             return _run(url, streams, stream, ticks)
         finally:  # the stream was only for this run
             with redis.Redis.from_url(url) as plain, contextlib.suppress(redis.RedisError):
-                plain.delete(stream_key(PREFIX, stream))
+                plain.delete(f"mtcache:{NAMESPACE}:stream:{stream}")
 
 
-def _run(url: str, streams: Streams, stream: str, ticks: int) -> int:
+def _run(url: str, streams: Client, stream: str, ticks: int) -> int:
     ctx = multiprocess.get_context("spawn")
     consumed, stop, results = ctx.Value("i", 0), ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=consume, args=(url, stream, name, consumed, stop, results)) for name in CONSUMERS]
@@ -129,7 +134,7 @@ def _run(url: str, streams: Streams, stream: str, ticks: int) -> int:
     return _summary(streams, stream, ticks, reports)
 
 
-def _summary(streams: Streams, stream: str, ticks: int, reports: list[Any]) -> int:
+def _summary(streams: Client, stream: str, ticks: int, reports: list[Any]) -> int:
     per_consumer = {report[1]: report[2] for report in reports if report[0] == "consumed"}
     counts = Counter(seq for seqs in per_consumer.values() for seq in seqs)
     duplicates = sum(n - 1 for n in counts.values() if n > 1)
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.ticks <= 0:
         parser.error("--ticks must be positive")
-    return run(resolve_redis_url(args.redis_url), args.ticks)
+    return run(Settings.load(redis_url=args.redis_url).redis_url, args.ticks)
 
 
 if __name__ == "__main__":

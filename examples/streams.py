@@ -17,11 +17,9 @@ import threading
 import uuid
 
 import redis
-from _support import Target, parser, run
+from _support import Target, parser, redis_answers, run
 
-from mtcache import Client
-from mtcache.client.spawn import redis_answers
-from mtcache.config import Settings
+from mtcache import Client, Settings
 
 STREAM = f"example:ticks:{uuid.uuid4().hex[:8]}"  # a stream of this run's own
 

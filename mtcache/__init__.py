@@ -13,6 +13,7 @@ from mtcache.errors import (
     ProtocolError,
     UntrustedSocket,
 )
+from mtcache.lifecycle import CoordinatorHandle, start_coordinator, stop_coordinator
 from mtcache.stats import Health, Stats
 from mtcache.strategies import FOREVER, CacheStrategy
 
@@ -27,6 +28,7 @@ __all__ = [
     "Client",
     "Codec",
     "ComputeError",
+    "CoordinatorHandle",
     "CoordinatorUnavailable",
     "Health",
     "JsonCodec",
@@ -38,4 +40,6 @@ __all__ = [
     "Stats",
     "UntrustedSocket",
     "__version__",
+    "start_coordinator",
+    "stop_coordinator",
 ]

@@ -22,26 +22,40 @@ from mtcache.config import Settings
 __all__ = ["coordinator_main", "main"]
 
 
+def _version() -> str:
+    from mtcache import __version__
+
+    return f"%(prog)s {__version__}"
+
+
 def _coordinator_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mtcache-coordinator",
         description="Run the mtcache coordinator for this host in the foreground (SIGTERM/SIGINT stop it).",
     )
-    p.add_argument("--socket", help="Unix socket path (env MTCACHE_SOCKET)")
+    p.add_argument("--version", action="version", version=_version())
+    p.add_argument("--socket", metavar="PATH", help="Unix socket path (env MTCACHE_SOCKET)")
     p.add_argument(
-        "--redis-url",
+        "--redis-url", metavar="URL",
         help="Redis URL (env REDIS_URL; default redis://127.0.0.1:6379). Every local user sees a command line "
         "(ps): give a URL with a password in REDIS_URL instead",
     )
-    p.add_argument("--namespace", help="cache namespace (env MTCACHE_NAMESPACE; default 'default')")
-    p.add_argument("--l1-capacity", type=int, help="L1 entries (default 2000)")
-    p.add_argument("--l1-max-bytes", type=int, help="L1 bytes (default 64 MiB)")
-    p.add_argument("--l1-shm-bytes", type=int, help="size of the shared-memory L1 mirror (default 64 MiB; 0: none)")
-    p.add_argument("--l1-ttl", type=float, help="longest L1 lifetime in seconds (default 300)")
-    p.add_argument("--lease-ttl", type=float, help="lease timeout in seconds (default 30)")
+    p.add_argument("--namespace", metavar="NS", help="cache namespace (env MTCACHE_NAMESPACE; default 'default')")
+    p.add_argument("--l1-capacity", type=int, metavar="N", help="L1 entries (default 2000)")
+    p.add_argument("--l1-max-bytes", type=int, metavar="N", help="L1 bytes (default 64 MiB)")
+    p.add_argument(
+        "--l1-shm-bytes", type=int, metavar="N", help="size of the shared-memory L1 mirror (default 64 MiB; 0: none)"
+    )
+    p.add_argument("--l1-ttl", type=float, metavar="SECONDS", help="longest L1 lifetime in seconds (default 300)")
+    p.add_argument("--lease-ttl", type=float, metavar="SECONDS", help="lease timeout in seconds (default 30)")
     p.add_argument("--no-redis", action="store_true", help="serve L1 only, without Redis")
+    p.add_argument(
+        "--idle-exit", type=float, default=0.0, metavar="SECONDS",
+        help="exit after this long without any client (default 0: never; a coordinator a client starts gets "
+        "MTCACHE_IDLE_EXIT, default 600)",
+    )
     p.add_argument("--detach", action="store_true", help="fork into the background (own session) and return")
-    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.add_argument("--log-level", default="INFO", metavar="LEVEL", help="logging level (default INFO)")
     return p
 
 
@@ -78,8 +92,12 @@ def coordinator_main(argv: Sequence[str] | None = None) -> int:
     except (TypeError, ValueError, OSError) as exc:
         print(f"mtcache-coordinator: {exc}", file=sys.stderr)
         return 2
+    try:
+        coordinator = Coordinator(settings, use_redis=not args.no_redis, idle_exit=args.idle_exit)
+    except ValueError as exc:
+        print(f"mtcache-coordinator: {exc}", file=sys.stderr)
+        return 2
     serving = _detach() if args.detach else None
-    coordinator = Coordinator(settings, use_redis=not args.no_redis)
     try:
         _run(coordinator.serve(on_serving=serving))
     except AlreadyRunning as exc:
@@ -135,20 +153,6 @@ def _run(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
-def _format(title: str, data: dict[str, Any], indent: str = "") -> list[str]:
-    lines = [f"{indent}{title}"] if title else []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            lines.extend(_format(f"{key}:", value, indent + "  "))
-        elif isinstance(value, float):
-            lines.append(f"{indent}  {key:<22} {value:,.3f}")
-        elif isinstance(value, int) and not isinstance(value, bool):
-            lines.append(f"{indent}  {key:<22} {value:,}")
-        else:
-            lines.append(f"{indent}  {key:<22} {value}")
-    return lines
-
-
 def _client(settings: Settings, namespace_given: bool) -> Any:
     """A client of the coordinator on the socket: of the given namespace, or (none
     given) one that inspects whatever namespace that coordinator serves."""
@@ -178,36 +182,49 @@ def _stop(settings: Settings, namespace_given: bool) -> int:
     return 0
 
 
+def _main_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mtcache", description="Inspect or stop a running mtcache coordinator.")
+    p.add_argument("--version", action="version", version=_version())
+    # every subcommand names its coordinator the same way
+    target = argparse.ArgumentParser(add_help=False)
+    target.add_argument("--socket", metavar="PATH", help="Unix socket path (env MTCACHE_SOCKET)")
+    target.add_argument(
+        "--namespace", metavar="NS",
+        help="namespace the coordinator must serve (env MTCACHE_NAMESPACE; default: whichever it serves)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    stats = sub.add_parser("stats", parents=[target], help="what the cache serves: hit rates, L1 use, computations")
+    stats.add_argument("--json", action="store_true", help="every counter, as JSON")
+    health = sub.add_parser("health", parents=[target], help="whether the cache is whole, and if not why")
+    health.add_argument("--json", action="store_true", help="every detail, as JSON")
+    sub.add_parser("stop", parents=[target], help="stop the coordinator (SIGTERM) and wait until its socket is gone")
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``mtcache stats|health|stop [--socket PATH] [--namespace NS] [--json]``: ask a
-    running coordinator. Exit status 1 if none answers."""
-    p = argparse.ArgumentParser(prog="mtcache", description="Inspect a running mtcache coordinator.")
-    sub = p.add_subparsers(dest="command", required=True)
-    for name, text in (
-        ("stats", "print the coordinator's statistics"),
-        ("health", "print its health"),
-        ("stop", "stop it (SIGTERM) and wait until its socket is gone"),
-    ):
-        sp = sub.add_parser(name, help=text)
-        sp.add_argument("--socket", help="Unix socket path (env MTCACHE_SOCKET)")
-        sp.add_argument("--namespace", help="namespace (env MTCACHE_NAMESPACE)")
-        sp.add_argument("--json", action="store_true", help="machine-readable output")
-    args = p.parse_args(argv)
+    """``mtcache stats|health|stop [--socket PATH] [--namespace NS]`` (``--json`` on
+    stats and health): ask a running coordinator. Exit status 1 if none answers."""
+    args = _main_parser().parse_args(argv)
     settings = Settings.load(socket_path=args.socket, namespace=args.namespace)
     # a namespace named (flag or MTCACHE_NAMESPACE) must match; else whatever the socket serves
     namespace_given = args.namespace is not None or bool(os.environ.get("MTCACHE_NAMESPACE"))
     if args.command == "stop":
         return _stop(settings, namespace_given)
+    from mtcache.summary import render_health, render_stats
+
     with _client(settings, namespace_given) as client:
         if args.command == "stats":
             data = client.stats().as_dict()
+            answered = bool(data.get("coordinator"))
         else:
             data = client.health().as_dict()
+            answered = data.get("coordinator") == "ok"
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    elif args.command == "stats":
+        print(render_stats(data, title=f"mtcache stats ({settings.socket_path})"))
     else:
-        print("\n".join(_format(f"mtcache {args.command} ({settings.socket_path})", data)))
-    answered = data.get("coordinator") == "ok" if args.command == "health" else bool(data.get("coordinator"))
+        print(render_health(data, title=f"mtcache health ({settings.socket_path})"))
     if not answered:
         print(f"mtcache: no coordinator answers on {settings.socket_path}", file=sys.stderr)
         return 1

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
+from mtcache.protocol import MAX_FRAME, MAX_VALUE_LIMIT
+
 __all__ = ["DEFAULT_REDIS_URL", "Settings", "default_socket_path", "redact_url", "resolve_redis_url"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
@@ -116,6 +118,11 @@ class Settings:
     is how long a delete's tombstone stays in Redis (a fill whose lease began
     earlier than that is kept in L1 only); ``backlog_max_bytes`` bounds the writes
     a coordinator keeps while Redis is unreachable.
+
+    ``idle_exit`` is how long a coordinator that a client starts (``spawn=True``)
+    goes on without any connection before it exits (0: never). A coordinator
+    started with ``mtcache-coordinator`` or :func:`mtcache.start_coordinator` exits
+    when idle only if asked (``--idle-exit``, ``idle_exit=``).
     """
 
     redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
@@ -135,6 +142,7 @@ class Settings:
     lease_max: float = 300.0
     tombstone_ttl: float = 600.0
     backlog_max_bytes: int = 64 * 1024 * 1024
+    idle_exit: float = 600.0
 
     # environment variable for each field; REDIS_URL is the common name
     _ENV = {
@@ -155,6 +163,7 @@ class Settings:
         "lease_max": "MTCACHE_LEASE_MAX",
         "tombstone_ttl": "MTCACHE_TOMBSTONE_TTL",
         "backlog_max_bytes": "MTCACHE_BACKLOG_MAX_BYTES",
+        "idle_exit": "MTCACHE_IDLE_EXIT",
     }
 
     def __post_init__(self) -> None:
@@ -169,6 +178,13 @@ class Settings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_value_bytes > MAX_VALUE_LIMIT:
+            # a larger value cannot travel in one protocol frame: the writes would fail one by one, later
+            raise ValueError(
+                f"max_value_bytes (MTCACHE_MAX_VALUE_BYTES) is {self.max_value_bytes:,} bytes, more than one "
+                f"protocol frame can carry: the frame limit (mtcache.protocol.MAX_FRAME) is {MAX_FRAME:,} bytes, "
+                f"so max_value_bytes may be at most {MAX_VALUE_LIMIT:,}"
+            )
         if not isinstance(self.l1_shm_bytes, int) or isinstance(self.l1_shm_bytes, bool) or self.l1_shm_bytes < 0:
             raise ValueError(f"l1_shm_bytes must be a non-negative integer (0: no mirror), got {self.l1_shm_bytes!r}")
         for name in ("l1_ttl", "l2_ttl", "redis_timeout", "lease_ttl", "staleness_bound", "lease_max",
@@ -176,6 +192,9 @@ class Settings:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        idle = self.idle_exit
+        if not isinstance(idle, (int, float)) or isinstance(idle, bool) or not 0 <= idle < float("inf"):
+            raise ValueError(f"idle_exit must be a non-negative number of seconds (0: never), got {idle!r}")
         if self.lease_max < self.lease_ttl:
             raise ValueError(f"lease_max ({self.lease_max:g} s) must be at least lease_ttl ({self.lease_ttl:g} s)")
         if self.tombstone_ttl < self.lease_max + self.staleness_bound:

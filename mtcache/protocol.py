@@ -98,6 +98,7 @@ __all__ = [
     "MAX_KEY_BYTES",
     "MAX_TAGS",
     "MAX_TAG_BYTES",
+    "MAX_VALUE_LIMIT",
     "PROTOCOL_VERSION",
     "FrameDecoder",
     "Op",
@@ -121,6 +122,11 @@ MAX_BATCH = 1000
 #: Most tags on one entry, and the longest tag (UTF-8 bytes).
 MAX_TAGS = 32
 MAX_TAG_BYTES = 256
+#: Room a request needs in its frame besides its value: the key, up to MAX_TAGS tags, the
+#: numbers and msgpack's headers (about 10 KiB at most), with a margin.
+FRAME_OVERHEAD = 64 * 1024
+#: The largest encoded value a frame can carry: ``MTCACHE_MAX_VALUE_BYTES`` may not exceed it.
+MAX_VALUE_LIMIT = MAX_FRAME - FRAME_OVERHEAD
 #: Counters (INCR) stay within a signed 64-bit integer.
 INT64 = (-(2**63), 2**63 - 1)
 

@@ -9,7 +9,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -35,7 +37,10 @@ class RedisServer:
     otherwise a restart comes back empty, like a real restart without persistence.
     """
 
-    def __init__(self, workdir: Path, *, appendonly: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, appendonly: bool = False, port: int | None = None, password: str | None = None,
+        tls: Mapping[str, str] | None = None,
+    ) -> None:
         binary = redis_binary()
         if binary is None:
             raise FileNotFoundError("redis-server is not on PATH")
@@ -44,15 +49,26 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
         self.port = port or free_port()
+        #: ``requirepass``: clients must authenticate with it
+        self.password = password
+        #: TLS only (no plain port): the files ``cert``, ``key`` and ``ca`` (PEM) of the server
+        self.tls = dict(tls) if tls else None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        auth = f":{self.password}@" if self.password else ""
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        """A fresh synchronous client (caller closes it)."""
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2.0)
+        """A fresh synchronous client (caller closes it), with the password and the
+        TLS client certificate the server asks for."""
+        tls: dict[str, Any] = {}
+        if self.tls:
+            tls = {"ssl": True, "ssl_ca_certs": self.tls["ca"], "ssl_certfile": self.tls["cert"],
+                   "ssl_keyfile": self.tls["key"]}
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2.0, password=self.password, **tls)
 
     def start(self) -> None:
         """Start the server and return once it answers PING (deadline, no sleep loop
@@ -70,6 +86,17 @@ class RedisServer:
             "--protected-mode", "no",
             "--logfile", str(self.workdir / "redis.log"),
         ]
+        if self.password:
+            # in a config file (0600), not on the command line, where any local user would see it
+            conf = self.workdir / "redis.conf"
+            conf.touch(mode=0o600)
+            conf.write_text(f"requirepass {self.password}\n")
+            args.insert(1, str(conf))
+        if self.tls:
+            at = args.index("--port")
+            args[at:at + 2] = ["--port", "0", "--tls-port", str(self.port)]
+            args += ["--tls-cert-file", self.tls["cert"], "--tls-key-file", self.tls["key"],
+                     "--tls-ca-cert-file", self.tls["ca"]]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + START_DEADLINE
         while True:

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,14 +50,18 @@ def _line(out: str, key: str, value: str) -> bool:
 
 
 def test_stats_human(coordinator_no_redis: CoordinatorProcess, capsys: pytest.CaptureFixture[str]) -> None:
-    with Client(coordinator_no_redis.socket_path, spawn=False) as client:
+    with Client(coordinator_no_redis.socket_path, spawn=False, near_capacity=0) as client:
         client.set("k", 1)
+        for _ in range(3):
+            client.get("k")  # from the mirror, or through the socket
+        client.get("absent")
     assert main(["stats", "--socket", coordinator_no_redis.socket_path]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"mtcache stats ({coordinator_no_redis.socket_path})")
-    assert _line(out, "sets", "1")
-    assert _line(out, "protocol_errors", "0")
-    assert "coordinator:" in out
+    assert re.search(r"^  writes\s+sets 1, deletes 0, clears 0", out, re.MULTILINE), out
+    assert re.search(r"^  L1 holds\s+1 of 2,000 entries, \d+ B of 64\.0 MiB", out, re.MULTILINE), out
+    assert re.search(r"^  L1 socket\s+\d+\.\d % of \d+", out, re.MULTILINE), out  # a rate, with its lookups
+    assert len(out.splitlines()) < 20  # a summary, not every counter (--json has those)
 
 
 def test_stats_json(coordinator_no_redis: CoordinatorProcess, capsys: pytest.CaptureFixture[str]) -> None:
@@ -77,10 +82,11 @@ def test_stats_json(coordinator_no_redis: CoordinatorProcess, capsys: pytest.Cap
 def test_health_human_with_redis(coordinator: CoordinatorProcess, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["health", "--socket", coordinator.socket_path]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"mtcache health ({coordinator.socket_path})")
-    assert _line(out, "mode", "ok")
-    assert _line(out, "coordinator", "ok")
-    assert _line(out, "redis", "ok")
+    assert out.startswith(f"mtcache health ({coordinator.socket_path}): ok\n")
+    assert re.search(rf"^  coordinator\s+ok \(pid {coordinator.pid}, up \d+ s, namespace 'default'\)$", out, re.M), out
+    assert re.search(r"^  redis\s+ok at redis://127\.0\.0\.1:\d+/0$", out, re.MULTILINE), out
+    assert re.search(r"^  stream\s+reader connected", out, re.MULTILINE), out
+    assert _line(out, "log", f"standard error ({coordinator.log_path})") or _line(out, "log", str(coordinator.log_path))
 
 
 def test_health_human_without_redis(
@@ -89,8 +95,8 @@ def test_health_human_without_redis(
     # the coordinator answers, so the command succeeds; the mode says what is missing
     assert main(["health", "--socket", coordinator_no_redis.socket_path]) == 0
     out = capsys.readouterr().out
-    assert _line(out, "mode", "degraded")
-    assert _line(out, "redis", "disabled")
+    assert out.startswith(f"mtcache health ({coordinator_no_redis.socket_path}): degraded\n")
+    assert _line(out, "redis", "disabled (L1 only)")
 
 
 def test_health_json(coordinator: CoordinatorProcess, capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,8 +112,8 @@ def test_health_without_coordinator(short_tmp: Path, capsys: pytest.CaptureFixtu
     path = str(short_tmp / "none.sock")
     assert main(["health", "--socket", path]) == 1
     out = capsys.readouterr().out
-    assert _line(out, "coordinator", "unavailable")
-    assert _line(out, "mode", "degraded")
+    assert out.startswith(f"mtcache health ({path}): degraded\n")
+    assert _line(out, "coordinator", f"unavailable: no socket at {path}: no coordinator runs there")
 
 
 def test_health_json_without_coordinator(short_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -116,6 +122,7 @@ def test_health_json_without_coordinator(short_tmp: Path, capsys: pytest.Capture
     data = json.loads(capsys.readouterr().out)
     assert (data["coordinator"], data["redis"], data["mode"]) == ("unavailable", "unknown", "degraded")
     assert data["details"]["socket"] == path
+    assert data["details"]["reason"] == f"no socket at {path}: no coordinator runs there"
 
 
 def test_health_console_script_without_coordinator(short_tmp: Path) -> None:
@@ -131,12 +138,32 @@ def test_stats_without_coordinator_exits_1(short_tmp: Path, capsys: pytest.Captu
     assert main(["stats", "--socket", str(short_tmp / "none.sock")]) == 1
 
 
-@pytest.mark.parametrize("argv", [[], ["bogus"], ["stats", "--no-such-flag"]])
+@pytest.mark.parametrize("argv", [[], ["bogus"], ["stats", "--no-such-flag"], ["stop", "--json"]])
 def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
     assert "usage: mtcache" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["stats", "health", "stop"])
+def test_every_subcommand_takes_namespace(
+    coordinator_no_redis: CoordinatorProcess, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    # a namespace the coordinator does not serve is refused, by every subcommand
+    assert main([command, "--socket", coordinator_no_redis.socket_path, "--namespace", "other"]) == 1
+    assert "no coordinator answers" in capsys.readouterr().err
+    assert main(["health", "--socket", coordinator_no_redis.socket_path, "--namespace", "default"]) == 0
+
+
+@pytest.mark.parametrize("entry", [main, coordinator_main])
+def test_version(entry: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from mtcache import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        entry(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip().endswith(f" {__version__}")
 
 
 # -- mtcache-coordinator ---------------------------------------------------------------

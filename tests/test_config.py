@@ -259,3 +259,48 @@ def test_url_with_invalid_port_is_rejected(tmp_path: Path) -> None:
 def test_password_in_query_string_is_redacted(tmp_path: Path) -> None:
     settings = Settings.load(environ={}, cwd=tmp_path, redis_url="redis://cache.example:6379/0?password=hunter2")
     assert "hunter2" not in repr(settings)
+
+
+# --- limits that must agree ------------------------------------------------------------------------------------------
+
+
+def test_max_value_bytes_above_the_frame_limit_is_refused_naming_both(tmp_path: Path) -> None:
+    from mtcache.protocol import MAX_FRAME, MAX_VALUE_LIMIT
+
+    assert Settings.load(environ={"MTCACHE_MAX_VALUE_BYTES": str(MAX_VALUE_LIMIT)}, cwd=tmp_path)
+    with pytest.raises(ValueError) as exc:
+        Settings.load(environ={"MTCACHE_MAX_VALUE_BYTES": str(MAX_FRAME)}, cwd=tmp_path)
+    message = str(exc.value)
+    assert "MTCACHE_MAX_VALUE_BYTES" in message and "MAX_FRAME" in message
+    assert f"{MAX_VALUE_LIMIT:,}" in message
+
+
+def test_client_refuses_max_value_bytes_above_the_frame_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mtcache import Client
+
+    monkeypatch.setenv("MTCACHE_MAX_VALUE_BYTES", str(32 * 1024 * 1024))
+    with pytest.raises(ValueError, match="MAX_FRAME"):
+        Client(str(tmp_path / "c.sock"), spawn=False)
+
+
+def test_coordinator_refuses_max_value_bytes_above_the_frame_limit(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    sock = tmp_path / "c.sock"
+    run = subprocess.run(
+        [sys.executable, "-m", "mtcache.coordinator", "--socket", str(sock), "--no-redis"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "MTCACHE_MAX_VALUE_BYTES": str(32 * 1024 * 1024)},
+    )
+    assert run.returncode == 2, run.stderr
+    assert "MTCACHE_MAX_VALUE_BYTES" in run.stderr and "MAX_FRAME" in run.stderr
+    assert not sock.exists()
+
+
+@pytest.mark.parametrize("raw", ["-1", "nan", "inf"])
+def test_idle_exit_must_be_a_non_negative_number(tmp_path: Path, raw: str) -> None:
+    with pytest.raises(ValueError, match="MTCACHE_IDLE_EXIT"):
+        Settings.load(environ={"MTCACHE_IDLE_EXIT": raw}, cwd=tmp_path)
+    assert Settings.load(environ={"MTCACHE_IDLE_EXIT": "0"}, cwd=tmp_path).idle_exit == 0
+    assert Settings.load(environ={}, cwd=tmp_path).idle_exit == 600

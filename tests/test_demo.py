@@ -1,5 +1,5 @@
 """The README's first command runs workers/demo.py: it must finish by itself, with and
-without Redis, and stop everything it started."""
+without Redis, stop everything it started, and never touch data it did not write."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.redis_server import RedisServer, free_port
 
@@ -25,11 +26,17 @@ def _run(redis_url: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_demo_with_redis(redis_server: RedisServer) -> None:
-    result = _run(redis_server.url)
-    assert result.returncode == 0, result.stderr
-    assert "answers, using it as L2" in result.stdout
-    assert "Summary" in result.stdout
-    assert "calls to the price service" in result.stdout
+    # a user's data in the default namespace, and outside mtcache: the demo must leave both alone
+    theirs = {"mtcache:default:v2:k:user:42": b"a record of theirs", "app:session:1": b"not mtcache's"}
+    with redis.Redis.from_url(redis_server.url) as plain:
+        plain.mset(theirs)
+        result = _run(redis_server.url)
+        assert result.returncode == 0, result.stderr
+        assert "answers, using it as L2" in result.stdout
+        assert "Summary" in result.stdout
+        assert "calls to the price service" in result.stdout
+        assert plain.mget(list(theirs)) == list(theirs.values())
+        assert sorted(plain.keys("*")) == sorted(key.encode() for key in theirs)  # its own keys are gone too
 
 
 @pytest.mark.slow

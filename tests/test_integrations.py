@@ -10,6 +10,7 @@ the computations of every worker process.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import fcntl
 import json
 import os
@@ -73,7 +74,10 @@ def _terminate_coordinator(pid: int, socket_path: Path) -> None:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    fd = os.open(f"{socket_path}.lock", os.O_RDWR)
+    try:
+        fd = os.open(f"{socket_path}.lock", os.O_RDWR)
+    except FileNotFoundError:  # it has stopped already: a clean stop removes its lock file
+        return
     try:
         deadline = time.monotonic() + STOP_DEADLINE
         while time.monotonic() < deadline:
@@ -141,30 +145,90 @@ def _check_burst(answers: list[tuple[int, dict[str, Any]]], short_tmp: Path, ser
     print(f"{server}: {REQUESTS} requests answered by {len(pids)} worker process(es): {sorted(pids)}")
 
 
-def test_gunicorn_workers_compute_once_and_on_exit_stops_the_coordinator(
+def _served_by_children_of(base: str, master: int, short_tmp: Path, symbol: str) -> list[tuple[int, dict[str, Any]]]:
+    """Wait until a worker of ``master`` answers, then burst one cold key at the server."""
+    deadline = time.monotonic() + START_DEADLINE
+    while True:
+        status, body = _get(f"{base}/quote/warmup-{master}")
+        if status == 200 and _parent(body["pid"]) == master:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"no worker of master {master} answered within {START_DEADLINE}s")
+        time.sleep(0.05)  # readiness poll with a deadline
+    return _burst(f"{base}/quote/{symbol}")
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_gunicorn_workers_compute_once_and_the_coordinator_survives_a_binary_upgrade(
     redis_server: RedisServer, short_tmp: Path, tmp_path: Path
 ) -> None:
     pytest.importorskip("gunicorn", reason="gunicorn is in the test extra: pip install -e '.[test]'")
+    gunicorn = Path(sys.executable).parent / "gunicorn"  # USR2 re-executes the master's own command line
+    if not gunicorn.exists():
+        pytest.skip(f"the gunicorn console script is not installed next to {sys.executable}")
     socket_path = short_tmp / "c.sock"
     base = f"http://127.0.0.1:{free_port()}"
     log_path = tmp_path / "gunicorn.log"
-    cmd = [sys.executable, "-m", "gunicorn", "-c", "workers/gunicorn.conf.py", "-b", base.removeprefix("http://"),
-           "-w", "4", "--no-control-socket", "workers.wsgi_app:app"]
-    proc = _start(cmd, _env(short_tmp, redis_server.url), log_path)
+    cmd = [str(gunicorn), "-c", "workers/gunicorn.conf.py", "-b", base.removeprefix("http://"), "-w", "4",
+           "--no-control-socket", "workers.wsgi_app:app"]
+    old = _start(cmd, _env(short_tmp, redis_server.url), log_path)
+    new_master: int | None = None
     try:
-        _wait_until_serving(base, proc, log_path)
+        _wait_until_serving(base, old, log_path)
         assert can_connect(str(socket_path))  # on_starting started the coordinator on MTCACHE_SOCKET
+        with Client(str(socket_path), spawn=False) as client:
+            coordinator_pid = client.health().details["pid"]
         answers = _burst(f"{base}/quote/acme")
+        _check_burst(answers, short_tmp, "gunicorn")
+
+        old.send_signal(signal.SIGUSR2)  # binary upgrade: a new master with new workers, beside the old
+        joined = re.compile(rf"\[(\d+)\] \[INFO\] mtcache coordinator \(pid {coordinator_pid}\) joined")
+        deadline = time.monotonic() + START_DEADLINE
+        while (found := joined.search(log_path.read_text(errors="replace"))) is None:
+            assert time.monotonic() < deadline, log_path.read_text(errors="replace")
+            time.sleep(0.05)  # waiting for the new master to join the coordinator, with a deadline
+        new_master = int(found.group(1))  # its on_starting joined the running coordinator
+        assert new_master != old.pid and _parent(new_master) == old.pid
+        assert _stop(old) == 0  # the old master and its workers exit; its on_exit runs
+        log = log_path.read_text(errors="replace")
+        assert f"mtcache coordinator (pid {coordinator_pid}) left running for its other users" in log, log
+
+        # the new master's workers are served by the same coordinator: a cold key is computed once
+        answers = _served_by_children_of(base, new_master, short_tmp, "globex")
+        assert [status for status, _ in answers] == [200] * REQUESTS, answers
+        assert {_parent(body["pid"]) for _, body in answers} == {new_master}
+        assert [line.split()[1] for line in _computations(short_tmp)].count("quote:GLOBEX") == 1
+        with Client(str(socket_path), spawn=False) as client:
+            assert client.health().details["pid"] == coordinator_pid
     finally:
-        status = _stop(proc)
+        _stop(old)
+        if new_master is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(new_master, signal.SIGTERM)
+            assert _wait_gone(new_master), "the new gunicorn master did not exit"
         socket_left = socket_path.exists()
         if socket_left:
             kill_spawned(str(socket_path))  # clean up after a failed on_exit
-    _check_burst(answers, short_tmp, "gunicorn")
     log = log_path.read_text(errors="replace")
-    assert status == 0, log
-    assert not socket_left, log  # on_exit stopped the coordinator, which removed its socket
-    assert re.search(r"mtcache coordinator stopped \(exit status 0\)", log), log
+    assert not socket_left, log  # the last master's on_exit stopped the coordinator, which removed its socket
+    assert f"mtcache coordinator (pid {coordinator_pid}) stopped" in log, log
+
+
+def _wait_gone(pid: int) -> bool:
+    """Poll until ``pid`` (not our child) has exited, with a deadline."""
+    deadline = time.monotonic() + STOP_DEADLINE
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.02)  # it is not our child: we cannot wait() for it
+    return False
 
 
 def test_uvicorn_workers_compute_once(redis_server: RedisServer, short_tmp: Path, tmp_path: Path) -> None:

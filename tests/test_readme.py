@@ -3,6 +3,7 @@ test command."""
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -25,3 +26,51 @@ def test_ci_runs_the_readme_test_command() -> None:
     _, tests = _opening_commands()
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert tests in ci
+
+
+# -- the CLI synopsis ---------------------------------------------------------------------
+
+_OPTION = re.compile(r"(--[a-z0-9-]+)(?: ([A-Z]+))?")
+
+
+def _synopsis() -> dict[str, list[tuple[str, str | None]]]:
+    """The README's "### Command line" block: command -> its options (flag, metavar) in order.
+    A command is ``mtcache-coordinator`` or ``mtcache <subcommand>`` (``mtcache`` alone for
+    the top-level options); an indented line goes on the command above it."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"^### Command line\n\n```text\n(.*?)\n```", text, re.DOTALL | re.MULTILINE)
+    assert block, "the README has no '### Command line' synopsis"
+    commands: dict[str, list[tuple[str, str | None]]] = {}
+    current = ""
+    for line in block.group(1).splitlines():
+        if not line.startswith(" "):
+            words = line.split()
+            current = words[0] if words[1].startswith("-") or words[1].startswith("[") else " ".join(words[:2])
+            assert current not in commands, f"{current} is listed twice"
+            commands[current] = []
+        commands[current] += [(flag, metavar or None) for flag, metavar in _OPTION.findall(line)]
+    return commands
+
+
+def _parser_options(parser: argparse.ArgumentParser) -> list[tuple[str, str | None]]:
+    options = []
+    for action in parser._actions:
+        flags = [flag for flag in action.option_strings if flag.startswith("--") and flag != "--help"]
+        if flags:
+            options.append((flags[0], action.metavar if action.nargs != 0 else None))
+    return options
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def test_the_cli_synopsis_lists_every_command_and_flag() -> None:
+    from mtcache.cli import _coordinator_parser, _main_parser
+
+    synopsis = _synopsis()
+    expected = {"mtcache-coordinator": _coordinator_parser(), "mtcache": _main_parser()}
+    expected.update({f"mtcache {name}": sub for name, sub in _subparsers(_main_parser()).items()})
+    assert sorted(synopsis) == sorted(expected)
+    for command, parser in expected.items():
+        assert sorted(synopsis[command]) == sorted(_parser_options(parser)), command

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mtcache.client.spawn import ensure_coordinator, start_coordinator, stop_coordinator
+from mtcache import start_coordinator, stop_coordinator
+from mtcache.client.spawn import ensure_coordinator
 from tests.coordinator_proc import kill_spawned, lock_holders
 from tests.redis_server import free_port
 
@@ -89,12 +90,12 @@ def test_a_client_spawned_coordinator_keeps_the_password_out_of_ps(
 def test_start_coordinator_keeps_the_password_out_of_ps(short_tmp: Path, secret_url: tuple[str, str]) -> None:
     url, password = secret_url
     path = str(short_tmp / "c.sock")
-    proc = start_coordinator(path, redis_url=url, new_session=True)
+    handle = start_coordinator(path, redis_url=url)
     try:
-        assert password not in " ".join(str(arg) for arg in proc.args)
-        _check_hidden(proc.pid, path, f"{path}.log", url, password)
+        assert password not in Path(f"/proc/{handle.pid}/cmdline").read_text()
+        _check_hidden(handle.pid, path, f"{path}.log", url, password)
     finally:
-        stop_coordinator(proc)
+        stop_coordinator(handle)
 
 
 def test_an_existing_log_open_to_others_is_made_private(short_tmp: Path) -> None:
@@ -102,9 +103,9 @@ def test_an_existing_log_open_to_others_is_made_private(short_tmp: Path) -> None
     log = Path(f"{path}.log")
     log.write_text("an older run\n")
     log.chmod(0o644)
-    proc = start_coordinator(path, no_redis=True)
+    handle = start_coordinator(path, use_redis=False)
     try:
         assert stat.S_IMODE(log.stat().st_mode) == 0o600
         assert log.read_text().startswith("an older run\n")  # appended to, not truncated
     finally:
-        stop_coordinator(proc)
+        stop_coordinator(handle)

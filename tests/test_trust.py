@@ -176,10 +176,14 @@ def test_the_client_refuses_a_coordinator_in_a_folder_open_to_others(
                 Client(coordinator_no_redis.socket_path, spawn=True, near_capacity=0) as client:
             client.set("k", "v")
             assert client.get("k") is None
-            assert client.health().coordinator == "unavailable"
+            health = client.health()
+            assert health.coordinator == "unavailable"
     finally:
         short_tmp.chmod(0o700)
     assert "refusing to use a coordinator socket" in caplog.text and "mode 0755" in caplog.text
+    # the reason reaches health() (and so `mtcache health`), not only the log
+    assert "refusing to use a coordinator socket" in health.details["reason"]
+    assert "mode 0755" in health.details["reason"]
     assert lock_holders(coordinator_no_redis.socket_path) == [coordinator_no_redis.pid]  # nothing spawned
 
 
@@ -237,8 +241,13 @@ def test_a_peer_of_another_user_is_refused_even_in_our_folder(
         with caplog.at_level(logging.WARNING, logger="mtcache.client"), \
                 Client(fake.socket_path, spawn=True, near_capacity=0) as client:
             client.set("session:42", {"token": "s3cr3t"})
-            assert client.health().coordinator == "unavailable"
+            health = client.health()
+            assert health.coordinator == "unavailable"
         assert f"uid {NOBODY}" in caplog.text
+        reason = health.details["reason"]
+        assert f"refusing the coordinator socket served by pid {fake.pid} running as uid {NOBODY}" in reason
+        refusals = [r for r in caplog.records if "refusing the coordinator socket" in r.getMessage()]
+        assert len(refusals) == 1 and refusals[0].levelname == "ERROR", caplog.text
         time.sleep(0.2)
         assert fake.received() == b""
     finally:

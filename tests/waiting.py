@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from mtcache import AsyncClient, Client
 
@@ -30,3 +31,13 @@ async def wait_for_waiters_async(socket_path: str, count: int, timeout: float = 
                 return True
             await asyncio.sleep(0.01)  # poll interval of a deadline-bounded wait
     return False
+
+
+def wait_until(condition: Callable[[], object], timeout: float = DEADLINE, interval: float = 0.02) -> bool:
+    """Poll ``condition`` until it is true (True), or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)  # poll interval of a deadline-bounded wait
+    return True

@@ -10,11 +10,15 @@ that serve "quotes" from a slow price service (50 ms per computation) through
 report at the same moment halfway through (a stampede). While they run, a table
 shows per-tier hit rates, computations against requests, and latency
 percentiles. Everything it started is stopped at the end, also on Ctrl-C.
+
+It never touches data it did not write: it works in a namespace of its own,
+``mtcache-demo-<pid>``, and deletes that namespace's keys from Redis when it ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import statistics
@@ -24,10 +28,9 @@ import time
 from pathlib import Path
 
 import multiprocess as mp
+import redis
 
-from mtcache import CacheStrategy, Client
-from mtcache.client.spawn import redis_answers, start_coordinator, stop_coordinator
-from mtcache.config import Settings
+from mtcache import CacheStrategy, Client, Settings, start_coordinator, stop_coordinator
 
 SYMBOLS = [f"SYM{i:03d}" for i in range(300)]
 COMPUTE_SECONDS = 0.05
@@ -40,7 +43,28 @@ def price_service(symbol: str) -> dict[str, object]:
     return {"symbol": symbol, "price": round(random.uniform(10, 500), 2), "at": time.time()}
 
 
-def worker(n: int, socket_path: str, seconds: float, burst_at: float, out: mp.Queue) -> None:
+def redis_answers(url: str) -> bool:
+    """True if Redis at ``url`` answers PING within half a second."""
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5) as client:
+            return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def delete_namespace(url: str, namespace: str) -> None:
+    """Delete every Redis key of ``namespace`` (values, tombstones, its stream): the
+    demo's own, and nothing else. Never raises for Redis."""
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2.0) as client:
+            keys = list(client.scan_iter(match=f"mtcache:{namespace}:*", count=1000))
+            for i in range(0, len(keys), 1000):
+                client.unlink(*keys[i:i + 1000])
+    except (redis.RedisError, OSError) as exc:
+        print(f"could not delete the demo's keys (mtcache:{namespace}:*) from Redis: {exc}", file=sys.stderr)
+
+
+def worker(n: int, socket_path: str, namespace: str, seconds: float, burst_at: float, out: mp.Queue) -> None:
     """One worker process: reads (Zipf-like popularity), a few writes, one stampede."""
     rng = random.Random(n)
     weights = [1 / (i + 1) for i in range(len(SYMBOLS))]
@@ -49,7 +73,7 @@ def worker(n: int, socket_path: str, seconds: float, burst_at: float, out: mp.Qu
     requests = 0
     burst_done = False
     deadline = time.monotonic() + seconds
-    with Client(socket_path, spawn=False) as client:
+    with Client(socket_path, namespace=namespace, spawn=False) as client:
 
         def compute(symbol: str):
             def fn() -> dict[str, object]:
@@ -137,24 +161,24 @@ def main(argv: list[str] | None = None) -> int:
                                     "does not answer: running with L1 only (degraded, no L2)"))
     folder = Path(tempfile.mkdtemp(prefix="mtcache-demo-"))
     socket_path = str(folder / "coordinator.sock")
+    namespace = f"mtcache-demo-{os.getpid()}"  # this run's own: the demo never touches anyone's data
     procs: list[mp.Process] = []
     coordinator = None
     tty = sys.stdout.isatty()
     try:
         try:
             coordinator = start_coordinator(
-                socket_path, redis_url=url, no_redis=not use_redis, extra=("--log-level", "WARNING")
+                socket_path, namespace=namespace, redis_url=url, use_redis=use_redis, log_level="WARNING"
             )
         except RuntimeError as exc:
             print(exc, file=sys.stderr)
             return 1
-        with Client(socket_path, spawn=False) as admin:
-            admin.clear()
+        with Client(socket_path, namespace=namespace, spawn=False) as admin:
             ctx = mp.get_context("spawn")
             out: mp.Queue = ctx.Queue()
             burst_at = time.time() + 2 + args.seconds / 2
-            procs = [ctx.Process(target=worker, args=(n, socket_path, args.seconds, burst_at, out), daemon=True)
-                     for n in range(args.workers)]
+            procs = [ctx.Process(target=worker, args=(n, socket_path, namespace, args.seconds, burst_at, out),
+                                 daemon=True) for n in range(args.workers)]
             for proc in procs:
                 proc.start()
             totals = {"requests": 0.0, "computes": 0.0, "workers": args.workers, "near_rate": 0.0, "mirror_hits": 0.0,
@@ -207,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                 proc.join(timeout=5)
         if coordinator is not None:
             stop_coordinator(coordinator)
+            if use_redis:
+                delete_namespace(url, namespace)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -32,8 +32,7 @@ from typing import Any, NoReturn
 import multiprocess as mp
 from quotes import fetch_quote
 
-from mtcache import CacheStrategy, Client
-from mtcache.client.spawn import start_coordinator, stop_coordinator
+from mtcache import CacheStrategy, Client, start_coordinator, stop_coordinator
 
 COMPUTE_SECONDS = 0.1
 DEADLINE = 120.0  # seconds; the master gives up on workers that hang
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="mtcache-pool-"))
     socket_path = str(folder / "coordinator.sock")
     try:
-        coordinator = start_coordinator(socket_path, extra=("--log-level", "WARNING"), new_session=True)
+        coordinator = start_coordinator(socket_path, log_level="WARNING")
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         shutil.rmtree(folder, ignore_errors=True)

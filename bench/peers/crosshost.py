@@ -29,7 +29,7 @@ from _util import coordinator_process, redis_server_process
 from .adapters import make_sync
 from .adapters_async import make_async
 from .common import Env, IntArray, exact_quantiles_us
-from .registry import COORDINATOR_ARGS
+from .registry import COORDINATOR_SETTINGS
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -58,8 +58,8 @@ def _hosts(peer: str) -> Iterator[tuple[Env, Env]]:
         if peer != "mtcache":
             yield Env(redis.address), Env(redis.address)
             return
-        with coordinator_process(redis.address, *COORDINATOR_ARGS) as a, \
-                coordinator_process(redis.address, *COORDINATOR_ARGS) as b:
+        with coordinator_process(redis.address, **COORDINATOR_SETTINGS) as a, \
+                coordinator_process(redis.address, **COORDINATOR_SETTINGS) as b:
             yield Env(redis.address, a.address), Env(redis.address, b.address)
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["COORDINATOR_ARGS", "PEERS", "Peer", "peer_named"]
+__all__ = ["COORDINATOR_SETTINGS", "PEERS", "Peer", "peer_named"]
 
 #: L1 and its shared-memory mirror sized for the 10,000-key working set (10 KiB values: ~100 MB);
 #: the defaults (2,000 entries, 64 MiB, 64 MiB mirror) would not hold it.
-COORDINATOR_ARGS = ("--l1-capacity", "20000", "--l1-max-bytes", str(256 * 2**20), "--l1-shm-bytes", str(256 * 2**20))
+COORDINATOR_SETTINGS = {"l1_capacity": 20_000, "l1_max_bytes": 256 * 2**20, "l1_shm_bytes": 256 * 2**20}
 
 _SINGLE_TIER = "0 (no local copy): every read goes to Redis, so a read that starts after `set` returns sees it"
 

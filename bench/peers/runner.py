@@ -17,7 +17,7 @@ from _util import coordinator_process, redis_server_process
 from . import procmem
 from .common import MEMORY_VALUE, THREADS, WORKERS, Env, Job, Plan, exact_quantiles_us, quantiles_us
 from .pool import MAX_STAMPEDE_KEYS, Pool
-from .registry import COORDINATOR_ARGS, Peer
+from .registry import COORDINATOR_SETTINGS, Peer
 from .worker import Shared
 
 __all__ = ["Servers", "servers_for", "w1", "w2", "w3", "w4"]
@@ -41,7 +41,7 @@ def servers_for(peer: Peer) -> Iterator[Servers]:
             redis = stack.enter_context(redis_server_process())
             url, pids["redis-server"] = redis.address, redis.pid
         if peer.coordinator:
-            coord = stack.enter_context(coordinator_process(url, *COORDINATOR_ARGS))
+            coord = stack.enter_context(coordinator_process(url, **COORDINATOR_SETTINGS))
             sock, pids["coordinator"] = coord.address, coord.pid
         if peer.directory:
             folder = tempfile.mkdtemp(prefix="mtcache-bench-disk-")

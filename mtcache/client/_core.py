@@ -20,7 +20,7 @@ from typing import Any
 
 from mtcache.codec import Codec, get_codec
 from mtcache.config import Settings
-from mtcache.errors import ComputeError, ProtocolError
+from mtcache.errors import ComputeError, ProtocolError, UntrustedSocket
 from mtcache.mirror import MirrorReader
 from mtcache.protocol import INSPECT, PROTOCOL_VERSION, Op, Status, check_key, check_reply, check_tags
 from mtcache.shm import STALL_MS, VersionTable
@@ -143,6 +143,8 @@ class ClientCore:
         self._retry_at = 0.0
         self._retry_delay = RETRY_MIN
         self._warned = False
+        #: why the coordinator last could not be used (see unavailable_reason)
+        self.last_reason = "no request was made yet"
         self._state_lock = threading.Lock()
         #: keys whose eager refresh this client runs
         self._refreshing: set[str] = set()
@@ -364,13 +366,14 @@ class ClientCore:
             self.counters["coordinator_errors"] += 1
             self._retry_at = time.monotonic() + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+            self.last_reason = unavailable_reason(exc, self.socket_path)
             if not self._warned:
                 self._warned = True
-                level = logging.ERROR if isinstance(exc, ProtocolError) else logging.WARNING
+                level = logging.ERROR if isinstance(exc, (ProtocolError, UntrustedSocket)) else logging.WARNING
                 log.log(
                     level,
-                    "mtcache: coordinator on %s unavailable (%s); computing locally and retrying in the background",
-                    self.socket_path, exc,
+                    "mtcache: coordinator on %s unavailable: %s; computing locally and retrying in the background",
+                    self.socket_path, self.last_reason,
                 )
 
     def connected(self) -> None:
@@ -528,8 +531,28 @@ class ClientCore:
     def health(self, coordinator: dict[str, Any] | None) -> Health:
         """A Health snapshot; degraded when the coordinator or Redis is not ok."""
         if coordinator is None:
-            return Health("unavailable", "unknown", "degraded", {"socket": self.socket_path})
+            details = {"socket": self.socket_path, "reason": self.last_reason}
+            return Health("unavailable", "unknown", "degraded", details)
         return Health(coordinator["coordinator"], coordinator["redis"], coordinator["mode"], coordinator)
+
+
+def unavailable_reason(exc: BaseException, socket_path: str) -> str:
+    """One line saying why the coordinator on ``socket_path`` could not be used, from
+    the error the attempt raised: a socket this client refuses to trust (another
+    user's folder or process), no socket, nobody listening, a bad reply, silence."""
+    if isinstance(exc, UntrustedSocket):
+        return f"{exc} (a socket of another user, or in a folder others may write to, is never used)"
+    if isinstance(exc, FileNotFoundError):
+        return f"no socket at {socket_path}: no coordinator runs there"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"nothing listens on {socket_path}: the coordinator that made it is gone"
+    if isinstance(exc, PermissionError):
+        return f"no permission to connect to {socket_path} ({exc})"
+    if isinstance(exc, ProtocolError):
+        return f"the coordinator's reply was not understood ({exc})"
+    if isinstance(exc, TimeoutError):
+        return f"the coordinator did not reply in time ({exc})"
+    return str(exc) or type(exc).__name__
 
 
 def _mirror_counts(mirror: MirrorReader) -> list[int]:

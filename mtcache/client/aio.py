@@ -216,6 +216,7 @@ class AsyncClient(ClientBase):
                     core.socket_path,
                     namespace=core.settings.namespace,
                     redis_url=core.explicit_redis_url,
+                    idle_exit=core.settings.idle_exit,
                 ):
                     raise
                 conn = await _AsyncConn.open(core.socket_path)

@@ -11,27 +11,27 @@ holds ``<socket>.lock``, which it keeps for its lifetime, so even a racing manua
 start cannot run two). The others, once they get the lock, find it answering, or
 find the failure just noted in the lock file, and start nothing.
 
+The coordinator started here exits after ``idle_exit`` seconds without a client
+(``MTCACHE_IDLE_EXIT``, 10 minutes by default), so it does not outlive the
+scripts that needed it.
+
 The Redis URL (it may hold a password) reaches a coordinator started here in
 its environment (``REDIS_URL``), never on its command line.
 
-:func:`start_coordinator` / :func:`stop_coordinator` run one as a child of the
-calling process (a server's master, the demo, a test), and :func:`redis_answers`
-tells whether to give it Redis.
+A server's master starts and stops one with the public
+:func:`mtcache.start_coordinator` / :func:`mtcache.stop_coordinator`
+(:mod:`mtcache.lifecycle`), which use the helpers here.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
-
-import redis
 
 from .trust import ensure_socket_dir
 
@@ -43,9 +43,7 @@ __all__ = [
     "coordinator_command",
     "coordinator_env",
     "ensure_coordinator",
-    "redis_answers",
-    "start_coordinator",
-    "stop_coordinator",
+    "open_private",
     "wait_until_ready",
 ]
 
@@ -67,15 +65,6 @@ def can_connect(path: str) -> bool:
         except OSError:
             return False
         return True
-
-
-def redis_answers(url: str, timeout: float = 0.5) -> bool:
-    """True if Redis at ``url`` answers PING within ``timeout`` seconds; never raises."""
-    try:
-        with redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout) as client:
-            return bool(client.ping())
-    except (redis.RedisError, OSError, ValueError):
-        return False
 
 
 def coordinator_command(
@@ -103,7 +92,7 @@ def coordinator_env(redis_url: str | None) -> dict[str, str] | None:
     return None if redis_url is None else {**os.environ, "REDIS_URL": redis_url}
 
 
-def _open_private(path: str, flags: int) -> int:
+def open_private(path: str, flags: int) -> int:
     """Open (creating it mode 0600) the file ``path`` of this user, not following a
     symlink; an existing one that is open to others is made 0600."""
     fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -127,69 +116,17 @@ def wait_until_ready(socket_path: str, *, timeout: float, proc: subprocess.Popen
     return True
 
 
-def start_coordinator(
-    socket_path: str,
-    *,
-    redis_url: str | None = None,
-    no_redis: bool = False,
-    namespace: str | None = None,
-    extra: Sequence[str] = (),
-    log_path: str | None = None,
-    new_session: bool = False,
-    timeout: float = SPAWN_DEADLINE,
-) -> subprocess.Popen[bytes]:
-    """Run a coordinator as a child process and return once it answers.
-
-    ``redis_url`` (None: the child resolves it from the environment as usual)
-    reaches it in its environment, never on its command line. Its output goes to
-    ``log_path`` (default ``<socket_path>.log``, created 0600). With
-    ``new_session`` it leads its own session, so a Ctrl-C meant for the parent
-    does not stop it before the parent's workers finish.
-
-    :raises UntrustedSocket: the socket's folder is not this user's alone.
-    :raises RuntimeError: it exited or did not answer within ``timeout`` (the
-        message ends with its log).
-    """
-    ensure_socket_dir(socket_path)
-    log_file = log_path or f"{socket_path}.log"
-    cmd = coordinator_command(socket_path, no_redis=no_redis, namespace=namespace, extra=extra)
-    log_fd = _open_private(log_file, os.O_WRONLY | os.O_APPEND)
-    try:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=new_session,
-            env=coordinator_env(None if no_redis else redis_url),
-        )
-    finally:
-        os.close(log_fd)
-    if not wait_until_ready(socket_path, timeout=timeout, proc=proc):
-        stop_coordinator(proc)
-        tail = Path(log_file).read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"the mtcache coordinator on {socket_path} did not start; its log:\n{tail}")
-    return proc
-
-
-def stop_coordinator(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-    """SIGTERM (the coordinator removes its socket and shared memory), wait, and
-    SIGKILL after ``timeout`` seconds; return its exit status."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
 def ensure_coordinator(
     socket_path: str,
     *,
     namespace: str,
     redis_url: str | None = None,
+    idle_exit: float = 0.0,
     extra_args: tuple[str, ...] = (),
 ) -> bool:
     """Make sure a coordinator answers on ``socket_path``, starting one if needed.
 
+    The one started exits after ``idle_exit`` seconds without any client (0: never).
     Returns True once one answers. False, without waiting for any deadline, when
     the one started exits without serving (its log is ``<socket>.log``); when it
     found another coordinator holding the socket's lock, after waiting at most
@@ -200,7 +137,9 @@ def ensure_coordinator(
     :raises OSError: the folder or the spawn lock cannot be created.
     """
     ensure_socket_dir(socket_path)
-    cmd = coordinator_command(socket_path, namespace=namespace, extra=("--detach", *extra_args))
+    cmd = coordinator_command(
+        socket_path, namespace=namespace, extra=("--detach", "--idle-exit", repr(float(idle_exit)), *extra_args)
+    )
     status = _spawn_once(socket_path, cmd, coordinator_env(redis_url))
     if status is None:
         return True
@@ -216,7 +155,7 @@ def _spawn_once(socket_path: str, cmd: list[str], env: dict[str, str] | None) ->
     :data:`SPAWN_DEADLINE`). A failure noted in the lock file by another worker
     less than :data:`LATE_SOCKET_WAIT` ago is returned instead of starting again,
     so workers arriving together do not each pay for a doomed start."""
-    lock_fd = _open_private(f"{socket_path}.spawn.lock", os.O_RDWR)
+    lock_fd = open_private(f"{socket_path}.spawn.lock", os.O_RDWR)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         if can_connect(socket_path):
@@ -224,7 +163,7 @@ def _spawn_once(socket_path: str, cmd: list[str], env: dict[str, str] | None) ->
         recent = _recent_failure(lock_fd)
         if recent is not None:
             return recent
-        log_fd = _open_private(f"{socket_path}.log", os.O_WRONLY | os.O_APPEND)
+        log_fd = open_private(f"{socket_path}.log", os.O_WRONLY | os.O_APPEND)
         try:
             status = subprocess.run(
                 cmd, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, env=env,

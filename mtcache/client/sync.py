@@ -176,7 +176,8 @@ class Client(ClientBase):
             conn = _Conn(core.socket_path, core.request_timeout)
         except (FileNotFoundError, ConnectionRefusedError):
             if not core.spawn or not _spawn.ensure_coordinator(
-                core.socket_path, namespace=core.settings.namespace, redis_url=core.explicit_redis_url
+                core.socket_path, namespace=core.settings.namespace, redis_url=core.explicit_redis_url,
+                idle_exit=core.settings.idle_exit,
             ):
                 raise
             conn = _Conn(core.socket_path, core.request_timeout)

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from mtcache.config import Settings
 from mtcache.coordinator.backlog import Write, WriteBacklog
 from mtcache.coordinator.invalidation import BLOCK_MS, InvalidationStream, new_origin
-from mtcache.coordinator.l2 import FOREVER_MS, Envelope, L2Tier, WriteResult
+from mtcache.coordinator.l2 import FOREVER_MS, Envelope, L2Tier, RedisFailure, WriteResult, classify_failure
 from mtcache.coordinator.leases import DistributedLeases, Lease, LeaseRegistry
 from mtcache.coordinator.local import LocalTier
 from mtcache.coordinator.stamps import HybridClock, stamp_ms
@@ -115,6 +115,8 @@ class CacheEngine:
         self.down_periods: deque[list[float | None]] = deque(maxlen=DOWN_PERIODS_KEPT)
         self.skew_ms: float | None = None
         self.eviction_policy: str | None = None
+        #: why Redis is not used right now (None while it is, or before it was tried)
+        self.redis_failure: RedisFailure | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             ("l2_hits", "l2_misses", "promotions", "l2_errors", "l2_skipped", "sets", "deletes", "clears",
              "fills", "fills_discarded", "fills_late", "compute_errors", "lease_releases", "lease_timeouts",
@@ -144,9 +146,21 @@ class CacheEngine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.inval.synced.wait(), 2 * self.settings.redis_timeout)
         else:
-            log.warning("Redis at %s does not answer; serving L1 only until it does", self.settings.redacted_redis_url)
+            self._note_failure(self.l2.last_failure)
             self.down_periods.append([time.monotonic(), None])
             self._start_reconnect()
+
+    def _note_failure(self, failure: RedisFailure | None) -> None:
+        """Record why Redis cannot be used, and log it when the reason changes: a refused
+        password, a failed TLS handshake and an unreachable host are three different lines
+        (and ``health()`` reasons), so an operator knows what to fix."""
+        failure = failure or RedisFailure("unreachable", "no answer")
+        previous = self.redis_failure
+        self.redis_failure = failure
+        if previous is not None and previous.kind == failure.kind:
+            return
+        log.warning("Redis at %s: %s; serving L1 only, retrying in the background",
+                    self.settings.redacted_redis_url, failure.reason)
 
     async def close(self) -> None:
         """Send the writes-behind still queued (bounded by the Redis deadline), stop background work and
@@ -310,7 +324,8 @@ class CacheEngine:
         """Redis failed: serve without it (L1 only, writes backlogged) and reconnect in the background."""
         self.counters["l2_errors"] += 1
         if self.l2_up:
-            log.warning("Redis failed (%s); serving L1 only until it answers again", exc)
+            self.redis_failure = None  # a new outage: log its reason
+            self._note_failure(classify_failure(exc))
             self.down_periods.append([time.monotonic(), None])
         self.l2_up = False
         self._start_reconnect()
@@ -366,9 +381,12 @@ class CacheEngine:
                     self.counters["l2_errors"] += 1
                 else:
                     break
+            else:
+                self._note_failure(self.l2.last_failure)
             await asyncio.sleep(delay)  # backoff between reconnect attempts
             delay = min(delay * 2, 2.0)
         self.l2_up = True
+        self.redis_failure = None
         if self.down_periods and self.down_periods[-1][1] is None:
             self.down_periods[-1][1] = time.monotonic()
         await self._inspect_redis()
@@ -954,6 +972,7 @@ class CacheEngine:
         """Liveness and mode, as plain data for the wire. ``mode`` is ``"ok"`` only
         while Redis answers and the stream reader reads."""
         redis = self.redis_state
+        failure = self.redis_failure if redis == "down" else None
         reader = self.inval.state if self.inval is not None else "disabled"
         warnings = []
         if self.eviction_policy and self.eviction_policy.startswith("allkeys"):
@@ -973,5 +992,8 @@ class CacheEngine:
             "redis_url": self.settings.redacted_redis_url if self.l2 is not None else None,
             "clock_skew_ms": None if self.skew_ms is None else round(self.skew_ms, 3),
             "redis_eviction_policy": self.eviction_policy,
+            # why Redis is not used: "auth", "tls", "unreachable" or "error", and a line saying what to check
+            "redis_failure": failure.kind if failure is not None else None,
+            "redis_reason": failure.reason if failure is not None else None,
             "warnings": warnings,
         }

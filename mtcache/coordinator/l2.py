@@ -24,6 +24,8 @@ import hashlib
 import logging
 import math
 import re
+import socket
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,8 +37,9 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, NoPermissionError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mtcache.config import redact_url
 from mtcache.coordinator.stamps import format_stamp, parse_stamp
@@ -55,7 +58,9 @@ __all__ = [
     "Batch",
     "Envelope",
     "L2Tier",
+    "RedisFailure",
     "WriteResult",
+    "classify_failure",
     "decode_envelope",
     "encode_envelope",
     "key_prefix",
@@ -99,6 +104,58 @@ class Envelope(NamedTuple):
     #: epoch milliseconds until which a logically expired value may still be served when its source fails
     #: (fail-safe); 0: not past its logical expiry
     stale_until_ms: int = 0
+
+
+class RedisFailure(NamedTuple):
+    """Why Redis could not be used, as an operator needs it: ``kind`` is ``"auth"``
+    (Redis refused the password or ACL user), ``"tls"`` (the TLS handshake failed),
+    ``"unreachable"`` (no connection: refused, reset, timed out, unknown host) or
+    ``"error"`` (Redis answered with an error); ``detail`` is the underlying message."""
+
+    kind: str
+    detail: str
+
+    @property
+    def reason(self) -> str:
+        """One line saying what happened and what to check."""
+        if self.kind == "auth":
+            return f"authentication refused ({self.detail}): check the password and ACL user in REDIS_URL"
+        if self.kind == "tls":
+            return (f"TLS handshake failed ({self.detail}): check rediss:// and its certificates "
+                    f"(ssl_ca_certs, ssl_certfile, ssl_keyfile in REDIS_URL)")
+        if self.kind == "unreachable":
+            return f"unreachable ({self.detail})"
+        return f"answered an error ({self.detail})"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling, outermost first."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo += [e.__context__, e.__cause__]
+    return seen
+
+
+def classify_failure(exc: BaseException) -> RedisFailure:
+    """What kind of failure ``exc`` (a redis-py error, an :class:`~mtcache.errors.L2Error`
+    raised from one, an OSError) is: see :class:`RedisFailure`. Never raises."""
+    chain = _chain(exc)
+    for e in chain:
+        if isinstance(e, (AuthenticationError, NoPermissionError)):
+            return RedisFailure("auth", str(e) or type(e).__name__)
+    for e in chain:
+        if isinstance(e, ssl.SSLError):
+            return RedisFailure("tls", str(e) or type(e).__name__)
+    for e in chain:
+        if isinstance(e, (RedisConnectionError, RedisTimeoutError, ConnectionError, socket.gaierror, TimeoutError)):
+            return RedisFailure("unreachable", str(e) or f"no answer ({type(e).__name__})")
+    leaf = next((e for e in chain if isinstance(e, RedisError)), exc)
+    return RedisFailure("error", str(leaf) or type(leaf).__name__)
 
 
 def _is_int(obj: object) -> bool:
@@ -592,6 +649,8 @@ class L2Tier:
         # prefix must survive it
         self._match = _GLOB_SPECIAL.sub(r"\\\1", self.prefix) + "k:*"
         self._gets = self._hits = self._misses = self._sets = self._errors = self._corrupt = 0
+        #: why the last ping failed (None after a ping that succeeded)
+        self.last_failure: RedisFailure | None = None
 
     def __repr__(self) -> str:
         return f"L2Tier(url={self._url!r}, prefix={self.prefix!r})"
@@ -834,16 +893,20 @@ class L2Tier:
         return secs * 1000 + usecs / 1000, (before + after) * 500
 
     async def ping(self) -> bool:
-        """True if Redis answers PING within the deadline; False on any Redis failure. Never raises one.
-        A failed ping drops every pooled connection: after a reset they may all be dead, and the pool
-        would hand them out one by one to the pings that follow."""
+        """True if Redis answers PING within the deadline; False on any Redis failure (why: in
+        :attr:`last_failure`). Never raises one. A failed ping drops every pooled connection: after
+        a reset they may all be dead, and the pool would hand them out one by one to the pings that
+        follow."""
         try:
             async with _deadline(self._bound):
-                return bool(await self.redis.ping())
-        except _FAILURES:
+                answered = bool(await self.redis.ping())
+        except _FAILURES as exc:
+            self.last_failure = classify_failure(exc)
             with contextlib.suppress(*_FAILURES):
                 await self.redis.connection_pool.disconnect()
             return False
+        self.last_failure = None
+        return answered
 
     async def aclose(self) -> None:
         """Close the client and its connections. The tier cannot be used afterwards."""

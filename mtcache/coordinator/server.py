@@ -22,6 +22,8 @@ import platform
 import signal
 import socket
 import struct
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -76,6 +78,40 @@ def _holder_alive(holder: object) -> bool:
 
 class AlreadyRunning(RuntimeError):
     """Another coordinator holds this socket's lock."""
+
+
+def log_destination() -> str:
+    """Where this process's log (standard error) goes: the file's path, or what the
+    descriptor is (a terminal, a pipe, a socket such as the journal's)."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{sys.stderr.fileno()}")
+    except (OSError, ValueError, AttributeError):
+        return "standard error"
+    return target if target.startswith("/") and not target.startswith("/dev/") else f"standard error ({target})"
+
+
+def lock_file(path: str) -> int | None:
+    """Open (creating it, mode 0600) and lock ``path`` exclusively without waiting: the
+    open file descriptor, or None if another process holds the lock.
+
+    The holder removes the file when it is done (:meth:`Coordinator.stop`), so a lock
+    taken on a file that was removed (or replaced) meanwhile is let go and taken again
+    on the file now at ``path``: two processes can never each hold "the" lock."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)  # removed by the holder that just finished: lock the file there now
 
 
 #: Largest frame a peer may send before its hello is accepted (a hello is tiny): a longer
@@ -346,7 +382,7 @@ class _Connection(asyncio.Protocol):
         elif op == Op.STATS:
             self._send(rid, [Status.OK, self.server.stats()])
         elif op == Op.HEALTH:
-            self._send(rid, [Status.OK, engine.health()])
+            self._send(rid, [Status.OK, {**engine.health(), "log": self.server.log}])
         elif op == Op.PING:
             self._send(rid, [Status.OK])
         else:
@@ -396,11 +432,22 @@ class _Connection(asyncio.Protocol):
 
 class Coordinator:
     """The daemon: socket, shared memory, engine. Use :meth:`serve` (blocks until
-    :meth:`stop`), or :meth:`start` / :meth:`stop` from an event loop."""
+    :meth:`stop`), or :meth:`start` / :meth:`stop` from an event loop.
 
-    def __init__(self, settings: Settings, *, use_redis: bool = True) -> None:
+    With ``idle_exit`` > 0 it stops by itself (as on SIGTERM) once it has had no
+    connection, no write in flight and no write waiting for Redis for that many
+    seconds: what a coordinator that a client started does, so that it does not
+    outlive the script that needed it.
+    """
+
+    def __init__(self, settings: Settings, *, use_redis: bool = True, idle_exit: float = 0.0) -> None:
+        if not isinstance(idle_exit, (int, float)) or isinstance(idle_exit, bool) or not 0 <= idle_exit < float("inf"):
+            raise ValueError(f"idle_exit must be a non-negative number of seconds (0: never), got {idle_exit!r}")
         self.settings = settings
         self.use_redis = use_redis
+        self.idle_exit = float(idle_exit)
+        #: since when (CLOCK_MONOTONIC) nothing kept this coordinator busy (see idle_exit)
+        self._idle_since = 0.0
         self.socket_path = Path(settings.socket_path)
         self.connections: set[_Connection] = set()
         #: writes in flight (see _Connection._spawn)
@@ -416,6 +463,8 @@ class Coordinator:
         self._sweeper: asyncio.Task[None] | None = None
         self._shutdown = asyncio.Event()
         self._closed = False
+        #: where this coordinator logs (see log_destination)
+        self.log = log_destination()
 
     def hello_info(self) -> dict[str, Any]:
         """What a worker learns in the hello."""
@@ -437,13 +486,9 @@ class Coordinator:
     def _take_lock(self) -> None:
         folder = self.socket_path.parent
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lock_path = str(self.socket_path) + ".lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise AlreadyRunning(f"another coordinator is serving {self.socket_path}") from None
+        fd = lock_file(str(self.socket_path) + ".lock")
+        if fd is None:
+            raise AlreadyRunning(f"another coordinator is serving {self.socket_path}")
         # a coordinator killed with SIGKILL left its segments behind (their paths are
         # in the lock file), and so may others whose process is gone: retire them
         # before serving (its workers stop trusting their near copies and reconnect
@@ -476,10 +521,12 @@ class Coordinator:
         await self.engine.start()
         self._server = await self._listen()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        self._idle_since = time.monotonic()
         log.info(
-            "mtcache coordinator pid %d serving %s (namespace %r, redis %s)",
+            "mtcache coordinator pid %d serving %s (namespace %r, redis %s); its log: %s; %s",
             os.getpid(), self.socket_path, self.settings.namespace,
-            self.settings.redacted_redis_url if self.use_redis else "disabled",
+            self.settings.redacted_redis_url if self.use_redis else "disabled", self.log,
+            f"exits after {self.idle_exit:g} s without a client" if self.idle_exit else "runs until stopped",
         )
 
     def _create_mirror(self, prefix: str) -> MirrorWriter | None:
@@ -530,10 +577,24 @@ class Coordinator:
         if old is not None:
             old.close()  # nobody can reach it any more; its connections stay open
 
+    def idle_for(self, now: float) -> float:
+        """Seconds (at CLOCK_MONOTONIC ``now``) since this coordinator last had a
+        connection, a write in flight or a write waiting for Redis (0 while it has one):
+        a write it acknowledged is never dropped by an idle exit."""
+        engine = self.engine
+        if self.connections or self.writes or engine.backlog or engine.pending_tags:
+            self._idle_since = now
+        return now - self._idle_since
+
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)  # periodic expiry sweep, not synchronisation
             self.engine.sweep()
+            if self.idle_exit and self.idle_for(time.monotonic()) >= self.idle_exit:
+                log.info("no client for %g s: exiting (idle exit; MTCACHE_IDLE_EXIT or --idle-exit, 0: never)",
+                         self.idle_exit)
+                self._shutdown.set()
+                return
             try:
                 await self._keep_socket()
             except OSError as exc:  # the folder became unusable: keep serving who is connected
@@ -563,7 +624,10 @@ class Coordinator:
             self.table.retire()  # workers stop trusting their near copies at once
             self.table.close()
         if self._lock_fd is not None:
-            os.ftruncate(self._lock_fd, 0)
+            # removed while still locked: a coordinator starting now locks the file made after it
+            # (see lock_file), never this one
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(str(self.socket_path) + ".lock")
             os.close(self._lock_fd)
             self._lock_fd = None
 
