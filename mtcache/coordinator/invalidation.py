@@ -44,7 +44,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mtcache.coordinator.l2 import PUBLISH_LUA
+from mtcache.coordinator.l2 import PUBLISH_LUA, pack_commands
 
 __all__ = ["InvalidationStream", "new_origin"]
 
@@ -233,8 +233,8 @@ class InvalidationStream:
             conn = self._conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
         bound = self._read_bound
         try:
-            await conn.send_packed_command(conn.pack_command(
-                "XREAD", "COUNT", BATCH, "BLOCK", self.block_ms, "STREAMS", self.stream, self.last_id or "0-0"),
+            await conn.send_packed_command(pack_commands(
+                [("XREAD", "COUNT", BATCH, "BLOCK", self.block_ms, "STREAMS", self.stream, self.last_id or "0-0")]),
                 check_health=False)
             reply = await conn.read_response(timeout=bound)
             if reply is None:
