@@ -849,6 +849,17 @@ async def test_a_connection_torn_down_under_a_call_is_an_l2_error(
     async def torn_down(*args: object, **kwargs: object) -> None:
         raise AttributeError("'NoneType' object has no attribute 'writelines'")
 
-    monkeypatch.setattr(tier.redis, "mget", torn_down)
+    monkeypatch.setattr(tier._reads._lane, "_send", torn_down)
     with pytest.raises(L2Error, match="writelines"):
         await tier.get("k")
+
+
+async def test_concurrent_reads_share_round_trips(tier: L2Tier, clock: HybridClock) -> None:
+    """Reads asked while one MGET is on its way go together in the next: 50 concurrent gets take far fewer
+    than 50 round trips, and each caller gets its own key's record."""
+    for i in range(50):
+        await tier.write(f"r{i}", f"v{i}".encode(), 60, clock.now())
+    before = tier._reads.batches
+    found = await asyncio.gather(*(tier.get(f"r{i}") for i in range(50)))
+    assert [entry.value if entry else None for entry in found] == [f"v{i}".encode() for i in range(50)]
+    assert tier._reads.batches - before < 50

@@ -518,17 +518,22 @@ def _sha(script: str) -> str:
 
 
 class Batch:
-    """The commands of one round trip to Redis: Lua scripts with their keys and arguments, which is what every
-    write of the coordinator is. Sent by :meth:`L2Tier.pipeline`."""
+    """The commands of one round trip to Redis: Lua scripts with their keys and arguments (what every write of
+    the coordinator is) and plain commands (reads). Sent by :meth:`L2Tier.pipeline` or a read batch."""
 
     __slots__ = ("commands",)
 
     def __init__(self) -> None:
-        self.commands: list[tuple[str, int, tuple[Any, ...]]] = []
+        #: (script, numkeys, args); a plain command has no script and its whole command in args
+        self.commands: list[tuple[str | None, int, tuple[Any, ...]]] = []
 
     def eval(self, script: str, numkeys: int, *args: Any) -> None:
         """Queue a call of ``script`` with ``numkeys`` keys first in ``args``."""
         self.commands.append((script, numkeys, args))
+
+    def command(self, *args: Any) -> None:
+        """Queue a plain command (``"MGET", key, ...``)."""
+        self.commands.append((None, 0, args))
 
     def __len__(self) -> int:
         return len(self.commands)
@@ -572,7 +577,8 @@ class _Lane:
             pool = self._pool
             conn = self._conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
         try:
-            replies = await self._send(conn, [("EVALSHA", _sha(s), n, *args) for s, n, args in batch.commands])
+            replies = await self._send(conn, [args if s is None else ("EVALSHA", _sha(s), n, *args)
+                                              for s, n, args in batch.commands])
             missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
             if missing:
                 again = await self._send(conn, [("EVAL", batch.commands[i][0], batch.commands[i][1],
@@ -604,6 +610,62 @@ class _Lane:
         if self._conn is not None:
             await self._conn.disconnect()
             self._conn = None
+
+
+class _Reads:
+    """Reads that share round trips: the keys asked while one ``MGET`` is on its way go together in the next
+    (the floor read once for all), on a connection of their own (a :class:`_Lane`): workers that miss L1 at
+    the same moment cost one round trip, not one each, and a read never waits behind a write batch. Each
+    round trip is bounded by ``bound`` seconds; its failure is every waiting caller's."""
+
+    def __init__(self, redis: Redis, floor_key: str, bound: float) -> None:
+        self._lane = _Lane(redis)
+        self._floor_key = floor_key
+        self._bound = bound
+        self._waiting: list[tuple[list[str], asyncio.Future[list[Any]]]] = []
+        self._task: asyncio.Task[None] | None = None
+        #: round trips made (each carried the reads that were waiting)
+        self.batches = 0
+
+    async def mget(self, rkeys: list[str]) -> list[Any]:
+        """What ``MGET *rkeys floor`` answers: each key's data, then the floor's."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Any]] = loop.create_future()
+        self._waiting.append((rkeys, fut))
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run())
+        return await fut
+
+    async def _run(self) -> None:
+        while self._waiting:
+            waiting, self._waiting = self._waiting, []
+            batch = Batch()
+            batch.command("MGET", *(key for keys, _ in waiting for key in keys), self._floor_key)
+            self.batches += 1
+            try:
+                async with _deadline(self._bound):
+                    replies: list[Any] = (await self._lane.run(batch))[0]
+            except BaseException as exc:  # every waiting caller gets an answer, whatever failed
+                error = exc if isinstance(exc, Exception) else L2Error("the coordinator is stopping")
+                for _, fut in waiting:
+                    if not fut.done():
+                        fut.set_exception(error)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            start, floor = 0, replies[-1]
+            for keys, fut in waiting:
+                if not fut.done():  # a caller whose own deadline passed is gone
+                    fut.set_result([*replies[start : start + len(keys)], floor])
+                start += len(keys)
+
+    async def aclose(self) -> None:
+        """Stop reading (waiting callers fail) and close the connection."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._lane.aclose()
 
 
 class WriteResult:
@@ -672,6 +734,7 @@ class L2Tier:
         self._lane = _Lane(client)
         self._bound = 2 * timeout
         self.floor_key = self.prefix + "floor"
+        self._reads = _Reads(client, self.floor_key, self._bound)
         #: the namespace floor as last read: records with an older stamp are dead
         self.floor = 0
         # clear() removes records only: the invalidation stream, the floor and leases under the same
@@ -717,7 +780,7 @@ class L2Tier:
         rkeys = [self.key(k) for k in keys]
         if not rkeys:
             return []
-        replies: list[Any] = await self._run(op, self.redis.mget([*rkeys, self.floor_key]))
+        replies: list[Any] = await self._run(op, self._reads.mget(rkeys))
         *datas, floor = replies
         self._note_floor(floor)
         found: list[Envelope | None] = []
@@ -940,6 +1003,7 @@ class L2Tier:
     async def aclose(self) -> None:
         """Close the client and its connections. The tier cannot be used afterwards."""
         await self._lane.aclose()
+        await self._reads.aclose()
         await self.redis.aclose()
 
     def stats(self) -> dict[str, int]:
