@@ -22,6 +22,8 @@ import platform
 import signal
 import socket
 import struct
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -30,7 +32,9 @@ from mtcache.config import Settings
 from mtcache.coordinator import ops
 from mtcache.coordinator.cache import CacheEngine
 from mtcache.coordinator.l2 import L2Tier
+from mtcache.coordinator.metrics import CoordinatorMetrics
 from mtcache.errors import ProtocolError
+from mtcache.histogram import LatencyHistogram
 from mtcache.mirror import MirrorWriter
 from mtcache.protocol import (
     INSPECT,
@@ -44,14 +48,14 @@ from mtcache.protocol import (
 )
 from mtcache.shm import VersionTable, remove_orphans, retire_segment
 
-__all__ = ["AlreadyRunning", "Coordinator"]
+__all__ = ["AlreadyRunning", "Coordinator", "MetricsUnavailable"]
 
 log = logging.getLogger("mtcache.coordinator")
 
 _PEERCRED = struct.Struct("3i")
 SWEEP_INTERVAL = 0.25
 _TSO_MACHINES = ("x86_64", "amd64", "i386", "i686")
-_INSPECT_OPS = (Op.STATS, Op.HEALTH, Op.PING)
+_INSPECT_OPS = (Op.STATS, Op.HEALTH, Op.PING, Op.REPORT)
 
 
 def _process_running(pid: int) -> bool:
@@ -76,6 +80,15 @@ def _holder_alive(holder: object) -> bool:
 
 class AlreadyRunning(RuntimeError):
     """Another coordinator holds this socket's lock."""
+
+
+class MetricsUnavailable(RuntimeError):
+    """The metrics export asked for cannot be served (its address cannot be bound, or the
+    OpenTelemetry API is not installed)."""
+
+
+#: How long a scrape (from the metrics thread) waits for the event loop's snapshot.
+SNAPSHOT_TIMEOUT = 5.0
 
 
 #: Largest frame a peer may send before its hello is accepted (a hello is tiny): a longer
@@ -299,18 +312,25 @@ class _Connection(asyncio.Protocol):
         if self.inspect_only and op not in _INSPECT_OPS:
             raise ProtocolError(f"op {op} is not allowed on an inspecting connection")
         engine = self.engine
+        metrics = self.server.metrics
         if op == Op.GET:
+            started = time.perf_counter_ns()
+            metrics.hot.add(args[0])
             reply = engine.get_l1(args[0])
             if reply is not None:
                 self._send(rid, reply)
+                metrics.latency["l1"].record_ns(time.perf_counter_ns() - started)
             else:
-                self._spawn(rid, engine.get_miss(args[0]))
+                self._spawn(rid, engine.get_miss(args[0]), timed=(metrics.latency["l2"], started))
         elif op == Op.LEASE:
+            started = time.perf_counter_ns()
+            metrics.hot.add(args[0])
             reply = engine.get_l1(args[0])
             if reply is not None:
                 self._send(rid, reply)
+                metrics.latency["l1"].record_ns(time.perf_counter_ns() - started)
             else:
-                self._spawn(rid, engine.lease_miss(self, *args))
+                self._spawn(rid, engine.lease_miss(self, *args), timed=(metrics.latency["lease"], started))
         elif op == Op.SET:
             self._spawn(rid, engine.set(*args), write=True)
         elif op == Op.FILL:
@@ -340,7 +360,11 @@ class _Connection(asyncio.Protocol):
         elif op == Op.INVALIDATE_TAGS:
             self._spawn(rid, engine.invalidate_tags(args[0]), write=True)
         elif op == Op.STATS:
-            self._send(rid, [Status.OK, self.server.stats()])
+            options = args[0] if args else {}
+            self._send(rid, [Status.OK, self.server.stats(workers=options.get("workers") is True)])
+        elif op == Op.REPORT:
+            if not self.inspect_only:  # the command-line tools are not workers
+                metrics.report(self.peer_pid, args)
         elif op == Op.HEALTH:
             self._send(rid, [Status.OK, engine.health()])
         elif op == Op.PING:
@@ -365,13 +389,17 @@ class _Connection(asyncio.Protocol):
         self.decoder.max_frame = MAX_FRAME
         self._send(rid, [Status.OK, self.server.hello_info()])
 
-    def _spawn(self, rid: int, coro: Any, *, write: bool = False) -> None:
+    def _spawn(self, rid: int, coro: Any, *, write: bool = False,
+               timed: tuple[LatencyHistogram, int] | None = None) -> None:
         # a write that reached the coordinator completes (or reaches the backlog) whatever
         # happens to its connection: it is held by the server, not cancelled with the
         # connection's reads and lease waits. Either counts against this connection's
-        # MAX_TASKS_PER_CONNECTION until it finishes.
+        # MAX_TASKS_PER_CONNECTION until it finishes. ``timed``: the histogram that times
+        # the request (a write: "write"), and when it began (perf_counter_ns).
         tasks = self.server.writes if write else self.tasks
-        task = asyncio.get_running_loop().create_task(self._run(rid, coro))
+        if write and timed is None:
+            timed = (self.server.metrics.latency["write"], time.perf_counter_ns())
+        task = asyncio.get_running_loop().create_task(self._run(rid, coro, timed))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         self.inflight += 1
@@ -379,7 +407,7 @@ class _Connection(asyncio.Protocol):
             self.held = True
         task.add_done_callback(self._task_done)
 
-    async def _run(self, rid: int, coro: Any) -> None:
+    async def _run(self, rid: int, coro: Any, timed: tuple[LatencyHistogram, int] | None) -> None:
         try:
             reply = await coro
         except asyncio.CancelledError:
@@ -388,21 +416,34 @@ class _Connection(asyncio.Protocol):
             log.exception("request %d failed", rid)
             reply = [Status.ERROR, "internal", f"{type(exc).__name__}: {exc}"]
         self._send(rid, reply)
+        if timed is not None:
+            timed[0].record_ns(time.perf_counter_ns() - timed[1])
 
 
 class Coordinator:
     """The daemon: socket, shared memory, engine. Use :meth:`serve` (blocks until
-    :meth:`stop`), or :meth:`start` / :meth:`stop` from an event loop."""
+    :meth:`stop`), or :meth:`start` / :meth:`stop` from an event loop.
 
-    def __init__(self, settings: Settings, *, use_redis: bool = True) -> None:
+    ``metrics_address`` (host, port): serve ``/metrics`` for Prometheus there; ``otel``:
+    register the same metrics as OpenTelemetry instruments on the global meter provider."""
+
+    def __init__(self, settings: Settings, *, use_redis: bool = True,
+                 metrics_address: tuple[str, int] | None = None, otel: bool = False) -> None:
         self.settings = settings
         self.use_redis = use_redis
+        self.metrics_address = metrics_address
+        self.otel = otel
+        self._metrics_server: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self.socket_path = Path(settings.socket_path)
         self.connections: set[_Connection] = set()
         #: writes in flight (see _Connection._spawn)
         self.writes: set[asyncio.Task[None]] = set()
         self.counters = dict.fromkeys(("refused", "protocol_errors", "socket_recreated", "write_pauses",
                                        "slow_consumers_closed", "stalled_frames_closed"), 0)
+        #: latency histograms, hot keys, the workers' reports (see metrics.py)
+        self.metrics = CoordinatorMetrics()
         self._socket_id: tuple[int, int] = (0, 0)
         self.table: VersionTable | None = None
         self.mirror: MirrorWriter | None = None
@@ -412,6 +453,7 @@ class Coordinator:
         self._sweeper: asyncio.Task[None] | None = None
         self._shutdown = asyncio.Event()
         self._closed = False
+        self._started = time.monotonic()
 
     def hello_info(self) -> dict[str, Any]:
         """What a worker learns in the hello."""
@@ -424,11 +466,20 @@ class Coordinator:
             "generation": self.table.generation,
             "mirror": self.mirror.path if self.mirror is not None else None,
             "mirror_generation": self.mirror.generation if self.mirror is not None else 0,
+            "reports": True,
         }
 
-    def stats(self) -> dict[str, Any]:
-        """Engine counters plus connection counters."""
-        return {**self.engine.stats(), **self.counters, "connections": len(self.connections)}
+    def stats(self, *, workers: bool = False) -> dict[str, Any]:
+        """Engine counters plus connection counters, the state of Redis, the writes in flight
+        and the lease waiters, and the metrics collector's snapshot (with each reporting
+        worker's counters if ``workers``)."""
+        engine = self.engine
+        return {
+            **engine.stats(), **self.counters, "connections": len(self.connections),
+            "redis": engine.redis_state, "writes_in_flight": len(self.writes),
+            "lease_waiters": engine.leases.waiting(), "uptime": time.monotonic() - self._started,
+            **self.metrics.snapshot(workers=workers),
+        }
 
     def _take_lock(self) -> None:
         folder = self.socket_path.parent
@@ -472,11 +523,61 @@ class Coordinator:
         await self.engine.start()
         self._server = await self._listen()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        self._export_metrics()
         log.info(
             "mtcache coordinator pid %d serving %s (namespace %r, redis %s)",
             os.getpid(), self.socket_path, self.settings.namespace,
             self.settings.redacted_redis_url if self.use_redis else "disabled",
         )
+
+    def _export_metrics(self) -> None:
+        """Start the exports asked for (see the class docstring).
+
+        :raises MetricsUnavailable: one cannot be started.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        namespace = self.settings.namespace
+        if self.metrics_address is not None:
+            from mtcache.coordinator.prometheus import MetricsServer
+
+            host, port = self.metrics_address
+            server = MetricsServer(host, port, self.snapshot, namespace)
+            try:
+                server.start()
+            except OSError as exc:
+                raise MetricsUnavailable(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+            self._metrics_server = server
+        if self.otel:
+            try:
+                from mtcache.otel import instrument
+            except ImportError as exc:
+                raise MetricsUnavailable(f"--otel needs the OpenTelemetry API: pip install 'mtcache[otel]' ({exc})") \
+                    from exc
+            instrument(self.snapshot, namespace=namespace)
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port ``/metrics`` is served on (the bound one when 0 was asked for), or None."""
+        return self._metrics_server.port if self._metrics_server is not None else None
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """:meth:`stats`, from any thread (the metrics exports call it from theirs): taken on the
+        event loop; None if the loop does not answer within SNAPSHOT_TIMEOUT or is gone."""
+        loop = self._loop
+        if loop is None or self._closed:
+            return None
+        if threading.get_ident() == self._loop_thread:
+            return self.stats()
+
+        async def take() -> dict[str, Any]:
+            return self.stats()
+
+        try:
+            return asyncio.run_coroutine_threadsafe(take(), loop).result(SNAPSHOT_TIMEOUT)
+        except Exception as exc:  # the loop is stopping, or too busy: this scrape has nothing
+            log.warning("no statistics for the metrics export: %s", exc or type(exc).__name__)
+            return None
 
     def _create_mirror(self, prefix: str) -> MirrorWriter | None:
         size = self.settings.l1_shm_bytes
@@ -530,6 +631,7 @@ class Coordinator:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)  # periodic expiry sweep, not synchronisation
             self.engine.sweep()
+            self.metrics.tick()
             try:
                 await self._keep_socket()
             except OSError as exc:  # the folder became unusable: keep serving who is connected
@@ -541,6 +643,9 @@ class Coordinator:
         if self._closed:
             return
         self._closed = True
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.stop)  # waits for a scrape in progress
+            self._metrics_server = None
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._server is not None:
