@@ -41,6 +41,10 @@ def _coordinator_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-ttl", type=float, help="lease timeout in seconds (default 30)")
     p.add_argument("--no-redis", action="store_true", help="serve L1 only, without Redis")
     p.add_argument("--detach", action="store_true", help="fork into the background (own session) and return")
+    p.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics on http://ADDR:PORT/metrics (e.g. 127.0.0.1:9464)")
+    p.add_argument("--otel", action="store_true",
+                   help="export the same metrics through the OpenTelemetry API (pip install 'mtcache[otel]')")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return p
 
@@ -61,7 +65,8 @@ def coordinator_main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
     )
     from mtcache.client.trust import ensure_socket_dir
-    from mtcache.coordinator.server import AlreadyRunning, Coordinator
+    from mtcache.coordinator.prometheus import parse_address
+    from mtcache.coordinator.server import AlreadyRunning, Coordinator, MetricsUnavailable
 
     try:
         settings = Settings.load(
@@ -75,16 +80,21 @@ def coordinator_main(argv: Sequence[str] | None = None) -> int:
             lease_ttl=args.lease_ttl,
         )
         ensure_socket_dir(settings.socket_path)
+        metrics_address = parse_address(args.metrics) if args.metrics is not None else None
     except (TypeError, ValueError, OSError) as exc:
         print(f"mtcache-coordinator: {exc}", file=sys.stderr)
         return 2
     serving = _detach() if args.detach else None
-    coordinator = Coordinator(settings, use_redis=not args.no_redis)
+    coordinator = Coordinator(settings, use_redis=not args.no_redis, metrics_address=metrics_address,
+                              otel=args.otel)
     try:
         _run(coordinator.serve(on_serving=serving))
     except AlreadyRunning as exc:
         print(f"mtcache-coordinator: {exc}", file=sys.stderr)
         return 3
+    except MetricsUnavailable as exc:
+        print(f"mtcache-coordinator: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -179,32 +189,52 @@ def _stop(settings: Settings, namespace_given: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``mtcache stats|health|stop [--socket PATH] [--namespace NS] [--json]``: ask a
+    """``mtcache stats|health|stop|top [--socket PATH] [--namespace NS] [--json]``: ask a
     running coordinator. Exit status 1 if none answers."""
     p = argparse.ArgumentParser(prog="mtcache", description="Inspect a running mtcache coordinator.")
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (
-        ("stats", "print the coordinator's statistics"),
+        ("stats", "print the whole host's statistics"),
         ("health", "print its health"),
         ("stop", "stop it (SIGTERM) and wait until its socket is gone"),
+        ("top", "a live view of the coordinator (Ctrl-C to leave)"),
     ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--socket", help="Unix socket path (env MTCACHE_SOCKET)")
         sp.add_argument("--namespace", help="namespace (env MTCACHE_NAMESPACE)")
-        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "top":
+            sp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+            sp.add_argument("--iterations", type=int, help="stop after this many refreshes")
+            sp.add_argument("--once", action="store_true", help="one view (rates over one interval), then exit")
+        else:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "stats":
+            sp.add_argument("--workers", action="store_true", help="also each reporting worker's counters")
     args = p.parse_args(argv)
     settings = Settings.load(socket_path=args.socket, namespace=args.namespace)
     # a namespace named (flag or MTCACHE_NAMESPACE) must match; else whatever the socket serves
     namespace_given = args.namespace is not None or bool(os.environ.get("MTCACHE_NAMESPACE"))
     if args.command == "stop":
         return _stop(settings, namespace_given)
+    if args.command == "top":
+        from mtcache.top import run_top
+
+        if not args.interval > 0 or (args.iterations is not None and args.iterations < 1):
+            p.error("--interval must be > 0 and --iterations >= 1")
+        with _client(settings, namespace_given) as client:
+            return run_top(client, interval=args.interval, iterations=1 if args.once else args.iterations)
     with _client(settings, namespace_given) as client:
         if args.command == "stats":
-            data = client.stats().as_dict()
+            data = client.stats(workers=args.workers).as_dict()
         else:
             data = client.health().as_dict()
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    elif args.command == "stats":
+        from mtcache.dashboard import render_stats
+
+        print(f"mtcache stats ({settings.socket_path})")
+        print(render_stats(data))
     else:
         print("\n".join(_format(f"mtcache {args.command} ({settings.socket_path})", data)))
     answered = data.get("coordinator") == "ok" if args.command == "health" else bool(data.get("coordinator"))
