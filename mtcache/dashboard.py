@@ -145,7 +145,7 @@ def render_stats(stats: dict[str, Any]) -> str:
     if not c:
         return "no coordinator answered"
     fleet = stats.get("fleet") or {}
-    out = [f"whole host: {fleet.get('workers', 0)} clients reporting; coordinator up {fmt_duration(c.get('uptime'))}",
+    out = [f"whole host (clients reporting: {fleet.get('workers', 0)}); coordinator up {fmt_duration(c.get('uptime'))}",
            f"reads {_n(fleet.get('reads', 0))}, cache hit rate {_pct(_hit_rate(stats))}", ""]
     out += _columns([["tier", "reads", "share", "hit rate", "p50", "p99"], *_tier_rows(stats, None)])
     out.append("")
@@ -194,7 +194,7 @@ def _headline(sample: Sample) -> str:
     fleet = sample.stats.get("fleet") or {}
     return (f"namespace {details.get('namespace', '?')} · pid {details.get('pid', '?')} · up "
             f"{fmt_duration(c.get('uptime'))} · mode {sample.health.get('mode', '?')} · "
-            f"{fleet.get('workers', 0)} clients reporting")
+            f"clients reporting: {fleet.get('workers', 0)}")
 
 
 def render_dashboard(

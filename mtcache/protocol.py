@@ -466,6 +466,7 @@ _REPLY_SHAPES: dict[int, dict[int, tuple[type | str, ...]]] = {
     Op.INCR: {Status.OK: ("int64", "version"), Status.REFUSED: (str, str)},
     Op.TOUCH: {Status.OK: (bool,)},
     Op.INVALIDATE_TAGS: {Status.OK: (bool,)},
+    Op.REPORT: {},  # never answered: any reply to it is unexpected
 }
 _ERROR_SHAPE: tuple[type | str, ...] = (str, str)
 _HIT: tuple[type | str, ...] = (bytes, "version", "seconds")
