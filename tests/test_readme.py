@@ -25,3 +25,12 @@ def test_ci_runs_the_readme_test_command() -> None:
     _, tests = _opening_commands()
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert tests in ci
+
+
+def test_the_metrics_table_lists_every_metric() -> None:
+    from mtcache.metrics import METRICS
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Metrics", 1)[1].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| `(mtcache_\w+)` \| (\w+) \| ([\w-]+) \| ([\w, ]+) \|", section, re.MULTILINE)
+    assert rows == [(m.name, m.kind, m.unit or "-", ", ".join(["namespace", *m.labels])) for m in METRICS]
