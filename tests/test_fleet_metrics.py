@@ -85,6 +85,30 @@ def test_closed_clients_stay_counted(coordinator_no_redis: CoordinatorProcess) -
         assert {key.key for key in stats.hot_keys} == {"k0", "k1", "k2"}
 
 
+def test_a_new_coordinator_counts_from_its_start(short_tmp: Path) -> None:
+    proc = CoordinatorProcess(short_tmp / "c.sock", redis_url=None)
+    proc.start()
+    try:
+        with Client(proc.socket_path, spawn=False) as worker:
+            worker.set("k", 1)
+            for _ in range(10):
+                worker.get("k")
+            assert worker.stats().fleet.near_hits == 10
+            proc.stop()
+            proc.start()
+            deadline = time.monotonic() + DEADLINE
+            while not worker.stats().coordinator:  # reconnects after its back-off
+                assert time.monotonic() < deadline
+                time.sleep(0.05)  # poll interval of a deadline-bounded wait
+            worker.set("k", 2)
+            for _ in range(3):
+                assert worker.get("k") == 2
+            assert worker.stats().fleet.near_hits == 3
+            assert worker.stats().near_hits == 13  # the client's own counters go on
+    finally:
+        proc.stop()
+
+
 def _raw_session(path: str) -> tuple[socket.socket, FrameDecoder]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(10)

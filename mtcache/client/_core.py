@@ -246,6 +246,8 @@ class ClientCore:
         with self._state_lock:
             table = self.near.table
             if table is None or table.path != info["versions"] or table.generation != info["generation"]:
+                if table is not None:
+                    self.reporter.rebase()  # another coordinator: its figures start now
                 self.near.clear()
                 # the old mapping is dropped, never closed: another thread may be reading
                 # it right now (it is unmapped once nothing refers to it)
@@ -382,7 +384,8 @@ class ClientCore:
         self.near.reset_after_fork()
         self.mirror = None  # the parent's mapping: still valid, but reattached on the hello
         self._retry_at = 0.0
-        self.reporter.forked()
+        self.reporter.enabled = False  # until the child's own hello
+        self.reporter.rebase()  # the parent reports what it counted
         return True
 
     # -- values -------------------------------------------------------------

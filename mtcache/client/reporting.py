@@ -44,7 +44,7 @@ class Reporter:
         self.requests = 0
         self._next = 0.0
         self._sent: tuple[int, ...] | None = None
-        # what a forked child inherited from its parent (reported by the parent)
+        # what was counted before the current coordinator (or, in a forked child, by the parent)
         self._base = dict.fromkeys(COUNTERS, 0)
         self._base_latency: dict[str, LatencyHistogram | None] = {"roundtrip": None, "compute": None}
 
@@ -90,9 +90,10 @@ class Reporter:
             report["closing"] = True
         return report
 
-    def forked(self) -> None:
-        """In a forked child: report as a new client, from what the parent had counted on."""
-        self.enabled = False
+    def rebase(self) -> None:
+        """Report as a new client, counting from now on: in a forked child (the parent reports
+        what it counted), and on reaching a coordinator other than the last one (its figures
+        are those since it started)."""
         self._base = dict.fromkeys(COUNTERS, 0)
         self._base = self.counters()
         self._base_latency = {"roundtrip": self.roundtrip.copy(), "compute": self.compute.copy()}
