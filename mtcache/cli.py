@@ -65,8 +65,9 @@ def coordinator_main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
     )
     from mtcache.client.trust import ensure_socket_dir
+    from mtcache.coordinator.exports import MetricsUnavailable
     from mtcache.coordinator.prometheus import parse_address
-    from mtcache.coordinator.server import AlreadyRunning, Coordinator, MetricsUnavailable
+    from mtcache.coordinator.server import AlreadyRunning, Coordinator
 
     try:
         settings = Settings.load(

@@ -22,7 +22,6 @@ import platform
 import signal
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, cast
 from mtcache.config import Settings
 from mtcache.coordinator import ops
 from mtcache.coordinator.cache import CacheEngine
+from mtcache.coordinator.exports import MetricsExports
 from mtcache.coordinator.l2 import L2Tier
 from mtcache.coordinator.metrics import CoordinatorMetrics
 from mtcache.errors import ProtocolError
@@ -48,7 +48,7 @@ from mtcache.protocol import (
 )
 from mtcache.shm import VersionTable, remove_orphans, retire_segment
 
-__all__ = ["AlreadyRunning", "Coordinator", "MetricsUnavailable"]
+__all__ = ["AlreadyRunning", "Coordinator"]
 
 log = logging.getLogger("mtcache.coordinator")
 
@@ -80,15 +80,6 @@ def _holder_alive(holder: object) -> bool:
 
 class AlreadyRunning(RuntimeError):
     """Another coordinator holds this socket's lock."""
-
-
-class MetricsUnavailable(RuntimeError):
-    """The metrics export asked for cannot be served (its address cannot be bound, or the
-    OpenTelemetry API is not installed)."""
-
-
-#: How long a scrape (from the metrics thread) waits for the event loop's snapshot.
-SNAPSHOT_TIMEOUT = 5.0
 
 
 #: Largest frame a peer may send before its hello is accepted (a hello is tiny): a longer
@@ -431,11 +422,7 @@ class Coordinator:
                  metrics_address: tuple[str, int] | None = None, otel: bool = False) -> None:
         self.settings = settings
         self.use_redis = use_redis
-        self.metrics_address = metrics_address
-        self.otel = otel
-        self._metrics_server: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
+        self.exports = MetricsExports(metrics_address, otel)
         self.socket_path = Path(settings.socket_path)
         self.connections: set[_Connection] = set()
         #: writes in flight (see _Connection._spawn)
@@ -506,6 +493,7 @@ class Coordinator:
         (mode 0600 in a 0700 folder) and start serving.
 
         :raises AlreadyRunning: another coordinator serves this socket.
+        :raises mtcache.coordinator.exports.MetricsUnavailable: a metrics export cannot start.
         """
         self._take_lock()
         assert self._lock_fd is not None
@@ -521,63 +509,14 @@ class Coordinator:
         self.engine = CacheEngine(self.settings, self.table, l2, self.mirror)
         self.engine.holder_alive = _holder_alive
         await self.engine.start()
+        self.exports.start(self.stats, self.settings.namespace)  # before serving: it may refuse to start
         self._server = await self._listen()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
-        self._export_metrics()
         log.info(
             "mtcache coordinator pid %d serving %s (namespace %r, redis %s)",
             os.getpid(), self.socket_path, self.settings.namespace,
             self.settings.redacted_redis_url if self.use_redis else "disabled",
         )
-
-    def _export_metrics(self) -> None:
-        """Start the exports asked for (see the class docstring).
-
-        :raises MetricsUnavailable: one cannot be started.
-        """
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
-        namespace = self.settings.namespace
-        if self.metrics_address is not None:
-            from mtcache.coordinator.prometheus import MetricsServer
-
-            host, port = self.metrics_address
-            server = MetricsServer(host, port, self.snapshot, namespace)
-            try:
-                server.start()
-            except OSError as exc:
-                raise MetricsUnavailable(f"cannot serve metrics on {host}:{port}: {exc}") from exc
-            self._metrics_server = server
-        if self.otel:
-            try:
-                from mtcache.otel import instrument
-            except ImportError as exc:
-                raise MetricsUnavailable(f"--otel needs the OpenTelemetry API: pip install 'mtcache[otel]' ({exc})") \
-                    from exc
-            instrument(self.snapshot, namespace=namespace)
-
-    @property
-    def metrics_port(self) -> int | None:
-        """The port ``/metrics`` is served on (the bound one when 0 was asked for), or None."""
-        return self._metrics_server.port if self._metrics_server is not None else None
-
-    def snapshot(self) -> dict[str, Any] | None:
-        """:meth:`stats`, from any thread (the metrics exports call it from theirs): taken on the
-        event loop; None if the loop does not answer within SNAPSHOT_TIMEOUT or is gone."""
-        loop = self._loop
-        if loop is None or self._closed:
-            return None
-        if threading.get_ident() == self._loop_thread:
-            return self.stats()
-
-        async def take() -> dict[str, Any]:
-            return self.stats()
-
-        try:
-            return asyncio.run_coroutine_threadsafe(take(), loop).result(SNAPSHOT_TIMEOUT)
-        except Exception as exc:  # the loop is stopping, or too busy: this scrape has nothing
-            log.warning("no statistics for the metrics export: %s", exc or type(exc).__name__)
-            return None
 
     def _create_mirror(self, prefix: str) -> MirrorWriter | None:
         size = self.settings.l1_shm_bytes
@@ -643,9 +582,7 @@ class Coordinator:
         if self._closed:
             return
         self._closed = True
-        if self._metrics_server is not None:
-            await asyncio.to_thread(self._metrics_server.stop)  # waits for a scrape in progress
-            self._metrics_server = None
+        await self.exports.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._server is not None:
