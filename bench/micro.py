@@ -19,6 +19,9 @@ Then 100 keys in one call: ``get_many`` through the coordinator (L1 hits, and L2
 hits), redis-py ``MGET``, and cashews ``get_many``.
 
 Needs the ``bench`` extra (diskcache, cashews).
+
+``--near-only`` times just the dict and near-hit rows (no Redis, no peers): to compare
+the near-hit path of two versions, run it with ``PYTHONPATH`` set to each checkout.
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ VALUES = {"200 B": SMALL, "10 KiB": LARGE}
 BASELINE = "redis-py GET + unpackb"
 
 
-def rows_for(value: object, url: str, n: int) -> dict[str, dict[str, float]]:
-    """Every row of the table for one value."""
+def rows_for(value: object, url: str | None, n: int, near_only: bool = False) -> dict[str, dict[str, float]]:
+    """Every row of the table for one value (the dict and near rows only, with ``near_only``)."""
     import diskcache
 
     out: dict[str, dict[str, float]] = {}
@@ -68,6 +71,8 @@ def rows_for(value: object, url: str, n: int) -> dict[str, dict[str, float]]:
             near.set("tagged", value, tags=["prices", "tenant:7"])
             near.get("tagged")
             add("near hit, tagged value", lambda: near.get("tagged"), fast, 100)
+        if near_only:
+            return out
         with Client(sock, spawn=False, near_capacity=0) as c:
             c.get("k")
             add("mirror hit (near off)", lambda: c.get("k"), fast, 10)
@@ -134,7 +139,17 @@ def batch_rows(url: str, n: int) -> dict[str, dict[str, float]]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=20_000)
+    p.add_argument("--near-only", action="store_true", help="only the dict and near-hit rows (no Redis)")
     args = p.parse_args()
+    if args.near_only:
+        import mtcache
+
+        print(f"# near hits ({mtcache.__file__}); machine: {machine()}; n = {args.n * 10:,}\n")
+        print("| read | value | p50 µs | p90 µs | p99 µs |\n|---|---|---:|---:|---:|")
+        for label, value in VALUES.items():
+            for name, r in rows_for(value, None, args.n, near_only=True).items():
+                print(f"| {name} | {label} | {r['p50']:.3f} | {r['p90']:.3f} | {r['p99']:.3f} |")
+        return
     results: dict[str, dict[str, dict[str, float]]] = {}
     with redis_server() as url:
         for label, value in VALUES.items():

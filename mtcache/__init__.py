@@ -1,5 +1,9 @@
-"""mtcache: a multi-tier cache for multi-process Python servers."""
+"""mtcache: a multi-tier cache for multi-process Python servers.
 
+``mtcache.dashboard`` (public): the renderer of ``mtcache top``, for live views of your own
+(``take_sample``, ``render_dashboard``, ``Sample``), as the demo builds one."""
+
+from mtcache import dashboard
 from mtcache.client.aio import AsyncClient
 from mtcache.client.sync import Client
 from mtcache.codec import Codec, JsonCodec, MsgpackCodec, PickleCodec
@@ -40,6 +44,7 @@ __all__ = [
     "Stats",
     "UntrustedSocket",
     "__version__",
+    "dashboard",
     "start_coordinator",
     "stop_coordinator",
 ]

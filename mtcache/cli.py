@@ -55,6 +55,10 @@ def _coordinator_parser() -> argparse.ArgumentParser:
         "MTCACHE_IDLE_EXIT, default 600)",
     )
     p.add_argument("--detach", action="store_true", help="fork into the background (own session) and return")
+    p.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics on http://ADDR:PORT/metrics (e.g. 127.0.0.1:9464)")
+    p.add_argument("--otel", action="store_true",
+                   help="export the same metrics through the OpenTelemetry API (pip install 'mtcache[otel]')")
     p.add_argument("--log-level", default="INFO", metavar="LEVEL", help="logging level (default INFO)")
     return p
 
@@ -75,6 +79,8 @@ def coordinator_main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
     )
     from mtcache.client.trust import ensure_socket_dir
+    from mtcache.coordinator.exports import MetricsUnavailable
+    from mtcache.coordinator.prometheus import parse_address
     from mtcache.coordinator.server import AlreadyRunning, Coordinator
 
     try:
@@ -89,11 +95,13 @@ def coordinator_main(argv: Sequence[str] | None = None) -> int:
             lease_ttl=args.lease_ttl,
         )
         ensure_socket_dir(settings.socket_path)
+        metrics_address = parse_address(args.metrics) if args.metrics is not None else None
     except (TypeError, ValueError, OSError) as exc:
         print(f"mtcache-coordinator: {exc}", file=sys.stderr)
         return 2
     try:
-        coordinator = Coordinator(settings, use_redis=not args.no_redis, idle_exit=args.idle_exit)
+        coordinator = Coordinator(settings, use_redis=not args.no_redis, idle_exit=args.idle_exit,
+                                  metrics_address=metrics_address, otel=args.otel)
     except ValueError as exc:
         print(f"mtcache-coordinator: {exc}", file=sys.stderr)
         return 2
@@ -103,6 +111,9 @@ def coordinator_main(argv: Sequence[str] | None = None) -> int:
     except AlreadyRunning as exc:
         print(f"mtcache-coordinator: {exc}", file=sys.stderr)
         return 3
+    except MetricsUnavailable as exc:
+        print(f"mtcache-coordinator: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -197,24 +208,39 @@ def _main_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="every counter, as JSON")
     health = sub.add_parser("health", parents=[target], help="whether the cache is whole, and if not why")
     health.add_argument("--json", action="store_true", help="every detail, as JSON")
+    stats.add_argument("--workers", action="store_true", help="also each reporting worker's counters")
     sub.add_parser("stop", parents=[target], help="stop the coordinator (SIGTERM) and wait until its socket is gone")
+    top = sub.add_parser("top", parents=[target], help="a live view of the coordinator (Ctrl-C to leave)")
+    top.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                     help="seconds between refreshes (default 1)")
+    top.add_argument("--iterations", type=int, metavar="N", help="stop after this many refreshes")
+    top.add_argument("--once", action="store_true", help="one view (rates over one interval), then exit")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``mtcache stats|health|stop [--socket PATH] [--namespace NS]`` (``--json`` on
-    stats and health): ask a running coordinator. Exit status 1 if none answers."""
-    args = _main_parser().parse_args(argv)
+    """``mtcache stats|health|stop|top [--socket PATH] [--namespace NS]`` (``--json`` on
+    stats and health, ``--workers`` on stats): ask a running coordinator. Exit status 1 if
+    none answers."""
+    parser = _main_parser()
+    args = parser.parse_args(argv)
     settings = Settings.load(socket_path=args.socket, namespace=args.namespace)
     # a namespace named (flag or MTCACHE_NAMESPACE) must match; else whatever the socket serves
     namespace_given = args.namespace is not None or bool(os.environ.get("MTCACHE_NAMESPACE"))
     if args.command == "stop":
         return _stop(settings, namespace_given)
+    if args.command == "top":
+        from mtcache.top import run_top
+
+        if not args.interval > 0 or (args.iterations is not None and args.iterations < 1):
+            parser.error("--interval must be > 0 and --iterations >= 1")
+        with _client(settings, namespace_given) as client:
+            return run_top(client, interval=args.interval, iterations=1 if args.once else args.iterations)
     from mtcache.summary import render_health, render_stats
 
     with _client(settings, namespace_given) as client:
         if args.command == "stats":
-            data = client.stats().as_dict()
+            data = client.stats(workers=args.workers).as_dict()
             answered = bool(data.get("coordinator"))
         else:
             data = client.health().as_dict()

@@ -11,7 +11,9 @@ namespace, pid]``; the coordinator answers ``[id, OK, info]`` (``info`` is a map
 with the protocol version, the coordinator's pid, the shared-memory name and
 slot count) or ``[id, ERROR, "protocol", message]`` and closes the connection.
 The namespace :data:`INSPECT` is accepted by any coordinator, for STATS, HEALTH
-and PING only (the command-line tools).
+and PING only (the command-line tools). A coordinator that takes worker reports says
+``"reports": true`` in the hello (an optional field: clients send REPORT, and STATS
+with options, only to one that does).
 
 Requests and their successful replies (``ttl`` in seconds, ``version`` the key's
 version counter as read when the reply was made):
@@ -23,7 +25,7 @@ GET        key                                             OK value version ttl 
 SET        key value ttl tags                              OK version kept
 DELETE     key                                             OK existed
 CLEAR      —                                               OK removed
-STATS      —                                               OK map
+STATS      [options]                                       OK map
 HEALTH     —                                               OK map
 LEASE      key wait_seconds fail_safe soft                 OK value version ttl / GRANTED token version stale /
                                                            COMPUTE_ERROR type message stale / TIMEOUT stale
@@ -42,7 +44,13 @@ TOUCH      key ttl                                         OK touched
 INVALIDATE_TAGS [tag, ...]                                 OK acknowledged (Redis has it)
 SET_BEHIND key value ttl max_delay tags                    OK version kept
 DELETE_BEHIND key max_delay                                OK existed (in L1)
+REPORT     map                                             none (see :mod:`mtcache.fleet`)
 =========  ==============================================  ===========================================
+
+STATS ``options`` (a map, optional): ``workers`` true adds each reporting worker's
+counters. REPORT carries a worker's own counters (near hits, mirror reads...) and gets
+no reply; its arguments are not checked here but by :func:`mtcache.fleet.parse_report`,
+and a coordinator ignores a report it cannot read rather than closing the connection.
 
 A ``ttl`` is positive seconds, ``math.inf`` (``mtcache.FOREVER``: no expiry), or nil
 (SET, FILL, ADD, TOUCH, SET_MANY: the call gave no TTL; the coordinator's L1 and L2
@@ -156,9 +164,10 @@ class Op:
     INCR = 17
     TOUCH = 18
     INVALIDATE_TAGS = 19
+    REPORT = 20
     #: a set acknowledged once this host holds it; Redis follows within a delay (write_mode="behind")
-    SET_BEHIND = 20
-    DELETE_BEHIND = 21
+    SET_BEHIND = 21
+    DELETE_BEHIND = 22
 
 
 class Status:
@@ -361,6 +370,7 @@ _SHAPES: dict[int, tuple[type | str, ...]] = {
     Op.INVALIDATE_TAGS: ("tags",),
     Op.SET_BEHIND: ("key", bytes, "ttl?", "seconds", "tags"),
     Op.DELETE_BEHIND: ("key", "seconds"),
+    Op.REPORT: (),  # not checked here (see validate_request)
 }
 
 
@@ -428,6 +438,10 @@ def validate_request(msg: list[Any]) -> tuple[int, int, list[Any]]:
         raise ProtocolError(f"request id must be an int, not {type(rid).__name__}")
     shape = _SHAPES[op]
     args = msg[2:]
+    if op == Op.REPORT:
+        return op, rid, args  # a report the coordinator cannot read is ignored, not an error
+    if op == Op.STATS and len(args) == 1 and isinstance(args[0], dict):
+        return op, rid, args  # its options (unknown ones are ignored)
     if shape and shape[-1] == "tags" and len(args) == len(shape) - 1 and op != Op.INVALIDATE_TAGS:
         args = [*args, []]  # trailing tags may be left out: none
     if len(args) != len(shape):
@@ -471,6 +485,7 @@ _REPLY_SHAPES: dict[int, dict[int, tuple[type | str, ...]]] = {
     Op.INVALIDATE_TAGS: {Status.OK: (bool,)},
     Op.SET_BEHIND: {Status.OK: ("version", bool)},
     Op.DELETE_BEHIND: {Status.OK: (bool,)},
+    Op.REPORT: {},  # never answered: any reply to it is unexpected
 }
 _ERROR_SHAPE: tuple[type | str, ...] = (str, str)
 _HIT: tuple[type | str, ...] = (bytes, "version", "seconds")

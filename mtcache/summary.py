@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["format_bytes", "format_duration", "format_rate", "render_health", "render_stats"]
+__all__ = ["format_bytes", "format_duration", "render_health", "render_stats"]
 
 
 def format_bytes(n: float) -> str:
@@ -35,53 +35,12 @@ def format_duration(seconds: float) -> str:
     return f"{s // 86400} d {s % 86400 // 3600:02d} h"
 
 
-def format_rate(hits: int, misses: int) -> str:
-    """A hit rate as a percentage of the lookups, with the lookups: ``92.0 % of 1,250``;
-    ``-`` when there were none."""
-    total = hits + misses
-    return f"{100 * hits / total:.1f} % of {total:,}" if total else "-"
-
-
-def _count(data: Mapping[str, Any], key: str) -> int:
-    value = data.get(key, 0)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def render_stats(stats: Mapping[str, Any], *, title: str = "mtcache stats") -> str:
-    """A few lines on what the cache serves: hit rates per tier (with the lookups
-    they are a rate of), L1 use against its bounds, computations and waiters, Redis
-    writes and what failed. ``stats`` is :meth:`mtcache.Stats.as_dict` (the raw
-    coordinator counters under ``"coordinator"``); missing counters read as 0.
+    """``title``, then the whole host's summary (:func:`mtcache.dashboard.render_stats`:
+    reads per tier from every reporting worker, L1, leases, writes, hot keys)."""
+    from mtcache.dashboard import render_stats as host_summary
 
-    The near and mirror rows are the asking client's own counters (a command-line
-    client has made no reads of its own): a fleet-wide view needs the workers'
-    counters, see the README's "Metrics"."""
-    c: Mapping[str, Any] = stats.get("coordinator") or {}
-    l1: Mapping[str, Any] = c.get("l1") or {}
-    lines = [title]
-    if not c:
-        lines.append("  coordinator   not answering")
-        return "\n".join(lines)
-    lines += [
-        f"  near          {format_rate(_count(stats, 'near_hits'), _count(stats, 'near_misses'))}"
-        "   (this client's own reads)",
-        f"  L1 mirror     {format_rate(_count(stats, 'mirror_hits'), _count(stats, 'mirror_misses'))}"
-        "   (this client's own reads)",
-        f"  L1 socket     {format_rate(_count(stats, 'l1_hits'), _count(stats, 'l1_misses'))}",
-        f"  L2 (Redis)    {format_rate(_count(stats, 'l2_hits'), _count(stats, 'l2_misses'))}"
-        f"   promotions {_count(stats, 'promotions'):,}",
-        f"  L1 holds      {_count(l1, 'size'):,} of {_count(l1, 'capacity'):,} entries, "
-        f"{format_bytes(_count(l1, 'bytes'))} of {format_bytes(_count(l1, 'max_bytes'))}"
-        f"   evictions {_count(l1, 'evictions'):,}",
-        f"  computations  leases granted {_count(c, 'leases_granted'):,}, callers who waited instead "
-        f"{_count(c, 'coalesced'):,}, in flight {_count(c, 'inflight_leases'):,}",
-        f"  writes        sets {_count(c, 'sets'):,}, deletes {_count(c, 'deletes'):,}, "
-        f"clears {_count(c, 'clears'):,}; waiting for Redis {_count(c, 'l2_backlog'):,}",
-        f"  errors        Redis {_count(c, 'l2_errors'):,}, protocol {_count(c, 'protocol_errors'):,}, "
-        f"coordinator unreachable {_count(stats, 'coordinator_errors'):,}",
-        f"  connections   {_count(c, 'connections'):,}",
-    ]
-    return "\n".join(lines)
+    return f"{title}\n{host_summary(dict(stats))}"
 
 
 def render_health(health: Mapping[str, Any], *, title: str = "mtcache health") -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,7 +23,7 @@ STATS_KEYS = {
     "local_computes", "coalesced", "local_coalesced", "inflight_leases", "evictions", "l2_errors",
     "coordinator_errors", "coordinator", "near_hit_rate", "l1_hit_rate", "l2_hit_rate",
     "mirror_hits", "mirror_misses", "mirror_torn_retries", "mirror_not_mirrored", "mirror_arena_used",
-    "stale_served", "fail_safe_activations",
+    "stale_served", "fail_safe_activations", "fleet", "hot_keys",
 }
 HEALTH_KEYS = {"coordinator", "redis", "mode", "details"}
 
@@ -49,19 +50,42 @@ def _line(out: str, key: str, value: str) -> bool:
 # -- mtcache stats ------------------------------------------------------------------
 
 
+def _row(out: str, *cells: str) -> bool:
+    """A line of the summary's tier table holding exactly these cells."""
+    return re.search(r"^" + r"\s+".join(re.escape(cell) for cell in cells) + r"$", out, re.MULTILINE) is not None
+
+
 def test_stats_human(coordinator_no_redis: CoordinatorProcess, capsys: pytest.CaptureFixture[str]) -> None:
-    with Client(coordinator_no_redis.socket_path, spawn=False, near_capacity=0) as client:
+    # the whole host: a worker's near hits (which never reach the coordinator) are in the summary,
+    # also after the worker closed
+    with Client(coordinator_no_redis.socket_path, spawn=False) as client:
         client.set("k", 1)
-        for _ in range(3):
-            client.get("k")  # from the mirror, or through the socket
-        client.get("absent")
+        for _ in range(5):
+            assert client.get("k") == 1
+        assert client.get_or_compute("c", lambda: 2) == 2
     assert main(["stats", "--socket", coordinator_no_redis.socket_path]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"mtcache stats ({coordinator_no_redis.socket_path})")
-    assert re.search(r"^  writes\s+sets 1, deletes 0, clears 0", out, re.MULTILINE), out
-    assert re.search(r"^  L1 holds\s+1 of 2,000 entries, \d+ B of 64\.0 MiB", out, re.MULTILINE), out
-    assert re.search(r"^  L1 socket\s+\d+\.\d % of \d+", out, re.MULTILINE), out  # a rate, with its lookups
-    assert len(out.splitlines()) < 20  # a summary, not every counter (--json has those)
+    assert "reads 6, cache hit rate 83.3 %" in out
+    assert _row(out, "near", "5", "83.3 %", "83.3 %")  # 5 near hits, 1 near miss
+    assert re.search(r"^computed\s+1\s+16\.7 %\s+[\d.]+ [µm]?s\s+[\d.]+ [µm]?s$", out, re.MULTILINE)  # + p50, p99
+    assert re.search(r"^writes\s+0 in flight", out, re.MULTILINE)
+    assert re.search(r"^\s+c\s+1$", out, re.MULTILINE)  # the hottest key (the lease request reached the coordinator)
+    assert "coordinator:" not in out  # not the raw counters: --json has those
+
+
+def test_stats_workers(coordinator_no_redis: CoordinatorProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    with Client(coordinator_no_redis.socket_path, spawn=False) as client:
+        client.set("k", 1)
+        for _ in range(3):
+            client.get("k")
+        assert client.stats().fleet.near_hits == 3  # the asking client's counters are current
+        assert main(["stats", "--workers", "--socket", coordinator_no_redis.socket_path]) == 0
+        out = capsys.readouterr().out
+        assert re.search(rf"^{os.getpid()}\s+100\.0 %\s+3\s+0\s+\d+\s+0\s+", out, re.MULTILINE), out
+        assert main(["stats", "--workers", "--json", "--socket", coordinator_no_redis.socket_path]) == 0
+        workers = json.loads(capsys.readouterr().out)["fleet"]["per_worker"]
+        assert [(w["pid"], w["near_hits"]) for w in workers] == [(os.getpid(), 3)]
 
 
 def test_stats_json(coordinator_no_redis: CoordinatorProcess, capsys: pytest.CaptureFixture[str]) -> None:
@@ -192,6 +216,9 @@ def test_coordinator_console_script_help() -> None:
         ("--l1-capacity", "0", "l1_capacity"),
         ("--lease-ttl", "-1", "lease_ttl"),
         ("--namespace", "a:b", "namespace"),
+        ("--metrics", "9464", "ADDR:PORT"),
+        ("--metrics", "127.0.0.1:http", "port"),
+        ("--metrics", "::1:9464", "IPv6"),
     ],
 )
 def test_coordinator_bad_setting_exits_2(short_tmp: Path, flag: str, value: str, named: str) -> None:

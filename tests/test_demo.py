@@ -4,6 +4,7 @@ without Redis, stop everything it started, and never touch data it did not write
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import redis
 
 from tests.redis_server import RedisServer, free_port
+from tests.terminal import run_in_pty
 
 DEMO = Path(__file__).resolve().parent.parent / "workers" / "demo.py"
 
@@ -37,6 +39,19 @@ def test_demo_with_redis(redis_server: RedisServer) -> None:
         assert "calls to the price service" in result.stdout
         assert plain.mget(list(theirs)) == list(theirs.values())
         assert sorted(plain.keys("*")) == sorted(key.encode() for key in theirs)  # its own keys are gone too
+    # on a terminal: the live view of mtcache top, with the whole host's figures while it runs
+    code, text = run_in_pty([sys.executable, str(DEMO), "--workers", "2", "--seconds", "2"], timeout=90,
+                            env={"REDIS_URL": redis_server.url})
+    assert code == 0, text
+    assert "answers, using it as L2" in text
+    live, _, summary = text.partition("Summary")
+    assert summary, text
+    # the workers' near hits are in the live view before the end (they used to read 0.0 % until then)
+    shares = [float(share) for share in re.findall(r"^ near\s+[\d,]+\s+([\d.]+) %", live, re.MULTILINE)]
+    assert shares and max(shares) > 0, live
+    assert re.search(r"stampede on report:q4: 2 workers at once; 1 computed \([\d.]+ m?s\), 1 waited", text), text
+    assert re.search(r"^source\s+\d+ computed in .*saved", summary, re.MULTILINE), summary
+    assert "calls to the price service" in summary
 
 
 @pytest.mark.slow
@@ -45,3 +60,6 @@ def test_demo_without_redis() -> None:
     assert result.returncode == 0, result.stderr
     assert "L1 only" in result.stdout
     assert "Summary" in result.stdout
+    # not a terminal: no live view, a progress line now and then, and the same figures at the end
+    assert "\x1b[" not in result.stdout
+    assert re.search(r"^ near\s+[\d,]+\s+[\d.]+ %", result.stdout.partition("Summary")[2], re.MULTILINE)

@@ -17,6 +17,7 @@ FOLDERS = ("workers", "bench", "examples")
 #: files that measure an internal part itself, not the API (and say so)
 INTERNAL_ON_PURPOSE = {
     "bench/mirror_bench.py": "measures the shared-memory mirror's reader and writer alone",
+    "bench/metrics_cost.py": "measures the statistics' own parts (hot keys, histograms, report parsing) alone",
     "bench/paths.py": "times the coordinator's bare round trip (PING), the floor every call is held against",
 }
 _README_IMPORT = re.compile(r"^\s*(from\s+(mtcache[\w.]*)\s+import\s+([^#\n]+)|import\s+(mtcache[\w.]*))", re.MULTILINE)

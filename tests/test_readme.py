@@ -30,7 +30,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 # -- the CLI synopsis ---------------------------------------------------------------------
 
-_OPTION = re.compile(r"(--[a-z0-9-]+)(?: ([A-Z]+))?")
+_OPTION = re.compile(r"(--[a-z0-9-]+)(?: ([A-Z][A-Z:]*))?")
 
 
 def _synopsis() -> dict[str, list[tuple[str, str | None]]]:
@@ -74,3 +74,10 @@ def test_the_cli_synopsis_lists_every_command_and_flag() -> None:
     assert sorted(synopsis) == sorted(expected)
     for command, parser in expected.items():
         assert sorted(synopsis[command]) == sorted(_parser_options(parser)), command
+def test_the_metrics_table_lists_every_metric() -> None:
+    from mtcache.metrics import METRICS
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Metrics", 1)[1].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| `(mtcache_\w+)` \| (\w+) \| ([\w-]+) \| ([\w, ]+) \|", section, re.MULTILINE)
+    assert rows == [(m.name, m.kind, m.unit or "-", ", ".join(["namespace", *m.labels])) for m in METRICS]

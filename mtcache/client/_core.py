@@ -24,13 +24,14 @@ from mtcache.errors import ComputeError, ProtocolError, UntrustedSocket
 from mtcache.mirror import MirrorReader
 from mtcache.protocol import INSPECT, PROTOCOL_VERSION, Op, Status, check_key, check_reply, check_tags
 from mtcache.shm import STALL_MS, VersionTable
-from mtcache.stats import Health, Stats
+from mtcache.stats import FleetStats, Health, HotKey, Latency, Stats, WorkerStats
 from mtcache.strategies import CacheStrategy, validate_ttl
 
 from .near import NearCache
 from .policy import Policy
+from .reporting import Reporter
 
-__all__ = ["ENDS_LEASE", "MISSING", "RETRY", "ClientBase", "ClientCore", "Stale", "fork_generation"]
+__all__ = ["ENDS_LEASE", "MISSING", "RETRY", "WAITS", "ClientBase", "ClientCore", "Stale", "fork_generation"]
 
 log = logging.getLogger("mtcache.client")
 
@@ -77,6 +78,9 @@ def fork_generation() -> int:
 ENDS_LEASE = frozenset({Op.FILL, Op.FAIL, Op.RELEASE})
 #: ``write_mode`` values: ``"through"`` (a write returns once Redis has it) and ``"behind"``
 WRITE_MODES = ("through", "behind")
+#: Requests whose reply may wait for another caller's computation: their round trips are not
+#: socket latency (the coordinator times them as ``lease``).
+WAITS = frozenset({Op.LEASE, Op.REFRESH})
 
 #: Back-off between attempts to reach a coordinator that did not answer.
 RETRY_MIN, RETRY_MAX = 0.5, 5.0
@@ -148,6 +152,8 @@ class ClientCore:
         self._state_lock = threading.Lock()
         #: keys whose eager refresh this client runs
         self._refreshing: set[str] = set()
+        #: what this client reports to its coordinator (see reporting.py)
+        self.reporter = Reporter(self)
 
     @property
     def socket_path(self) -> str:
@@ -254,6 +260,8 @@ class ClientCore:
         with self._state_lock:
             table = self.near.table
             if table is None or table.path != info["versions"] or table.generation != info["generation"]:
+                if table is not None:
+                    self.reporter.rebase()  # another coordinator: its figures start now
                 self.near.clear()
                 # the old mapping is dropped, never closed: another thread may be reading
                 # it right now (it is unmapped once nothing refers to it)
@@ -267,6 +275,7 @@ class ClientCore:
                     except (OSError, ValueError) as exc:  # the socket path still serves everything
                         log.warning("mtcache: cannot map the L1 mirror %s: %s", info["mirror"], exc)
             self.hello_info = info
+            self.reporter.enabled = info.get("reports") is True and not self.inspect_only
             self._retry_delay = RETRY_MIN
             if self._warned:
                 log.warning("mtcache: coordinator on %s answers again", self.socket_path)
@@ -390,6 +399,8 @@ class ClientCore:
         self.near.reset_after_fork()
         self.mirror = None  # the parent's mapping: still valid, but reattached on the hello
         self._retry_at = 0.0
+        self.reporter.enabled = False  # until the child's own hello
+        self.reporter.rebase()  # the parent reports what it counted
         return True
 
     # -- values -------------------------------------------------------------
@@ -494,14 +505,25 @@ class ClientCore:
 
     # -- reports ------------------------------------------------------------
 
+    def stats_options(self, workers: bool) -> list[dict[str, bool]]:
+        """The STATS request's arguments: the options map only when asked for and understood
+        (a coordinator that takes reports takes options)."""
+        return [{"workers": True}] if workers and self.hello_info.get("reports") is True else []
+
+    def mirror_totals(self) -> list[int]:
+        """This client's mirror hits, misses and torn retries, of every mirror it has read."""
+        counts = self.mirror_counters
+        mirror = self.mirror
+        if mirror is not None:
+            counts = [a + b for a, b in zip(counts, _mirror_counts(mirror), strict=True)]
+        return counts
+
     def stats(self, coordinator: dict[str, Any] | None) -> Stats:
         """A Stats snapshot from this client's counters and the coordinator's."""
         c = coordinator or {}
         l1 = c.get("l1", {})
         mirror = c.get("mirror", {})
-        counts = self.mirror_counters
-        if self.mirror is not None:
-            counts = [a + b for a, b in zip(counts, _mirror_counts(self.mirror), strict=True)]
+        counts = self.mirror_totals()
         return Stats(
             near_hits=self.near.hits,
             near_misses=self.near.misses,
@@ -525,6 +547,8 @@ class ClientCore:
             mirror_torn_retries=counts[2],
             mirror_not_mirrored=mirror.get("not_mirrored", 0),
             mirror_arena_used=mirror.get("arena_used", 0),
+            fleet=_fleet(c),
+            hot_keys=_hot_keys(c),
             coordinator=c,
         )
 
@@ -557,6 +581,52 @@ def unavailable_reason(exc: BaseException, socket_path: str) -> str:
 
 def _mirror_counts(mirror: MirrorReader) -> list[int]:
     return [mirror.hits, mirror.misses, mirror.torn_retries]
+
+
+#: What a malformed part of a coordinator's statistics raises while it is read.
+_MALFORMED = (TypeError, ValueError, AttributeError, IndexError, KeyError)
+
+
+def _hot_keys(c: dict[str, Any]) -> tuple[HotKey, ...]:
+    """The coordinator's hottest keys (none if it sent none, or sent them malformed)."""
+    try:
+        keys = tuple(HotKey(str(key), int(count), int(error)) for key, count, error in c.get("hot_keys") or ())
+    except _MALFORMED:
+        log.debug("mtcache: the coordinator's hot keys are malformed; left out")
+        return ()
+    return keys
+
+
+def _fleet(c: dict[str, Any]) -> FleetStats:
+    """The host's figures from a coordinator's statistics (empty ones from a coordinator that
+    takes no reports, or that sent them malformed: statistics never fail a caller)."""
+    try:
+        return _read_fleet(c)
+    except _MALFORMED:
+        log.debug("mtcache: the coordinator's host-wide statistics are malformed; left out")
+        return FleetStats()
+
+
+def _read_fleet(c: dict[str, Any]) -> FleetStats:
+    fleet = c.get("fleet") or {}
+    l1 = c.get("l1") or {}
+    latency = c.get("latency") or {}
+    return FleetStats(
+        workers=fleet.get("workers", 0),
+        near_hits=fleet.get("near_hits", 0),
+        near_misses=fleet.get("near_misses", 0),
+        mirror_hits=fleet.get("mirror_hits", 0),
+        mirror_misses=fleet.get("mirror_misses", 0),
+        l1_hits=l1.get("hits", 0),
+        l1_misses=l1.get("misses", 0),
+        l2_hits=c.get("l2_hits", 0),
+        l2_misses=c.get("l2_misses", 0),
+        computes=fleet.get("computes", 0),
+        coalesced=c.get("coalesced", 0),
+        compute_seconds=fleet.get("compute_us", 0) / 1e6,
+        latency={name: Latency.from_wire(data) for name, data in latency.items()},
+        per_worker=tuple(WorkerStats(**worker) for worker in c.get("workers", ())),
+    )
 
 
 class ClientBase:

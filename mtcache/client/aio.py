@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mtcache.errors import CacheTimeout, CoordinatorUnavailable, ProtocolError
+from mtcache.fleet import REPORT_INTERVAL
 from mtcache.protocol import FrameDecoder, Op, Status, check_reply, encode_frame
 from mtcache.stats import Health, Stats
 from mtcache.strategies import CacheStrategy
@@ -172,6 +175,24 @@ class _AsyncConn:
             await self.writer.wait_closed()
 
 
+def _report_timer(ref: weakref.ReferenceType[AsyncClient]) -> None:
+    """Once per report interval (a loop callback), until the client is closed or collected:
+    send its report if it is due (no request carried one)."""
+    client = ref()
+    if client is None or client._closed:
+        return
+    conn = client._conn_obj
+    reporter = client._core.reporter
+    if conn is not None and conn.alive and reporter.due():
+        payload = reporter.payload()
+        if payload is not None:
+            try:
+                conn.send([Op.REPORT, 0, payload])
+            except (OSError, CoordinatorUnavailable) as exc:  # its next request finds out
+                log.debug("mtcache: a report failed: %s", exc)
+    client._report_handle = asyncio.get_running_loop().call_later(REPORT_INTERVAL, _report_timer, ref)
+
+
 class AsyncClient(ClientBase):
     """The asyncio twin of :class:`~mtcache.Client`: the same parameters, the same
     methods as coroutines, the same promises. Use it from one event loop.
@@ -187,6 +208,7 @@ class AsyncClient(ClientBase):
         self._connect_lock: asyncio.Lock | None = None
         self._flights: dict[str, asyncio.Future[Any]] = {}
         self._streams: AsyncStreams | None = None
+        self._report_handle: asyncio.TimerHandle | None = None
 
     # -- plumbing -----------------------------------------------------------
 
@@ -196,6 +218,7 @@ class AsyncClient(ClientBase):
             self._conn_obj = None
             self._connect_lock = None
             self._flights = {}
+            self._report_handle = None  # a callback of the parent's loop
 
     async def _conn(self) -> _AsyncConn:
         conn = self._conn_obj
@@ -226,6 +249,9 @@ class AsyncClient(ClientBase):
                 await conn.close()
                 raise
             self._conn_obj = conn
+            if self._report_handle is None and core.reporter.enabled:
+                self._report_handle = asyncio.get_running_loop().call_later(
+                    REPORT_INTERVAL, _report_timer, weakref.ref(self))
             return conn
 
     async def _drop_conn(self) -> None:
@@ -250,12 +276,26 @@ class AsyncClient(ClientBase):
         except (OSError, ProtocolError) as exc:
             core.unavailable(exc)
             return None
+        reporter = core.reporter
+        try:
+            if reporter.due():
+                payload = reporter.payload()
+                if payload is not None:
+                    conn.send([Op.REPORT, 0, payload])
+        except (OSError, ProtocolError) as exc:
+            await self._drop_conn()
+            core.unavailable(exc)
+            return None
+        reporter.requests += 1
         try:
             if not reply:
                 conn.send([op, 0, *args])
                 return None
+            started = time.perf_counter_ns()
             answer = check_reply(op, await conn.request([op, 0, *args], timeout or core.request_timeout,
                                                         core.stalled))
+            if op not in _core.WAITS:
+                reporter.roundtrip.record_ns(time.perf_counter_ns() - started)
         except (OSError, ProtocolError) as exc:
             await self._drop_conn()
             if not self._closed:  # a request cut short by close() (work in the background) is no fault
@@ -488,7 +528,10 @@ class AsyncClient(ClientBase):
                 return stop.value
             if isinstance(step, Compute):
                 assert fn is not None
+                started = time.perf_counter_ns()
                 sent = await self._compute(step, fn)
+                if not isinstance(sent, asyncio.Task):
+                    self._core.reporter.compute.record_ns(time.perf_counter_ns() - started)
                 if isinstance(sent, asyncio.Task):
                     # past the soft timeout: the caller takes the stale value now, and the
                     # computation's end (its fill) is carried out in the background
@@ -546,11 +589,15 @@ class AsyncClient(ClientBase):
         self._near.clear()
         await self._request(Op.CLEAR)
 
-    async def stats(self) -> Stats:
+    async def stats(self, *, workers: bool = False) -> Stats:
         """See :meth:`mtcache.Client.stats`."""
         self._check_fork()
-        reply = await self._request(Op.STATS, timeout=self._core.read_timeout)
-        return self._core.stats(reply[2] if isinstance(reply, list) else None)
+        core = self._core
+        if workers and not core.hello_info:
+            await self._request(Op.PING, timeout=core.read_timeout)  # connect: the options depend on the hello
+        core.reporter.hurry()
+        reply = await self._request(Op.STATS, *core.stats_options(workers), timeout=core.read_timeout)
+        return core.stats(reply[2] if isinstance(reply, list) else None)
 
     async def health(self) -> Health:
         """See :meth:`mtcache.Client.health`."""
@@ -634,11 +681,25 @@ class AsyncClient(ClientBase):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._report_handle is not None:
+            self._report_handle.cancel()
+            self._report_handle = None
+            self._last_report()
         self._closed = True
         if self._streams is not None:
             await self._streams.aclose()
         await self._drop_conn()
         self._core.close()
+
+    def _last_report(self) -> None:
+        """Tell the coordinator this client is done (its counters stay in the host's)."""
+        conn = self._conn_obj
+        reporter = self._core.reporter
+        if conn is not None and conn.alive and reporter.enabled:
+            payload = reporter.payload(closing=True)
+            if payload is not None:
+                with contextlib.suppress(OSError, CoordinatorUnavailable):
+                    conn.send([Op.REPORT, 0, payload])
 
     async def __aenter__(self) -> AsyncClient:
         return self

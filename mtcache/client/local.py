@@ -740,9 +740,10 @@ class LocalClient(_LocalTwin, Client):
         """Drop every value of this client."""
         self._store.clear()
 
-    def stats(self) -> Stats:
+    def stats(self, *, workers: bool = False) -> Stats:
         """``near_hits``/``near_misses`` (every lookup), ``computes``, ``local_coalesced``,
-        ``stale_served``, ``fail_safe_activations``; the other counters stay 0."""
+        ``stale_served``, ``fail_safe_activations``; the other counters, and the host-wide
+        ``fleet`` (there is no host here), stay 0. ``workers`` is accepted and changes nothing."""
         return self._store.stats()
 
     def health(self) -> Health:
@@ -921,7 +922,7 @@ class AsyncLocalClient(_LocalTwin, AsyncClient):
         """See :meth:`LocalClient.clear`."""
         self._store.clear()
 
-    async def stats(self) -> Stats:
+    async def stats(self, *, workers: bool = False) -> Stats:
         """See :meth:`LocalClient.stats`."""
         return self._store.stats()
 

@@ -9,11 +9,13 @@ import logging
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mtcache.errors import CacheTimeout, CoordinatorUnavailable, ProtocolError
+from mtcache.fleet import REPORT_INTERVAL
 from mtcache.protocol import FrameDecoder, Op, Status, check_reply, encode_frame
 from mtcache.stats import Health, Stats
 from mtcache.strategies import CacheStrategy
@@ -84,7 +86,8 @@ T = TypeVar("T")
 
 
 class _Conn:
-    """One blocking connection to the coordinator (used by one thread)."""
+    """One blocking connection to the coordinator (used by one thread; the report timer
+    borrows it while that thread does not use it, see :func:`_report_timer`)."""
 
     def __init__(self, path: str, timeout: float) -> None:
         _trust.check_socket_dir(path)  # the socket's folder is this user's alone (FileNotFoundError: missing)
@@ -100,8 +103,14 @@ class _Conn:
         self.decoder = FrameDecoder()
         self.rid = 0
         self.ready: list[list[Any]] = []
+        #: held while a request or a send uses the connection
+        self.lock = threading.Lock()
 
     def send(self, msg: list[Any]) -> int:
+        with self.lock:
+            return self._send(msg)
+
+    def _send(self, msg: list[Any]) -> int:
         self.rid += 1
         rid = msg[1] = self.rid
         self.sock.sendall(encode_frame(msg))
@@ -110,9 +119,13 @@ class _Conn:
     def request(self, msg: list[Any], timeout: float, stalled: Callable[[], bool]) -> list[Any]:
         """Send ``msg`` and return its reply; give up after ``timeout`` seconds, or as soon as
         ``stalled()`` says the coordinator stopped beating (checked every WAIT_SLICE)."""
+        with self.lock:
+            return self._request(msg, timeout, stalled)
+
+    def _request(self, msg: list[Any], timeout: float, stalled: Callable[[], bool]) -> list[Any]:
         deadline = time.monotonic() + timeout
         self.sock.settimeout(timeout)
-        rid = self.send(msg)
+        rid = self._send(msg)
         while True:
             while self.ready:
                 reply = self.ready.pop(0)
@@ -136,6 +149,20 @@ class _Conn:
         self.sock.close()
 
 
+def _report_timer(ref: weakref.ReferenceType[Client], stop: threading.Event) -> None:
+    """Once per report interval, until the client is closed or collected: send its report
+    if it is due (no request carried one) on one of its connections that no thread uses."""
+    while not stop.wait(REPORT_INTERVAL):
+        client = ref()
+        if client is None or client._closed:
+            return
+        try:
+            client._report_idle()
+        except Exception as exc:  # statistics never take a worker down
+            log.debug("mtcache: a report failed: %s", exc)
+        del client
+
+
 class Client(ClientBase):
     """A worker's handle on the host's coordinator. Thread-safe and fork-safe.
     Parameters: see :class:`~mtcache.client._core.ClientBase`.
@@ -153,6 +180,7 @@ class Client(ClientBase):
         self._lock = threading.Lock()
         self._flights: dict[str, concurrent.futures.Future[Any]] = {}
         self._streams: Streams | None = None
+        self._report_stop: threading.Event | None = None
 
     # -- plumbing -----------------------------------------------------------
 
@@ -166,6 +194,7 @@ class Client(ClientBase):
             self._local = threading.local()
             self._lock = threading.Lock()
             self._flights = {}
+            self._report_stop = None  # the parent's timer thread is not in this process
 
     def _conn(self) -> _Conn:
         conn: _Conn | None = getattr(self._local, "conn", None)
@@ -189,7 +218,30 @@ class Client(ClientBase):
         self._local.conn = conn
         with self._lock:
             self._conns.add(conn)
+            if self._report_stop is None and core.reporter.enabled:
+                self._report_stop = stop = threading.Event()
+                threading.Thread(target=_report_timer, args=(weakref.ref(self), stop), name="mtcache-report",
+                                 daemon=True).start()
         return conn
+
+    def _report_idle(self) -> None:
+        """The timer's report: sent on a connection no thread is using, if one is due."""
+        core = self._core
+        if not core.reporter.due() or core.backing_off() or core.stalled():
+            return
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            if conn.lock.acquire(blocking=False):
+                try:
+                    payload = core.reporter.payload()
+                    if payload is not None:
+                        conn._send([Op.REPORT, 0, payload])
+                except OSError:
+                    pass  # the thread that owns the connection finds out on its next request
+                finally:
+                    conn.lock.release()
+                return
 
     def _drop_conn(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -219,11 +271,25 @@ class Client(ClientBase):
         except (OSError, ProtocolError) as exc:
             core.unavailable(exc)
             return None
+        reporter = core.reporter
+        if reporter.due():
+            payload = reporter.payload()
+            if payload is not None:
+                try:
+                    conn.send([Op.REPORT, 0, payload])
+                except OSError as exc:
+                    self._drop_conn()
+                    core.unavailable(exc)
+                    return None
+        reporter.requests += 1
         try:
             if not reply:
                 conn.send([op, 0, *args])
                 return None
+            started = time.perf_counter_ns()
             answer = check_reply(op, conn.request([op, 0, *args], timeout or core.request_timeout, core.stalled))
+            if op not in _core.WAITS:
+                reporter.roundtrip.record_ns(time.perf_counter_ns() - started)
         except (OSError, ProtocolError) as exc:
             self._drop_conn()
             if not self._closed:  # a request cut short by close() (work in the background) is no fault
@@ -529,7 +595,10 @@ class Client(ClientBase):
                 return stop.value
             if isinstance(step, Compute):
                 assert fn is not None
+                started = time.perf_counter_ns()
                 sent = self._compute(step, fn)
+                if not isinstance(sent, _Later):
+                    self._core.reporter.compute.record_ns(time.perf_counter_ns() - started)
                 if isinstance(sent, _Later):
                     # past the soft timeout: the caller takes the stale value now, and the
                     # computation's end (its fill) is carried out in the background
@@ -578,11 +647,17 @@ class Client(ClientBase):
         self._near.clear()
         self._request(Op.CLEAR)
 
-    def stats(self) -> Stats:
-        """Counters of this client and of its coordinator."""
+    def stats(self, *, workers: bool = False) -> Stats:
+        """Counters of this client and of its coordinator, and the whole host's (``fleet``:
+        every worker's near and mirror reads, this client's as of now); with ``workers``, each
+        reporting worker's too (``fleet.per_worker``)."""
         self._check_fork()
-        reply = self._request(Op.STATS, timeout=self._core.read_timeout)
-        return self._core.stats(reply[2] if isinstance(reply, list) else None)
+        core = self._core
+        if workers and not core.hello_info:
+            self._request(Op.PING, timeout=core.read_timeout)  # connect: the options depend on the hello
+        core.reporter.hurry()
+        reply = self._request(Op.STATS, *core.stats_options(workers), timeout=core.read_timeout)
+        return core.stats(reply[2] if isinstance(reply, list) else None)
 
     def health(self) -> Health:
         """Whether the coordinator and Redis answer; ``mode`` is ``"degraded"`` if not."""
@@ -663,6 +738,9 @@ class Client(ClientBase):
 
     def close(self) -> None:
         """Close every connection of this client. Safe to call twice."""
+        if not self._closed and self._report_stop is not None:
+            self._report_stop.set()
+            self._last_report()
         self._closed = True
         if self._streams is not None:
             self._streams.close()
@@ -672,6 +750,16 @@ class Client(ClientBase):
             with contextlib.suppress(OSError):
                 conn.close()
         self._core.close()
+
+    def _last_report(self) -> None:
+        """Tell the coordinator this client is done (its counters stay in the host's), on this
+        thread's connection if it has one."""
+        conn: _Conn | None = getattr(self._local, "conn", None)
+        reporter = self._core.reporter
+        payload = reporter.payload(closing=True) if conn is not None and reporter.enabled else None
+        if conn is not None and payload is not None:
+            with contextlib.suppress(OSError):
+                conn.send([Op.REPORT, 0, payload])
 
     def __enter__(self) -> Client:
         return self

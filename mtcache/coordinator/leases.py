@@ -271,6 +271,10 @@ class LeaseRegistry:
             if self._on_end is not None:
                 self._on_end(lease.key)
 
+    def waiting(self) -> int:
+        """Callers waiting now for a lease held by another."""
+        return sum(1 for lease in self._leases.values() for _, fut in lease.waiters if not fut.done())
+
     def stats(self) -> LeaseStats:
         """A snapshot of the counters."""
         return LeaseStats(self._granted, self._coalesced, self._handovers, self._expired, len(self._leases),

@@ -31,8 +31,11 @@ from typing import Any, cast
 from mtcache.config import Settings
 from mtcache.coordinator import ops
 from mtcache.coordinator.cache import CacheEngine
+from mtcache.coordinator.exports import MetricsExports
 from mtcache.coordinator.l2 import L2Tier
+from mtcache.coordinator.metrics import CoordinatorMetrics
 from mtcache.errors import ProtocolError
+from mtcache.histogram import LatencyHistogram
 from mtcache.mirror import MirrorWriter
 from mtcache.protocol import (
     INSPECT,
@@ -53,7 +56,7 @@ log = logging.getLogger("mtcache.coordinator")
 _PEERCRED = struct.Struct("3i")
 SWEEP_INTERVAL = 0.25
 _TSO_MACHINES = ("x86_64", "amd64", "i386", "i686")
-_INSPECT_OPS = (Op.STATS, Op.HEALTH, Op.PING)
+_INSPECT_OPS = (Op.STATS, Op.HEALTH, Op.PING, Op.REPORT)
 
 
 def _process_running(pid: int) -> bool:
@@ -335,18 +338,25 @@ class _Connection(asyncio.Protocol):
         if self.inspect_only and op not in _INSPECT_OPS:
             raise ProtocolError(f"op {op} is not allowed on an inspecting connection")
         engine = self.engine
+        metrics = self.server.metrics
         if op == Op.GET:
+            started = time.perf_counter_ns()
+            metrics.hot.add(args[0])
             reply = engine.get_l1(args[0])
             if reply is not None:
                 self._send(rid, reply)
+                metrics.latency["l1"].record_ns(time.perf_counter_ns() - started)
             else:
-                self._spawn(rid, engine.get_miss(args[0]))
+                self._spawn(rid, engine.get_miss(args[0]), timed=(metrics.latency["l2"], started))
         elif op == Op.LEASE:
+            started = time.perf_counter_ns()
+            metrics.hot.add(args[0])
             reply = engine.get_l1(args[0])
             if reply is not None:
                 self._send(rid, reply)
+                metrics.latency["l1"].record_ns(time.perf_counter_ns() - started)
             else:
-                self._spawn(rid, engine.lease_miss(self, *args))
+                self._spawn(rid, engine.lease_miss(self, *args), timed=(metrics.latency["lease"], started))
         elif op == Op.SET:
             self._spawn(rid, engine.set(*args), write=True)
         elif op == Op.SET_BEHIND:
@@ -380,7 +390,11 @@ class _Connection(asyncio.Protocol):
         elif op == Op.INVALIDATE_TAGS:
             self._spawn(rid, engine.invalidate_tags(args[0]), write=True)
         elif op == Op.STATS:
-            self._send(rid, [Status.OK, self.server.stats()])
+            options = args[0] if args else {}
+            self._send(rid, [Status.OK, self.server.stats(workers=options.get("workers") is True)])
+        elif op == Op.REPORT:
+            if not self.inspect_only:  # the command-line tools are not workers
+                metrics.report(self.peer_pid, args)
         elif op == Op.HEALTH:
             self._send(rid, [Status.OK, {**engine.health(), "log": self.server.log}])
         elif op == Op.PING:
@@ -405,13 +419,17 @@ class _Connection(asyncio.Protocol):
         self.decoder.max_frame = MAX_FRAME
         self._send(rid, [Status.OK, self.server.hello_info()])
 
-    def _spawn(self, rid: int, coro: Any, *, write: bool = False) -> None:
+    def _spawn(self, rid: int, coro: Any, *, write: bool = False,
+               timed: tuple[LatencyHistogram, int] | None = None) -> None:
         # a write that reached the coordinator completes (or reaches the backlog) whatever
         # happens to its connection: it is held by the server, not cancelled with the
         # connection's reads and lease waits. Either counts against this connection's
-        # MAX_TASKS_PER_CONNECTION until it finishes.
+        # MAX_TASKS_PER_CONNECTION until it finishes. ``timed``: the histogram that times
+        # the request (a write: "write"), and when it began (perf_counter_ns).
         tasks = self.server.writes if write else self.tasks
-        task = asyncio.get_running_loop().create_task(self._run(rid, coro))
+        if write and timed is None:
+            timed = (self.server.metrics.latency["write"], time.perf_counter_ns())
+        task = asyncio.get_running_loop().create_task(self._run(rid, coro, timed))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         self.inflight += 1
@@ -419,7 +437,7 @@ class _Connection(asyncio.Protocol):
             self.held = True
         task.add_done_callback(self._task_done)
 
-    async def _run(self, rid: int, coro: Any) -> None:
+    async def _run(self, rid: int, coro: Any, timed: tuple[LatencyHistogram, int] | None) -> None:
         try:
             reply = await coro
         except asyncio.CancelledError:
@@ -428,6 +446,8 @@ class _Connection(asyncio.Protocol):
             log.exception("request %d failed", rid)
             reply = [Status.ERROR, "internal", f"{type(exc).__name__}: {exc}"]
         self._send(rid, reply)
+        if timed is not None:
+            timed[0].record_ns(time.perf_counter_ns() - timed[1])
 
 
 class Coordinator:
@@ -437,10 +457,13 @@ class Coordinator:
     With ``idle_exit`` > 0 it stops by itself (as on SIGTERM) once it has had no
     connection, no write in flight and no write waiting for Redis for that many
     seconds: what a coordinator that a client started does, so that it does not
-    outlive the script that needed it.
+    outlive the script that needed it. ``metrics_address`` (host, port): serve
+    ``/metrics`` for Prometheus there; ``otel``: register the same metrics as
+    OpenTelemetry instruments on the global meter provider.
     """
 
-    def __init__(self, settings: Settings, *, use_redis: bool = True, idle_exit: float = 0.0) -> None:
+    def __init__(self, settings: Settings, *, use_redis: bool = True, idle_exit: float = 0.0,
+                 metrics_address: tuple[str, int] | None = None, otel: bool = False) -> None:
         if not isinstance(idle_exit, (int, float)) or isinstance(idle_exit, bool) or not 0 <= idle_exit < float("inf"):
             raise ValueError(f"idle_exit must be a non-negative number of seconds (0: never), got {idle_exit!r}")
         self.settings = settings
@@ -448,12 +471,15 @@ class Coordinator:
         self.idle_exit = float(idle_exit)
         #: since when (CLOCK_MONOTONIC) nothing kept this coordinator busy (see idle_exit)
         self._idle_since = 0.0
+        self.exports = MetricsExports(metrics_address, otel)
         self.socket_path = Path(settings.socket_path)
         self.connections: set[_Connection] = set()
         #: writes in flight (see _Connection._spawn)
         self.writes: set[asyncio.Task[None]] = set()
         self.counters = dict.fromkeys(("refused", "protocol_errors", "socket_recreated", "write_pauses",
                                        "slow_consumers_closed", "stalled_frames_closed"), 0)
+        #: latency histograms, hot keys, the workers' reports (see metrics.py)
+        self.metrics = CoordinatorMetrics()
         self._socket_id: tuple[int, int] = (0, 0)
         self.table: VersionTable | None = None
         self.mirror: MirrorWriter | None = None
@@ -465,6 +491,7 @@ class Coordinator:
         self._closed = False
         #: where this coordinator logs (see log_destination)
         self.log = log_destination()
+        self._started = time.monotonic()
 
     def hello_info(self) -> dict[str, Any]:
         """What a worker learns in the hello."""
@@ -477,11 +504,20 @@ class Coordinator:
             "generation": self.table.generation,
             "mirror": self.mirror.path if self.mirror is not None else None,
             "mirror_generation": self.mirror.generation if self.mirror is not None else 0,
+            "reports": True,
         }
 
-    def stats(self) -> dict[str, Any]:
-        """Engine counters plus connection counters."""
-        return {**self.engine.stats(), **self.counters, "connections": len(self.connections)}
+    def stats(self, *, workers: bool = False) -> dict[str, Any]:
+        """Engine counters plus connection counters, the state of Redis, the writes in flight
+        and the lease waiters, and the metrics collector's snapshot (with each reporting
+        worker's counters if ``workers``)."""
+        engine = self.engine
+        return {
+            **engine.stats(), **self.counters, "connections": len(self.connections),
+            "redis": engine.redis_state, "writes_in_flight": len(self.writes),
+            "lease_waiters": engine.leases.waiting(), "uptime": time.monotonic() - self._started,
+            **self.metrics.snapshot(workers=workers),
+        }
 
     def _take_lock(self) -> None:
         folder = self.socket_path.parent
@@ -504,6 +540,7 @@ class Coordinator:
         (mode 0600 in a 0700 folder) and start serving.
 
         :raises AlreadyRunning: another coordinator serves this socket.
+        :raises mtcache.coordinator.exports.MetricsUnavailable: a metrics export cannot start.
         """
         self._take_lock()
         assert self._lock_fd is not None
@@ -519,6 +556,7 @@ class Coordinator:
         self.engine = CacheEngine(self.settings, self.table, l2, self.mirror)
         self.engine.holder_alive = _holder_alive
         await self.engine.start()
+        self.exports.start(self.stats, self.settings.namespace)  # before serving: it may refuse to start
         self._server = await self._listen()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         self._idle_since = time.monotonic()
@@ -590,6 +628,7 @@ class Coordinator:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)  # periodic expiry sweep, not synchronisation
             self.engine.sweep()
+            self.metrics.tick()
             if self.idle_exit and self.idle_for(time.monotonic()) >= self.idle_exit:
                 log.info("no client for %g s: exiting (idle exit; MTCACHE_IDLE_EXIT or --idle-exit, 0: never)",
                          self.idle_exit)
@@ -606,6 +645,7 @@ class Coordinator:
         if self._closed:
             return
         self._closed = True
+        await self.exports.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._server is not None:
