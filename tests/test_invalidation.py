@@ -79,10 +79,10 @@ class ReaderCut:
 
     def __init__(self, engine: CacheEngine, monkeypatch: pytest.MonkeyPatch) -> None:
         self.healed = False
-        reader = _reader(engine)._reader
-        for name in ("xread", "xrange", "xrevrange"):
-            original = getattr(reader, name)
-            monkeypatch.setattr(reader, name, self._cut(original))
+        stream = _reader(engine)
+        monkeypatch.setattr(stream, "_xread", self._cut(stream._xread))  # the blocking reads
+        for name in ("xrange", "xrevrange"):  # the resume checks
+            monkeypatch.setattr(stream._reader, name, self._cut(getattr(stream._reader, name)))
 
     def _cut(self, original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def call(*args: Any, **kwargs: Any) -> Any:
@@ -257,3 +257,20 @@ async def test_an_evicting_redis_is_reported_in_health(
     assert any("volatile" in warning for warning in health["warnings"])
     assert "allkeys-lru" in caplog.text
     assert isinstance(health["clock_skew_ms"], float)
+
+
+async def test_an_idle_reader_keeps_its_connection_across_empty_blocks(
+    make_engine: MakeEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An empty block (XREAD's nil reply) is 'nothing came', not a lost Redis: the reader reads on, on
+    the same connection, and neither resyncs nor logs a loss."""
+    a = await make_engine()
+    reader = _reader(a)
+    conn = reader._conn
+    heard = reader.last_ok
+    await _until(lambda: reader.last_ok > heard, "a first empty block to return")
+    heard = reader.last_ok
+    await _until(lambda: reader.last_ok > heard, "a second empty block to return")
+    assert reader.connected and reader._conn is conn and conn is not None
+    assert "lost Redis" not in caplog.text
+    assert a.health()["stream_reader"] == "connected"

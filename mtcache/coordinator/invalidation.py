@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import time
@@ -42,9 +43,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mtcache.coordinator.l2 import PUBLISH_LUA, pack_commands
+from mtcache.coordinator.l2 import PUBLISH_LUA, _deadline, pack_commands
 
 __all__ = ["InvalidationStream", "new_origin"]
 
@@ -224,25 +224,25 @@ class InvalidationStream:
 
     async def _xread(self) -> Any:
         """One blocking ``XREAD`` after the last entry read: its raw reply (None: nothing came within the block
-        time). Every entry of this host's own writes wakes the reader, so this is on the path of
-        every write: it goes straight to a connection of its own, without redis-py's per-command machinery
-        (which cost several times the round trip's own CPU), bounded by the socket timeout."""
+        time). Every entry of this host's own writes wakes the reader, so this is on the path of every write:
+        it goes straight to a connection of its own, without redis-py's per-command machinery (which cost
+        several times the round trip's own CPU). A reply that does not come within the block time plus the
+        Redis timeout raises TimeoutError and closes the connection (a reply read later would be out of step).
+        """
         conn = self._conn
         if conn is None:
             pool = self._reader.connection_pool
             conn = self._conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
-        bound = self._read_bound
         try:
-            await conn.send_packed_command(pack_commands(
-                [("XREAD", "COUNT", BATCH, "BLOCK", self.block_ms, "STREAMS", self.stream, self.last_id or "0-0")]),
-                check_health=False)
-            reply = await conn.read_response(timeout=bound)
-            if reply is None:
-                raise RedisTimeoutError(f"no reply to a blocking read within {bound:g} s")
+            async with _deadline(self._read_bound):
+                await conn.send_packed_command(pack_commands(
+                    [("XREAD", "COUNT", BATCH, "BLOCK", self.block_ms, "STREAMS", self.stream,
+                      self.last_id or "0-0")]), check_health=False)
+                # no per-read timeout: redis-py answers None for one, as Redis does for an empty block
+                return await conn.read_response(timeout=math.inf)
         except BaseException:
             await self._drop_conn()
             raise
-        return reply
 
     async def _drop_conn(self) -> None:
         """Close the blocking reads' connection (its next use opens a new one)."""
