@@ -36,7 +36,9 @@ def _coordinator_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", help="cache namespace (env MTCACHE_NAMESPACE; default 'default')")
     p.add_argument("--l1-capacity", type=int, help="L1 entries (default 2000)")
     p.add_argument("--l1-max-bytes", type=int, help="L1 bytes (default 64 MiB)")
-    p.add_argument("--l1-shm-bytes", type=int, help="size of the shared-memory L1 mirror (default 64 MiB; 0: none)")
+    p.add_argument("--l1-shm-bytes", type=int,
+                   help="most the shared-memory L1 mirror may grow to (default: twice --l1-max-bytes and its buckets; "
+                        "0: none)")
     p.add_argument("--l1-ttl", type=float, help="longest L1 lifetime in seconds (default 300)")
     p.add_argument("--lease-ttl", type=float, help="lease timeout in seconds (default 30)")
     p.add_argument("--no-redis", action="store_true", help="serve L1 only, without Redis")
