@@ -219,16 +219,17 @@ def _notes(r: dict[str, Any]) -> str:
     w2, w3 = r["w2"], r["w3"]
     m2, redis2 = w2.get(BASE), w2.get("redis-py")
     if _ok(w1) and "local_hit_ratio" in w1:
-        notes.append(f"W1: {100 * w1['local_hit_ratio']:.0f} % of mtcache's reads were near-cache hits (1,024 "
-                     f"entries per worker by default) and {100 * w1.get('mirror_hit_ratio', 0):.0f} % were read from "
-                     "the shared-memory L1 mirror (a copy and a decode: that is its p90/p99).")
+        notes.append(f"W1: {100 * w1['local_hit_ratio']:.0f} % of mtcache's reads were near-cache hits (up to "
+                     "128 MiB / 65,536 entries per worker by default) and "
+                     f"{100 * w1.get('mirror_hit_ratio', 0):.0f} % were read from the shared-memory L1 mirror (a copy "
+                     "and a decode: that is its p90/p99).")
     for size in (SMALL, LARGE):
         mine, theirs = r["w1"].get(BASE, {}).get(str(size)), r["w1"].get("cashews", {}).get(str(size))
         if _ok(mine) and _ok(theirs) and theirs["ops_per_s"] > mine["ops_per_s"]:
             notes.append(f"W1 ({size:,} B): cashews read faster than mtcache ({_num(theirs['ops_per_s'])} against "
                          f"{_num(mine['ops_per_s'])} ops/s): its per-process cache holds 10,000 entries by default, "
-                         "every key here, and returns the object it holds, while mtcache's near cache holds 1,024 "
-                         "and copies and decodes the others from the mirror.")
+                         "every key here, and returns the object it holds, while mtcache copies and decodes what its "
+                         "near cache does not hold from the mirror.")
     if _ok(m2) and _ok(redis2) and m2["write_p50_us"] > 2 * redis2["write_p50_us"]:
         notes.append(f"W2: mtcache's set/delete p50 is {_us(m2['write_p50_us'])} µs against redis-py's "
                      f"{_us(redis2['write_p50_us'])} µs: a write makes two hops and waits for both "
