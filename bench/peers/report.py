@@ -261,8 +261,8 @@ def _notes(r: dict[str, Any]) -> str:
     m4 = r["w4"].get(BASE)
     if _ok(m4) and m4["shm_reserved"] > 2**20:
         notes.append(f"W4: {_mib(m4['shm_reserved'])} MiB of mtcache's total memory is shared memory the coordinator "
-                     "reserves up front, mostly the L1 mirror (`--l1-shm-bytes`, sized here for W1's 10 KiB working "
-                     "set; 64 MiB by default); its PSS counts only the pages touched so far.")
+                     "reserved: its version table, and the L1 mirror's buckets and the part of its arena that holds "
+                     "entries (the arena is reserved as it fills, up to `--l1-shm-bytes`).")
     a3 = w3.get("aiocache")
     if _ok(a3) and a3["computes_mean"] > 1:
         notes.append(f"W3: aiocache computed each key {a3['computes_mean']:.0f} times although `cached_stampede` "
@@ -358,9 +358,9 @@ shared array. Ideal: 1 compute per key. Latency is per `get_or_compute` call.
 beforehand through the cache, an eighth by each worker). RSS from `/proc/<pid>/status` (VmRSS), PSS from
 `/proc/<pid>/smaps` (shared pages divided among the processes that map them, so PSS sums honestly).
 "idle" is after each worker connected, before any value was written. "/dev/shm reserved": the allocated size of
-the shared-memory files the processes map (mtcache's version table and L1 mirror, reserved up front), which is
-memory whether touched or not. **total memory** = the PSS of all the processes outside `/dev/shm` + that reserved
-size (counted once). MiB throughout.
+the shared-memory files the processes map (mtcache's version table and L1 mirror, whose arena is reserved as
+it fills), which is memory whether touched or not. **total memory** = the PSS of all the processes outside
+`/dev/shm` + that reserved size (counted once). MiB throughout.
 
 {_w4(r)}
 
