@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mtcache import Client
-from mtcache.client.near import FREE_ENTRIES, NearCache
+from mtcache.client.near import NearCache
 from mtcache.shm import VersionTable
 
 
@@ -114,49 +114,3 @@ def test_bad_bounds_are_a_value_error_naming_them(kwargs: dict[str, object], nam
     with pytest.raises(ValueError, match=name):
         Client(local=True, **kwargs)  # type: ignore[arg-type]
 
-
-def fill_freely(cache: NearCache, table: VersionTable) -> None:
-    for i in range(FREE_ENTRIES):
-        put(cache, table, f"free{i}", 10)
-    assert len(cache) == FREE_ENTRIES
-
-
-def test_below_the_free_size_every_value_is_held(table: VersionTable) -> None:
-    cache = near(table, capacity=4 * FREE_ENTRIES, max_bytes=1 << 30)
-    fill_freely(cache, table)
-    assert held(cache, *(f"free{i}" for i in range(FREE_ENTRIES))) == [f"free{i}" for i in range(FREE_ENTRIES)]
-
-
-def test_past_the_free_size_a_key_is_held_from_its_second_read(table: VersionTable) -> None:
-    cache = near(table, capacity=4 * FREE_ENTRIES, max_bytes=1 << 30)
-    fill_freely(cache, table)
-    put(cache, table, "once", 10)
-    assert held(cache, "once") == [] and len(cache) == FREE_ENTRIES
-    put(cache, table, "once", 10)
-    assert held(cache, "once") == ["once"]
-    # a held key's new value (a write moved its version) is held at once
-    table.bump_key("free3")
-    assert held(cache, "free3") == []
-    put(cache, table, "free0", 20)
-    assert held(cache, "free0") == ["free0"]
-
-
-def test_a_key_read_again_after_its_copy_was_replaced_is_held_at_once(table: VersionTable) -> None:
-    cache = near(table, capacity=4 * FREE_ENTRIES, max_bytes=1 << 30)
-    fill_freely(cache, table)
-    put(cache, table, "hot", 10)
-    put(cache, table, "hot", 10)
-    table.bump_key("hot")  # another worker wrote it: the copy goes
-    assert held(cache, "hot") == []
-    put(cache, table, "hot", 10)  # the doorkeeper still knows it
-    assert held(cache, "hot") == ["hot"]
-
-
-def test_the_doorkeeper_forgets_once_it_has_seen_capacity_keys(table: VersionTable) -> None:
-    cache = near(table, capacity=FREE_ENTRIES + 10, max_bytes=1 << 30)
-    fill_freely(cache, table)
-    put(cache, table, "early", 10)
-    for i in range(FREE_ENTRIES + 10):  # as many new keys as the capacity: the doorkeeper is full
-        put(cache, table, f"other{i}", 10)
-    put(cache, table, "early", 10)
-    assert held(cache, "early") == []  # forgotten: this is its first read again

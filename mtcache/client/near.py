@@ -22,13 +22,9 @@ from typing import Any
 
 from mtcache.shm import LIVENESS_MS, VersionTable
 
-__all__ = ["FREE_ENTRIES", "NearCache"]
+__all__ = ["NearCache"]
 
 _MISSING = object()
-
-#: A near cache holding fewer entries than this keeps every value it is handed; past it, a key's value
-#: is kept from its second read on (see :class:`NearCache`).
-FREE_ENTRIES = 1024
 
 
 class NearCache:
@@ -38,13 +34,6 @@ class NearCache:
     the bytes the client received, whatever the decoded object costs), and by entries,
     ``capacity``; the least recently used copies go first until both bounds hold, and a
     value larger than ``max_bytes`` alone is not held.
-
-    Admission: once it holds :data:`FREE_ENTRIES` copies, a key it does not hold is
-    kept only if it was handed to :meth:`put` before, within the last ``capacity``
-    new keys (a doorkeeper of key hashes, forgotten all at once when it is full). A
-    value read once stays in the shared tiers (L1 and its mirror) rather than in every
-    worker: eight workers that each read a working set once do not each keep a
-    decoded copy of it, while keys read again are held from their second read on.
 
     A copy is served while its counter is unchanged, its coordinator beats, and it is
     younger than its expiry (its TTL capped by the max age). A copy whose counter moved
@@ -83,7 +72,6 @@ class NearCache:
         self._lock = threading.Lock()
         self._data: OrderedDict[str, tuple[Any, int, int, float, int, float]] = OrderedDict()
         self._bytes = 0
-        self._seen: set[int] = set()  # the doorkeeper: hashes of keys handed over and not held
         self.table: VersionTable | None = None
         self.hits = 0
         self.misses = 0
@@ -147,7 +135,7 @@ class NearCache:
     def put(self, key: str, value: Any, encoded: bytes, version: int, ttl: float) -> None:
         """Hold ``value`` (``encoded`` is its encoding, for size and copy-on-read),
         valid while ``key``'s counter equals ``version`` and for at most ``ttl``
-        seconds (and the max age), if the doorkeeper admits it (see the class)."""
+        seconds (and the max age)."""
         table = self.table
         if table is None or not self.enabled:
             return
@@ -161,13 +149,6 @@ class NearCache:
             old = self._data.pop(key, None)
             if old is not None:
                 self._bytes -= old[4]
-            elif len(self._data) >= FREE_ENTRIES:
-                seen, h = self._seen, hash(key)
-                if h not in seen:
-                    if len(seen) >= self.capacity:
-                        seen.clear()
-                    seen.add(h)
-                    return
             self._data[key] = (held, table.slot(key), version, expires_at, size, now + ttl)
             self._bytes += size
             while len(self._data) > self.capacity or self._bytes > self.max_bytes:
@@ -185,7 +166,6 @@ class NearCache:
         """Forget everything."""
         with self._lock:
             self._data.clear()
-            self._seen.clear()
             self._bytes = 0
 
     def reset_after_fork(self) -> None:
@@ -193,7 +173,6 @@ class NearCache:
         thread that does not exist here) and no entries."""
         self._lock = threading.Lock()
         self._data = OrderedDict()
-        self._seen = set()
         self._bytes = 0
         self.table = None
 
