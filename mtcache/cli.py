@@ -44,7 +44,8 @@ def _coordinator_parser() -> argparse.ArgumentParser:
     p.add_argument("--l1-capacity", type=int, metavar="N", help="L1 entries (default 2000)")
     p.add_argument("--l1-max-bytes", type=int, metavar="N", help="L1 bytes (default 64 MiB)")
     p.add_argument(
-        "--l1-shm-bytes", type=int, metavar="N", help="size of the shared-memory L1 mirror (default 64 MiB; 0: none)"
+        "--l1-shm-bytes", type=int, metavar="N",
+        help="most the shared-memory L1 mirror may grow to (default: twice --l1-max-bytes and its buckets; 0: none)",
     )
     p.add_argument("--l1-ttl", type=float, metavar="SECONDS", help="longest L1 lifetime in seconds (default 300)")
     p.add_argument("--lease-ttl", type=float, metavar="SECONDS", help="lease timeout in seconds (default 30)")

@@ -123,6 +123,15 @@ class Settings:
     goes on without any connection before it exits (0: never). A coordinator
     started with ``mtcache-coordinator`` or :func:`mtcache.start_coordinator` exits
     when idle only if asked (``--idle-exit``, ``idle_exit=``).
+
+    ``l1_shm_bytes`` is the most the shared-memory L1 mirror may grow to (0: no
+    mirror; by default twice ``l1_max_bytes`` plus its buckets): its memory is what it
+    holds, reserved as it fills, not this size.
+
+    ``near_capacity`` and ``near_max_bytes`` bound each worker's near cache (the
+    client's defaults): bytes are the encoded sizes of the values it holds (plus their
+    keys), entries the secondary bound. The byte default holds a working set of
+    10,000 values of 10 KiB (about 98 MiB encoded).
     """
 
     redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
@@ -138,11 +147,14 @@ class Settings:
     lease_ttl: float = 30.0
     inval_maxlen: int = 100_000
     staleness_bound: float = 5.0
-    l1_shm_bytes: int = 64 * 1024 * 1024
+    #: -1: sized from the L1's bounds (see __post_init__)
+    l1_shm_bytes: int = -1
     lease_max: float = 300.0
     tombstone_ttl: float = 600.0
     backlog_max_bytes: int = 64 * 1024 * 1024
     idle_exit: float = 600.0
+    near_capacity: int = 65_536
+    near_max_bytes: int = 128 * 1024 * 1024
 
     # environment variable for each field; REDIS_URL is the common name
     _ENV = {
@@ -164,6 +176,8 @@ class Settings:
         "tombstone_ttl": "MTCACHE_TOMBSTONE_TTL",
         "backlog_max_bytes": "MTCACHE_BACKLOG_MAX_BYTES",
         "idle_exit": "MTCACHE_IDLE_EXIT",
+        "near_capacity": "MTCACHE_NEAR_CAPACITY",
+        "near_max_bytes": "MTCACHE_NEAR_MAX_BYTES",
     }
 
     def __post_init__(self) -> None:
@@ -185,8 +199,16 @@ class Settings:
                 f"protocol frame can carry: the frame limit (mtcache.protocol.MAX_FRAME) is {MAX_FRAME:,} bytes, "
                 f"so max_value_bytes may be at most {MAX_VALUE_LIMIT:,}"
             )
-        if not isinstance(self.l1_shm_bytes, int) or isinstance(self.l1_shm_bytes, bool) or self.l1_shm_bytes < 0:
-            raise ValueError(f"l1_shm_bytes must be a non-negative integer (0: no mirror), got {self.l1_shm_bytes!r}")
+        for name, zero in (("l1_shm_bytes", "no mirror"), ("near_capacity", "no near cache"),
+                           ("near_max_bytes", "no near cache")):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < -(name == "l1_shm_bytes"):
+                raise ValueError(f"{name} must be a non-negative integer (0: {zero}), got {value!r}")
+        if self.l1_shm_bytes == -1:
+            # room for L1's bytes twice over (the mirror's ring may hold as many dead bytes as live ones)
+            # and its buckets (4 x 64 bytes for each of up to 2 x l1_capacity sets), plus a header page;
+            # a cap, not a reservation: the mirror's memory grows with what it holds
+            object.__setattr__(self, "l1_shm_bytes", 2 * self.l1_max_bytes + 512 * self.l1_capacity + 65_536)
         for name in ("l1_ttl", "l2_ttl", "redis_timeout", "lease_ttl", "staleness_bound", "lease_max",
                      "tombstone_ttl"):
             value = getattr(self, name)

@@ -12,11 +12,12 @@ Segment
     One file in :func:`mtcache.shm.shm_dir` (``/dev/shm``), created with mode 0600
     and mapped with ``mmap``, for the reasons given in :mod:`mtcache.shm` (no
     ``multiprocessing.shared_memory``: its resource tracker unlinks the segment when
-    an attached worker exits). Its whole size is reserved at creation. Layout, all
-    integers unsigned 64-bit words::
+    an attached worker exits). The file has its full size from the start but is
+    sparse: only the header and buckets are reserved at creation, the arena as it
+    fills (see Growth). Layout, all integers unsigned 64-bit words::
 
         header   16 words: magic, layout, generation, sets, ways, bucket offset,
-                 arena offset, arena size, total size, reserved
+                 arena offset, arena size, total size, arena reserved, reserved
         buckets  sets x 4 ways x 8 words (64 bytes, one cache line each):
                  seq, tag, expiry, arena offset, key length, value length, spare x2
         arena    page-aligned; per entry the key bytes, then the value bytes
@@ -95,6 +96,22 @@ Changes from the design note, and why
       old entry), like an oversized value: once ``put`` or ``delete`` returns, no
       older value of the key is readable. ``stats`` also counts ``evicted_by_set``.
 
+Growth
+    The arena's memory is reserved (``posix_fallocate``) in steps, as the ring's head
+    first reaches past what is reserved: a step is 1 MiB or an eighth of what is
+    reserved already, whichever is more. When the head reaches the end of the
+    reserved part, the ring grows if live entries hold more than half of it, and
+    goes round again otherwise; so the arena's memory is at most about twice what
+    the mirror holds (plus a step), never more than the arena's size, and a mirror
+    that only fills (no rewrites) reserves what it holds. The reserved size is a
+    header word that only grows; the writer raises it only once the pages are
+    reserved, and readers never read past it, so no process ever touches a page
+    that is not reserved: a write into one could raise SIGBUS on a full
+    ``/dev/shm``, and a read would allocate it. A reservation that fails
+    (``/dev/shm`` full) stops the growth for good: the ring turns within what it
+    has, and an entry larger than that is not mirrored. Nothing is ever given
+    back while the mirror lives (a reader may be copying any reserved byte).
+
 What a reader survives
     Any content of the region: a torn bucket is retried, a nonsensical one is a
     miss, and ``get`` neither raises nor reads outside the arena. It returns bytes
@@ -133,13 +150,15 @@ DEFAULT_SETS = 16_384
 WAYS = 4
 MAX_ENTRY_FRACTION = 8  # an entry over arena_size // 8 is not mirrored
 MIN_ARENA = 4096
+GROW_STEP = 1 << 20  # the arena is reserved in steps of at least this many bytes (or an eighth of what it has)
 
 _MAGIC = int.from_bytes(b"MTMIRROR", "little")
-_LAYOUT = 1
+_LAYOUT = 2
 _HEADER_WORDS = 16
 _BUCKET_WORDS = 8
 # header word indices
-_H_MAGIC, _H_LAYOUT, _H_GENERATION, _H_SETS, _H_WAYS, _H_BUCKETS, _H_ARENA, _H_ARENA_SIZE, _H_TOTAL = range(9)
+(_H_MAGIC, _H_LAYOUT, _H_GENERATION, _H_SETS, _H_WAYS, _H_BUCKETS, _H_ARENA, _H_ARENA_SIZE, _H_TOTAL,
+ _H_COMMITTED) = range(10)
 # word offsets inside a bucket
 _SEQ, _TAG, _EXP, _OFF, _KLEN, _VLEN = range(6)
 _OCCUPIED = 1 << 32
@@ -158,6 +177,16 @@ def _layout(size: int, sets: int) -> tuple[int, int]:
     return arena_offset, size - arena_offset
 
 
+def _reserve(fd: int, offset: int, length: int) -> None:
+    """Allocate the file's pages in ``[offset, offset + length)`` now, so that writing them
+    later never faults (tmpfs raises SIGBUS on a write into a hole it has no room for).
+
+    :raises OSError: no room (``/dev/shm`` full).
+    """
+    if length > 0 and hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, offset, length)
+
+
 def _key_bytes(key: object) -> bytes:
     if not isinstance(key, str):
         raise TypeError(f"key must be a str, got {type(key).__name__}")
@@ -170,10 +199,11 @@ class MirrorWriter:
     Not thread-safe: call it from one thread (the coordinator's event loop).
     """
 
-    def __init__(self, path: str, mm: mmap.mmap, sets: int, generation: int, clock: Clock) -> None:
+    def __init__(self, path: str, fd: int, mm: mmap.mmap, sets: int, generation: int, clock: Clock) -> None:
         self.path = path
         self.generation = generation
         self.sets = sets
+        self._fd = fd  # kept open to reserve the arena as it grows
         self._mm = mm
         self._words = memoryview(mm).cast("Q")
         self._clock = clock
@@ -191,6 +221,9 @@ class MirrorWriter:
         self._ring: deque[tuple[int, int, int]] = deque()  # (arena offset, bucket, seq after the write)
         self._head = 0
         self._used = 0
+        # the arena's reserved prefix: the ring runs inside it, and readers never look past it
+        self._committed = 0
+        self._can_grow = True
         self._puts = self._not_mirrored = self._evicted_by_set = self._evicted_by_ring = 0
         self._closed = False
 
@@ -204,14 +237,18 @@ class MirrorWriter:
         directory: Path | str | None = None,
         clock: Clock = time.monotonic_ns,
     ) -> MirrorWriter:
-        """Create an empty mirror of ``size`` bytes with ``sets`` x 4 buckets in a new
-        file (mode 0600) in ``directory`` (default :func:`mtcache.shm.shm_dir`).
+        """Create an empty mirror of at most ``size`` bytes with ``sets`` x 4 buckets in a
+        new file (mode 0600) in ``directory`` (default :func:`mtcache.shm.shm_dir`).
         ``clock`` returns ``time.monotonic_ns()``-compatible nanoseconds.
+
+        Only the header and the buckets are reserved now; the arena is reserved as it
+        fills (see "Growth" in the module docstring), so the file's memory is what the
+        mirror holds, up to ``size``.
 
         :raises TypeError: ``size`` or ``sets`` is not an int.
         :raises ValueError: ``sets`` is not positive, or ``size`` leaves less than
             4096 bytes of arena after the header and the buckets.
-        :raises OSError: the file cannot be created, its ``size`` bytes reserved
+        :raises OSError: the file cannot be created, its header and buckets reserved
             (``/dev/shm`` full) or mapped.
         """
         for name, value in (("size", size), ("sets", sets)):
@@ -226,19 +263,17 @@ class MirrorWriter:
         path = str(folder / f"{prefix}-{os.getpid()}-{secrets.token_hex(4)}.mirror")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(fd, size)
-            if hasattr(os, "posix_fallocate"):
-                # Reserve the pages now: a full /dev/shm (Docker's default is 64 MiB) is an
-                # OSError here rather than a SIGBUS on some later write into a hole.
-                os.posix_fallocate(fd, 0, size)
+            os.ftruncate(fd, size)  # a sparse file: no memory until reserved or touched
+            # Reserve what is written at once: a full /dev/shm (Docker's default is 64 MiB) is an
+            # OSError here rather than a SIGBUS on some later write into a hole.
+            _reserve(fd, 0, arena_offset)
             mm = mmap.mmap(fd, size)
         except BaseException:
+            os.close(fd)
             os.unlink(path)
             raise
-        finally:
-            os.close(fd)
         generation = secrets.randbits(64)
-        writer = cls(path, mm, sets, generation, clock)
+        writer = cls(path, fd, mm, sets, generation, clock)
         words = writer._words
         words[_H_LAYOUT] = _LAYOUT
         words[_H_GENERATION] = generation
@@ -272,12 +307,21 @@ class MirrorWriter:
             self._not_mirrored += 1
             self._drop(key)
             return False
+        length = (len(kb) + len(value) + 7) & ~7 or 8
+        if length > self._committed and not self._grow(length):
+            self._not_mirrored += 1  # no room could be reserved for it
+            self._drop(key)
+            return False
         crc = zlib.crc32(kb)
         bucket = self._index.get(key)
         if bucket is None:
             bucket = self._free_way(crc)
-        self._write(bucket, key, kb, value, crc | _OCCUPIED, expiry)
+        self._write(bucket, key, kb, value, crc | _OCCUPIED, expiry, length)
         return True
+
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` is mirrored now (expired or not)."""
+        return key in self._index
 
     def delete(self, key: str) -> bool:
         """Stop mirroring ``key``: once this returns no reader finds it. Return
@@ -303,9 +347,11 @@ class MirrorWriter:
 
     def stats(self) -> dict[str, int]:
         """Counters: ``entries`` mirrored now, ``puts`` (every call), ``not_mirrored``
-        (oversized or already expired), ``evicted_by_set`` (a key pushed out of its
-        full set), ``evicted_by_ring`` (its arena bytes reused), ``arena_used``
-        (bytes held by live entries, 8-byte rounded) and ``arena_size``."""
+        (oversized, already expired, or no room could be reserved), ``evicted_by_set``
+        (a key pushed out of its full set), ``evicted_by_ring`` (its arena bytes reused),
+        ``arena_used`` (bytes held by live entries, 8-byte rounded), ``arena_committed``
+        (bytes of arena reserved so far: its memory) and ``arena_size`` (the most it may
+        reserve)."""
         return {
             "entries": len(self._index),
             "puts": self._puts,
@@ -313,6 +359,7 @@ class MirrorWriter:
             "evicted_by_set": self._evicted_by_set,
             "evicted_by_ring": self._evicted_by_ring,
             "arena_used": self._used,
+            "arena_committed": self._committed,
             "arena_size": self.arena_size,
         }
 
@@ -325,6 +372,7 @@ class MirrorWriter:
         self._closed = True
         self._words.release()
         self._mm.close()
+        os.close(self._fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -406,9 +454,10 @@ class MirrorWriter:
         self._tags[bucket] = 0
         self._forget(bucket)
 
-    def _write(self, bucket: int, key: str, kb: bytes, value: bytes | bytearray, tag: int, expiry: int) -> None:
+    def _write(
+        self, bucket: int, key: str, kb: bytes, value: bytes | bytearray, tag: int, expiry: int, length: int
+    ) -> None:
         klen, n = len(kb), len(kb) + len(value)
-        length = (n + 7) & ~7 or 8
         # The bytes go where no live bucket points, so the old entry stays readable until
         # the fields flip between odd and even seq. (The allocation may invalidate this
         # very bucket, if its old bytes lie where the new ones go.)
@@ -448,7 +497,9 @@ class MirrorWriter:
         """
         ring = self._ring
         head = self._head
-        if head + length > self.arena_size:
+        if head + length > self._committed and not (self._used + length > self._committed // 2
+                                                    and self._grow(head + length)):
+            # the reserved arena is at least half dead bytes, or cannot grow: go round again
             while ring and ring[0][0] >= head:
                 self._reclaim(ring.popleft(), writing)
             head = 0
@@ -457,6 +508,26 @@ class MirrorWriter:
             self._reclaim(ring.popleft(), writing)
         self._head = end
         return head
+
+    def _grow(self, needed: int) -> bool:
+        """Reserve more arena so that at least ``needed`` bytes of it are reserved: a step
+        of ``GROW_STEP`` or an eighth of what is reserved, whichever is more, within
+        ``arena_size``. Readers learn the new bound only once the pages are reserved.
+        False if ``needed`` is past ``arena_size`` or the pages cannot be reserved (then
+        the arena stays as it is from now on)."""
+        if needed > self.arena_size or not self._can_grow:
+            return False
+        page = mmap.PAGESIZE
+        target = max(needed, self._committed + max(GROW_STEP, self._committed // 8))
+        target = min(self.arena_size, -(-target // page) * page)
+        try:
+            _reserve(self._fd, self._arena_offset + self._committed, target - self._committed)
+        except OSError:
+            self._can_grow = False  # /dev/shm is full: mirror within what is reserved
+            return False
+        self._committed = target
+        self._words[_H_COMMITTED] = target
+        return True
 
     def _reclaim(self, record: tuple[int, int, int], writing: int) -> None:
         _, bucket, seq = record
@@ -495,7 +566,8 @@ class MirrorReader:
         )
         self._maps = (head, arena)
         self._views = (words, seqs, tags, expiries, offsets, klens, vlens)
-        self.entry, self._counters = _make_get(seqs, tags, expiries, offsets, klens, vlens, arena, sets, clock)
+        self.entry, self._counters = _make_get(words, seqs, tags, expiries, offsets, klens, vlens, arena, sets,
+                                               clock)
 
     def get(self, key: str) -> bytes | None:
         """The mirrored value of ``key``, or None (see the class docstring)."""
@@ -593,6 +665,7 @@ def _closed_get(path: str) -> Callable[[str], Any]:
 
 
 def _make_get(
+    header: memoryview,
     seqs: memoryview,
     tags: memoryview,
     expiries: memoryview,
@@ -607,7 +680,10 @@ def _make_get(
     counters.
 
     Each field is a strided view indexed by bucket number, so a read is one
-    subscript; everything the hit path needs lives in closure cells.
+    subscript; everything the hit path needs lives in closure cells. A read never
+    looks past the arena's reserved prefix (``header[_H_COMMITTED]``, which only
+    grows): an unreserved page of tmpfs would be allocated by the read itself, and
+    raise SIGBUS when ``/dev/shm`` is full.
     """
     hits = misses = torn = 0
     arena_size = len(arena)
@@ -632,7 +708,7 @@ def _make_get(
             start = offsets[bucket]
             vstart = start + klens[bucket]
             end = vstart + vlens[bucket]
-            if end <= arena_size:
+            if end <= arena_size and end <= header[_H_COMMITTED]:
                 same_key = arena[start:vstart] == kb
                 value = arena[vstart:end]
                 expiry = expiries[bucket]
@@ -667,7 +743,8 @@ def _make_get(
         start = offsets[bucket]
         vstart = start + klens[bucket]
         end = vstart + vlens[bucket]
-        if end <= arena_size:  # the bounds check: start and lengths are unsigned
+        # the bounds check (start and lengths are unsigned): inside the mapping and its reserved prefix
+        if end <= arena_size and end <= header[_H_COMMITTED]:
             same_key = arena[start:vstart] == kb
             value = arena[vstart:end]
             expiry = expiries[bucket]

@@ -27,6 +27,8 @@ PRIORITY_CASES = [
     ("l2_ttl", "MTCACHE_L2_TTL", 10.0, 20.0, 30.0, 3600.0),
     ("stream_maxlen", "MTCACHE_STREAM_MAXLEN", 100, 200, 300, 1_000),
     ("namespace", "MTCACHE_NAMESPACE", "explicit", "env", "dotenv", "default"),
+    ("near_max_bytes", "MTCACHE_NEAR_MAX_BYTES", 1_000, 2_000, 3_000, 128 * 1024 * 1024),
+    ("near_capacity", "MTCACHE_NEAR_CAPACITY", 10, 20, 30, 65_536),
 ]
 
 
@@ -96,6 +98,15 @@ def test_dotenv_only_from_cwd(tmp_path: Path) -> None:
     child = tmp_path / "child"
     child.mkdir()
     assert Settings.load(environ={}, cwd=child).l1_capacity == 2_000
+
+
+def test_mirror_cap_follows_the_l1_bounds_unless_given(tmp_path: Path) -> None:
+    derived = Settings.load(environ={}, cwd=tmp_path, l1_max_bytes=10_000_000, l1_capacity=1_000)
+    assert derived.l1_shm_bytes >= 2 * 10_000_000 + 4 * 64 * 1_000
+    assert Settings.load(environ={}, cwd=tmp_path, l1_shm_bytes=0).l1_shm_bytes == 0
+    assert Settings.load(environ={"MTCACHE_L1_SHM_BYTES": "12345678"}, cwd=tmp_path).l1_shm_bytes == 12_345_678
+    with pytest.raises(ValueError, match="l1_shm_bytes"):
+        Settings.load(environ={}, cwd=tmp_path, l1_shm_bytes=-2)
 
 
 def test_explicit_socket_path_wins(tmp_path: Path) -> None:
@@ -218,6 +229,8 @@ def test_unparseable_value_names_the_variable(tmp_path: Path, var: str, raw: str
         ("MTCACHE_L1_TTL", "l1_ttl", "nan"),
         ("MTCACHE_L2_TTL", "l2_ttl", "inf"),
         ("MTCACHE_NAMESPACE", "namespace", "a:b"),
+        ("MTCACHE_NEAR_MAX_BYTES", "near_max_bytes", "-1"),
+        ("MTCACHE_NEAR_CAPACITY", "near_capacity", "-1"),
     ],
 )
 def test_out_of_range_env_value_is_a_value_error_naming_the_setting(
@@ -244,6 +257,9 @@ def test_out_of_range_env_value_names_the_variable(tmp_path: Path) -> None:
         ("lease_ttl", float("inf")),
         ("redis_timeout", False),
         ("namespace", "with:colon"),
+        ("near_max_bytes", -1),
+        ("near_max_bytes", 1.5),
+        ("near_capacity", True),
     ],
 )
 def test_bad_explicit_value_names_the_setting(tmp_path: Path, name: str, value: object) -> None:

@@ -17,6 +17,7 @@ FOLDERS = ("workers", "bench", "examples")
 #: files that measure an internal part itself, not the API (and say so)
 INTERNAL_ON_PURPOSE = {
     "bench/mirror_bench.py": "measures the shared-memory mirror's reader and writer alone",
+    "bench/eviction.py": "replays traces through the coordinator's L1 store itself, beside simulated policies",
     "bench/metrics_cost.py": "measures the statistics' own parts (hot keys, histograms, report parsing) alone",
     "bench/paths.py": "times the coordinator's bare round trip (PING), the floor every call is held against",
 }

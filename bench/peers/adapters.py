@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["SyncCache", "make_sync"]
 
 #: The two-tier peer's local tier: as many entries, and as old, as mtcache's near cache by default.
-LOCAL_SIZE = 1024
+LOCAL_SIZE = 65_536
 LOCAL_TTL = 30.0
 
 
@@ -194,7 +194,7 @@ class Disk:
 
 
 class Mtcache:
-    """mtcache ``Client`` with its defaults (near cache 1,024 entries, 30 s)."""
+    """mtcache ``Client`` with its defaults (near cache 128 MiB / 65,536 entries, 30 s)."""
 
     def __init__(self, env: Env) -> None:
         from mtcache import Client

@@ -5,7 +5,7 @@ each shared page by the number of processes mapping it, so the PSS of several
 processes adds up to what they occupy together. Files in ``/dev/shm`` (tmpfs)
 are counted apart: their pages are memory as soon as they are allocated
 (mtcache's coordinator reserves its shared-memory mirror with
-``posix_fallocate``), touched or not, so a fair total is the PSS outside them
+``posix_fallocate`` as it fills), touched or not, so a fair total is the PSS outside them
 plus their allocated size, once.
 """
 

@@ -33,8 +33,8 @@ class Peer:
 PEERS: tuple[Peer, ...] = (
     Peer(
         "mtcache", False,
-        "`Client(socket, spawn=False)` with its defaults (near cache 1,024 entries / 30 s, reads the coordinator's "
-        "shared-memory L1 mirror before its socket); one coordinator (uvloop) with `--l1-capacity 20000 "
+        "`Client(socket, spawn=False)` with its defaults (near cache 128 MiB / 65,536 entries / 30 s, reads the "
+        "coordinator's shared-memory L1 mirror before its socket); one coordinator (uvloop) with `--l1-capacity 20000 "
         "--l1-max-bytes 256MiB --l1-shm-bytes 256MiB` so L1 and its mirror hold the working set; Redis as L2; msgpack",
         "`get_or_compute`: one lease per key per host (threads of a process share one request), "
         "Redis `SET NX` lease across hosts; waiters are woken by the coordinator",
@@ -56,7 +56,8 @@ PEERS: tuple[Peer, ...] = (
     ),
     Peer(
         "cachetools+redis", False,
-        "per-worker `cachetools.TTLCache(maxsize=1024, ttl=30)` (the same size and age as mtcache's near cache) "
+        "per-worker `cachetools.TTLCache(maxsize=65536, ttl=30)` (as many entries, and as old, as mtcache's near "
+        "cache) "
         "behind a `threading.Lock`, in front of redis-py as above; a write updates Redis and the writer's own "
         "TTLCache only",
         "get (local, then Redis), compute on a miss, set both: no lock",

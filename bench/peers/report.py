@@ -219,16 +219,17 @@ def _notes(r: dict[str, Any]) -> str:
     w2, w3 = r["w2"], r["w3"]
     m2, redis2 = w2.get(BASE), w2.get("redis-py")
     if _ok(w1) and "local_hit_ratio" in w1:
-        notes.append(f"W1: {100 * w1['local_hit_ratio']:.0f} % of mtcache's reads were near-cache hits (1,024 "
-                     f"entries per worker by default) and {100 * w1.get('mirror_hit_ratio', 0):.0f} % were read from "
-                     "the shared-memory L1 mirror (a copy and a decode: that is its p90/p99).")
+        notes.append(f"W1: {100 * w1['local_hit_ratio']:.0f} % of mtcache's reads were near-cache hits (up to "
+                     "128 MiB / 65,536 entries per worker by default) and "
+                     f"{100 * w1.get('mirror_hit_ratio', 0):.0f} % were read from the shared-memory L1 mirror (a copy "
+                     "and a decode: that is its p90/p99).")
     for size in (SMALL, LARGE):
         mine, theirs = r["w1"].get(BASE, {}).get(str(size)), r["w1"].get("cashews", {}).get(str(size))
         if _ok(mine) and _ok(theirs) and theirs["ops_per_s"] > mine["ops_per_s"]:
             notes.append(f"W1 ({size:,} B): cashews read faster than mtcache ({_num(theirs['ops_per_s'])} against "
                          f"{_num(mine['ops_per_s'])} ops/s): its per-process cache holds 10,000 entries by default, "
-                         "every key here, and returns the object it holds, while mtcache's near cache holds 1,024 "
-                         "and copies and decodes the others from the mirror.")
+                         "every key here, and returns the object it holds, while mtcache copies and decodes what its "
+                         "near cache does not hold from the mirror.")
     if _ok(m2) and _ok(redis2) and m2["write_p50_us"] > 2 * redis2["write_p50_us"]:
         notes.append(f"W2: mtcache's set/delete p50 is {_us(m2['write_p50_us'])} µs against redis-py's "
                      f"{_us(redis2['write_p50_us'])} µs: a write makes two hops and waits for both "
@@ -260,8 +261,8 @@ def _notes(r: dict[str, Any]) -> str:
     m4 = r["w4"].get(BASE)
     if _ok(m4) and m4["shm_reserved"] > 2**20:
         notes.append(f"W4: {_mib(m4['shm_reserved'])} MiB of mtcache's total memory is shared memory the coordinator "
-                     "reserves up front, mostly the L1 mirror (`--l1-shm-bytes`, sized here for W1's 10 KiB working "
-                     "set; 64 MiB by default); its PSS counts only the pages touched so far.")
+                     "reserved: its version table, and the L1 mirror's buckets and the part of its arena that holds "
+                     "entries (the arena is reserved as it fills, up to `--l1-shm-bytes`).")
     a3 = w3.get("aiocache")
     if _ok(a3) and a3["computes_mean"] > 1:
         notes.append(f"W3: aiocache computed each key {a3['computes_mean']:.0f} times although `cached_stampede` "
@@ -357,9 +358,9 @@ shared array. Ideal: 1 compute per key. Latency is per `get_or_compute` call.
 beforehand through the cache, an eighth by each worker). RSS from `/proc/<pid>/status` (VmRSS), PSS from
 `/proc/<pid>/smaps` (shared pages divided among the processes that map them, so PSS sums honestly).
 "idle" is after each worker connected, before any value was written. "/dev/shm reserved": the allocated size of
-the shared-memory files the processes map (mtcache's version table and L1 mirror, reserved up front), which is
-memory whether touched or not. **total memory** = the PSS of all the processes outside `/dev/shm` + that reserved
-size (counted once). MiB throughout.
+the shared-memory files the processes map (mtcache's version table and L1 mirror, whose arena is reserved as
+it fills), which is memory whether touched or not. **total memory** = the PSS of all the processes outside
+`/dev/shm` + that reserved size (counted once). MiB throughout.
 
 {_w4(r)}
 

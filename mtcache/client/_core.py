@@ -102,8 +102,8 @@ class ClientCore:
         namespace: str | None,
         redis_url: str | None,
         spawn: bool,
-        near_capacity: int,
-        near_max_bytes: int,
+        near_capacity: int | None,
+        near_max_bytes: int | None,
         near_max_age: float,
         codec: str | Codec | None,
         copy_on_read: bool,
@@ -112,14 +112,16 @@ class ClientCore:
         write_mode: str = "through",
         write_behind_max_delay: float = 0.005,
     ) -> None:
-        self.settings = Settings.load(socket_path=socket_path, namespace=namespace, redis_url=redis_url)
+        self.settings = Settings.load(socket_path=socket_path, namespace=namespace, redis_url=redis_url,
+                                      near_capacity=near_capacity, near_max_bytes=near_max_bytes)
         #: the client's defaults for get_or_compute's fail-safe and timing arguments
         self.policy = policy
         self.explicit_redis_url = redis_url
         self.spawn = spawn
         self.codec = get_codec(codec, max_bytes=self.settings.max_value_bytes)
         self.near = NearCache(
-            near_capacity, near_max_bytes, near_max_age, copy_on_read=copy_on_read, decode=self.codec.decode
+            self.settings.near_capacity, self.settings.near_max_bytes, near_max_age, copy_on_read=copy_on_read,
+            decode=self.codec.decode,
         )
         if not isinstance(request_timeout, (int, float)) or not request_timeout > 0:
             raise ValueError(f"request_timeout must be a positive number of seconds, got {request_timeout!r}")
@@ -639,9 +641,11 @@ class ClientBase:
     :param redis_url: passed to a coordinator this client starts, and used by the
         stream helpers.
     :param spawn: start a coordinator when none answers.
-    :param near_capacity: near cache entries (0 disables the near cache).
+    :param near_capacity: near cache entries, the secondary bound (default ``MTCACHE_NEAR_CAPACITY``,
+        else 65,536; 0 disables the near cache).
     :param near_max_age: seconds a near copy may be served without asking.
-    :param near_max_bytes: near cache bytes (encoded sizes).
+    :param near_max_bytes: near cache bytes: the encoded sizes of the values held, plus their keys
+        (default ``MTCACHE_NEAR_MAX_BYTES``, else 128 MiB; 0 disables the near cache).
     :param codec: ``"msgpack"`` (default), ``"json"``, ``"pickle"`` or a codec object.
     :param copy_on_read: decode a fresh copy on every near hit.
     :param request_timeout: seconds to wait for a reply (lease waits excepted).
@@ -675,9 +679,9 @@ class ClientBase:
         namespace: str | None = None,
         redis_url: str | None = None,
         spawn: bool = True,
-        near_capacity: int = 1024,
+        near_capacity: int | None = None,
         near_max_age: float = 30.0,
-        near_max_bytes: int = 16 * 1024 * 1024,
+        near_max_bytes: int | None = None,
         codec: str | Codec | None = None,
         copy_on_read: bool = False,
         request_timeout: float = 5.0,

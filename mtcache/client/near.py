@@ -30,6 +30,11 @@ _MISSING = object()
 class NearCache:
     """Thread-safe LRU of ``key -> (value, slot, version, expires_at, size, fresh_until)``.
 
+    Bounded by bytes, ``max_bytes`` (an entry's size is its encoded value plus its key:
+    the bytes the client received, whatever the decoded object costs), and by entries,
+    ``capacity``; the least recently used copies go first until both bounds hold, and a
+    value larger than ``max_bytes`` alone is not held.
+
     A copy is served while its counter is unchanged, its coordinator beats, and it is
     younger than its expiry (its TTL capped by the max age). A copy whose counter moved
     is dropped at once; one that only aged or lost its coordinator is kept (until the
@@ -42,8 +47,8 @@ class NearCache:
 
     def __init__(
         self,
-        capacity: int = 1024,
-        max_bytes: int = 16 * 1024 * 1024,
+        capacity: int = 65_536,
+        max_bytes: int = 128 * 1024 * 1024,
         max_age: float = 30.0,
         *,
         copy_on_read: bool = False,

@@ -61,12 +61,18 @@ class LocalTier:
 
     def get(self, key: str) -> Hit | None:
         """The fresh entry of ``key`` (counted as a hit or a miss), or None; its ``ttl`` is how long it
-        stays fresh."""
+        stays fresh. An entry L1 holds and the mirror lost (its arena bytes or its bucket were
+        reused) is mirrored again, so a key read through the socket is read from the mirror next."""
         store = self.store
         value = store.get(key)
         if value is None:
             return None
-        return Hit(value, self.version_of(key), store.fresh_left(key) or 0.0, store.stamp_of(key) or 0)
+        hit = Hit(value, self.version_of(key), store.fresh_left(key) or 0.0, store.stamp_of(key) or 0)
+        mirror = self.mirror
+        if mirror is not None and len(value) < mirror.max_entry and key not in mirror:
+            # the same value under the same version: no version moves, a near copy of it stays good
+            mirror.put(key, value, time.monotonic() + hit.ttl)
+        return hit
 
     def stale(self, key: str, max_age: float) -> Hit | None:
         """``key``'s entry if it is stale by at most ``max_age`` seconds (kept for fail-safe), counting
