@@ -30,7 +30,7 @@ ROOT = HERE.parent.parent
 SERVERS = ("gunicorn", "uvicorn")
 WORKERS = 4
 LABELS = {
-    "constant": "constant response (the server's ceiling)",
+    "constant": "constant quote (the server's ceiling)",
     "mtcache": "mtcache `get_or_compute`",
     "mtcache_eager": f"mtcache, `eager_refresh={EAGER_REFRESH}`",
     "redis_py": "redis-py cache-aside",
@@ -119,17 +119,16 @@ def running_server(server: str, variant: str, env: dict[str, str], log_path: Pat
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def warm_up(port: int, symbols: int, *, constant: bool) -> None:
+def warm_up(port: int, symbols: int) -> None:
     """Fetch every symbol once (8 at a time), checking each answer.
 
-    :raises RuntimeError: a symbol did not answer 200 with its own JSON quote (any quote for
-        the ``constant`` app).
+    :raises RuntimeError: a symbol did not answer 200 with a JSON quote under its name.
     """
     def one(i: int) -> None:
         symbol = f"SYM{i:03d}"
         status, body = _get(port, f"/quote/{symbol}")
         data = json.loads(body) if status == 200 else {}
-        if (data.get("symbol") != symbol and not constant) or "price" not in data.get("quote", {}):
+        if data.get("symbol") != symbol or "price" not in data.get("quote", {}):
             raise RuntimeError(f"warm-up of {symbol}: {status} {body[:200]!r}")
 
     with ThreadPoolExecutor(8) as pool:
@@ -190,7 +189,7 @@ def measure_one(wrk: str, server: str, variant: str, redis_url: str, folder: Pat
         if variant.startswith("mtcache"):
             env["HTTPBENCH_SOCKET"] = stack.enter_context(coordinator_process(redis_url)).address
         port = stack.enter_context(running_server(server, variant, env, folder / f"{server}.log"))
-        warm_up(port, args.symbols, constant=variant == "constant")
+        warm_up(port, args.symbols)
         load_before = os.getloadavg()[0]
         start = time.time()
         result = run_wrk(wrk, port, seconds=args.seconds, threads=args.threads, connections=args.connections,
@@ -271,8 +270,9 @@ def report(results: dict[str, Any]) -> str:
         f"Each variant gets a fresh server (and coordinator; Redis is flushed), then wrk "
         f"(`-t{cfg['threads']} -c{cfg['connections']} -d{cfg['seconds']:g}s --latency`, a Lua script picking "
         f"symbols by Zipf) for {cfg['seconds']:g} s; the whole set runs {cfg['rounds']} times, in alternating "
-        "order, and each ratio is taken within a round against the same round's constant-response app on the "
-        "same server (the server's own ceiling) or redis-py. Figures are means over the rounds; a range "
+        "order, and each ratio is taken within a round against the same round's constant app on the same "
+        "server (the server's own ceiling: the same endpoint and JSON encoding, a constant quote instead of "
+        "the lookup) or redis-py. Figures are means over the rounds; a range "
         "follows a ratio when the rounds differ.",
         "",
         f"Machine load (1-minute load average, {results['cpus']} CPUs) while measuring: "
@@ -332,10 +332,15 @@ def report(results: dict[str, Any]) -> str:
         f"- **source calls per key per TTL**: the service's calls during the measured time, per key and TTL "
         f"period: each key's calls are grouped into periods (one opens at a call outside an open one and lasts "
         f"{cfg['ttl']:g} s), and the calls are divided by the periods. 1.00: every expiry of a key cost one call; "
-        "more: callers computed the same key at once (no cache: one call per request).",
+        "more: callers computed the same key at once (no cache: one call per request). \"-\": no call in "
+        "the measured time (a run shorter than the TTL).",
         "- **errors**: wrk's connect/read/write/timeout errors and non-2xx answers, over all rounds.",
         "- cashews has no synchronous API; on gunicorn's sync workers it would need an event loop per "
-        "worker thread and is not something a sync app would use, so it runs on uvicorn only.",
+        "worker thread and is not something a sync app would use, so it runs on uvicorn only. It runs as "
+        "`bench/peers.py` runs it: `client_side=True` (a per-process memory tier kept coherent by Redis "
+        "tracking) and `@cache(ttl=10, lock=True)`, its stampede protection. With `lock=True` cashews takes "
+        "its Redis lock on every call, hits included (`SET cashews:lock:... NX PX` and an `EVALSHA` to release "
+        "it, seen with `redis-cli monitor`): two Redis round trips per request.",
         "",
         "## Every run",
         "",
@@ -361,6 +366,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="wrk's threads (default 2)")
     p.add_argument("--symbols", type=int, default=200, help="symbols requested (default 200)")
     p.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent of the symbols' popularity (default 1.0)")
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="only write HTTP.md again from an http.json (next to it, or into --out)")
     p.add_argument("--out", type=Path, help="folder for HTTP.md and http.json (default: bench/ for a full run, "
                    "else a temporary folder)")
     args = p.parse_args(argv)
@@ -372,6 +379,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        target = (args.out or args.render.parent) / "HTTP.md"
+        target.write_text(report(json.loads(args.render.read_text())))
+        print(f"wrote {target}")
+        return 0
     wrk = ensure_wrk()
     servers = args.server or list(SERVERS)
     variants = [v for v in VARIANTS if args.variant is None or v in args.variant or v in ("constant", "redis_py")]
@@ -390,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     loads = [x for r in runs for x in r["load_1min"]]
     results = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(), "cpus": os.cpu_count(),
-        "command": "python bench/http.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python bench/http.py", *(sys.argv[1:] if argv is None else argv)]),
         "versions": versions(LIBRARIES),
         "config": {"seconds": args.seconds, "rounds": args.rounds, "connections": args.connections,
                    "threads": args.threads, "symbols": args.symbols, "zipf": args.zipf, "ttl": TTL,
