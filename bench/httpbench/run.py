@@ -1,0 +1,417 @@
+"""The driver of ``bench/http.py``: servers, wrk, counting, the report."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench._util import coordinator_process, free_port, machine, redis_server_process, versions
+from bench.httpbench.apps import ASYNC_ONLY, EAGER_REFRESH, SERVICE_SECONDS, TTL, VARIANTS
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+SERVERS = ("gunicorn", "uvicorn")
+WORKERS = 4
+LABELS = {
+    "constant": "constant quote (the server's ceiling)",
+    "mtcache": "mtcache `get_or_compute`",
+    "mtcache_eager": f"mtcache, `eager_refresh={EAGER_REFRESH}`",
+    "redis_py": "redis-py cache-aside",
+    "cashews": "cashews (`client_side`, `lock=True`)",
+    "nocache": "no cache",
+}
+LIBRARIES = ("mtcache", "gunicorn", "uvicorn", "httptools", "uvloop", "redis", "hiredis", "cashews")
+#: what the issue asks of mtcache (ratio name, bound, "min" or "max", variants it applies to)
+TARGETS = (
+    ("rps_vs_ceiling", 0.9, "min", ("mtcache", "mtcache_eager")),
+    ("rps_vs_redis_py", 1.5, "min", ("mtcache", "mtcache_eager")),
+    ("p50_vs_ceiling", 1.15, "max", ("mtcache", "mtcache_eager")),
+    ("p99_vs_ceiling", 2.0, "max", ("mtcache_eager",)),
+)
+
+
+def ensure_wrk() -> str:
+    """wrk's path; installs the Debian package when running as root with apt-get, else exits
+    naming the command."""
+    found = shutil.which("wrk")
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("wrk is missing: apt-get install -y wrk", file=sys.stderr)
+        subprocess.run(["apt-get", "install", "-y", "wrk"], check=False)
+        found = shutil.which("wrk")
+    if found is None:
+        raise SystemExit("bench/http.py needs wrk: install it with `sudo apt-get install wrk` (Debian/Ubuntu)")
+    return found
+
+
+def server_command(server: str, port: int) -> list[str]:
+    """The command line of ``server`` with :data:`WORKERS` workers on ``port`` (run from the
+    repository root, which both servers put on ``sys.path``)."""
+    bin_dir = Path(sys.executable).parent
+    if server == "gunicorn":
+        return [str(bin_dir / "gunicorn"), "-w", str(WORKERS), "-k", "sync", "-b", f"127.0.0.1:{port}",
+                "--no-control-socket", "--log-level", "warning", "bench.httpbench.apps:wsgi_app()"]
+    if server == "uvicorn":
+        return [str(bin_dir / "uvicorn"), "--factory", "bench.httpbench.apps:asgi_app", "--workers", str(WORKERS),
+                "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+                "--no-access-log", "--log-level", "warning"]
+    raise ValueError(f"unknown server {server!r}; one of {', '.join(SERVERS)}")
+
+
+def _get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def running_server(server: str, variant: str, env: dict[str, str], log_path: Path) -> Iterator[int]:
+    """``server`` serving ``variant`` in a session of its own; yields its port once it answers,
+    stops it (and every worker) at the end."""
+    port = free_port()
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(server_command(server, port), cwd=ROOT, env={**os.environ, **env},
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{server} ({variant}) exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                status, _ = _get(port, "/quote/SYM000")
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{server} ({variant}) did not answer in 90 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # a worker its master left behind: same session, ours
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def warm_up(port: int, symbols: int) -> None:
+    """Fetch every symbol once (8 at a time), checking each answer.
+
+    :raises RuntimeError: a symbol did not answer 200 with a JSON quote under its name.
+    """
+    def one(i: int) -> None:
+        symbol = f"SYM{i:03d}"
+        status, body = _get(port, f"/quote/{symbol}")
+        data = json.loads(body) if status == 200 else {}
+        if data.get("symbol") != symbol or "price" not in data.get("quote", {}):
+            raise RuntimeError(f"warm-up of {symbol}: {status} {body[:200]!r}")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(symbols)))
+
+
+def run_wrk(wrk: str, port: int, *, seconds: float, threads: int, connections: int, symbols: int,
+            zipf: float) -> dict[str, Any]:
+    """One wrk run with the Zipf script; wrk's counts and latency percentiles (from its
+    ``--latency`` distribution) and its text output."""
+    cmd = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "--timeout", "10s",
+           "-s", str(HERE / "zipf.lua"), f"http://127.0.0.1:{port}", "--", str(symbols), f"{zipf:g}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, check=True).stdout
+    line = next((x for x in out.splitlines() if x.startswith("HTTPBENCH ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary:\n{out}")
+    result: dict[str, Any] = json.loads(line.removeprefix("HTTPBENCH "))
+    result["text"] = out.replace(line + "\n", "")
+    return result
+
+
+def source_calls(call_log: Path, start: float, end: float) -> list[tuple[str, float]]:
+    """The price service's calls that started between ``start`` and ``end`` (Unix time)."""
+    if not call_log.exists():
+        return []
+    calls = []
+    for line in call_log.read_text().splitlines():
+        symbol, at = line.split()
+        if start <= float(at) <= end:
+            calls.append((symbol, float(at)))
+    return calls
+
+
+def calls_per_key_per_period(calls: list[tuple[str, float]], ttl: float) -> float | None:
+    """Source calls per key per TTL period: each key's calls grouped into periods (a period
+    opens at a call not inside an open one and lasts ``ttl``), calls over periods. 1.00: every
+    expiry cost one call; more: callers computed the same key at once."""
+    by_key: dict[str, list[float]] = defaultdict(list)
+    for symbol, at in calls:
+        by_key[symbol].append(at)
+    periods = 0
+    for times in by_key.values():
+        opened = None
+        for at in sorted(times):
+            if opened is None or at >= opened + ttl:
+                opened, periods = at, periods + 1
+    return len(calls) / periods if periods else None
+
+
+def measure_one(wrk: str, server: str, variant: str, redis_url: str, folder: Path, args: argparse.Namespace,
+                round_no: int) -> dict[str, Any]:
+    """One variant on one server: fresh caches, warm-up, wrk, counting."""
+    with redis.Redis.from_url(redis_url) as r:
+        r.flushall()
+    call_log = folder / f"calls-{server}-{variant}-{round_no}.log"
+    with contextlib.ExitStack() as stack:
+        env = {"HTTPBENCH_VARIANT": variant, "HTTPBENCH_REDIS_URL": redis_url, "HTTPBENCH_CALL_LOG": str(call_log)}
+        if variant.startswith("mtcache"):
+            env["HTTPBENCH_SOCKET"] = stack.enter_context(coordinator_process(redis_url)).address
+        port = stack.enter_context(running_server(server, variant, env, folder / f"{server}.log"))
+        warm_up(port, args.symbols)
+        load_before = os.getloadavg()[0]
+        start = time.time()
+        result = run_wrk(wrk, port, seconds=args.seconds, threads=args.threads, connections=args.connections,
+                         symbols=args.symbols, zipf=args.zipf)
+        end = time.time()
+    calls = source_calls(call_log, start, end)
+    requests = result["requests"]
+    rps = requests / (result["duration_us"] / 1e6)
+    row = {
+        "round": round_no, "server": server, "variant": variant, "rps": rps, "requests": requests,
+        "p50_ms": result["p50_us"] / 1000, "p75_ms": result["p75_us"] / 1000, "p90_ms": result["p90_us"] / 1000,
+        "p99_ms": result["p99_us"] / 1000, "max_ms": result["max_us"] / 1000, "errors": result["errors"],
+        "source_calls": len(calls), "keys_computed": len({s for s, _ in calls}),
+        "hit_rate": None if variant == "constant" else max(0.0, 1 - len(calls) / requests) if requests else None,
+        "calls_per_key_per_ttl": calls_per_key_per_period(calls, TTL),
+        "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)], "wrk_output": result["text"],
+    }
+    print(f"  round {round_no} {server:8} {variant:13} {rps:9,.0f} RPS  p50 {row['p50_ms']:6.2f} ms  "
+          f"p99 {row['p99_ms']:7.2f} ms  calls {len(calls):6}  errors {sum(result['errors'].values())}  "
+          f"load {row['load_1min']}", flush=True)
+    return row
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per server and variant: the means over rounds, and the ratios the issue's targets use,
+    each taken within a round (against that round's ceiling and redis-py on the same server)."""
+    by = {(r["round"], r["server"], r["variant"]): r for r in runs}
+    out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for server in dict.fromkeys(r["server"] for r in runs):
+        for variant in dict.fromkeys(r["variant"] for r in runs if r["server"] == server):
+            rows = [r for r in runs if r["server"] == server and r["variant"] == variant]
+            summary: dict[str, Any] = {"rounds": len(rows)}
+            for field in ("rps", "p50_ms", "p99_ms", "hit_rate", "calls_per_key_per_ttl"):
+                values = [r[field] for r in rows if r[field] is not None]
+                summary[field] = statistics.fmean(values) if values else None
+            summary["errors"] = sum(sum(r["errors"].values()) for r in rows)
+            ratios: dict[str, list[float]] = defaultdict(list)
+            for r in rows:
+                ceiling = by.get((r["round"], server, "constant"))
+                peer = by.get((r["round"], server, "redis_py"))
+                if ceiling:
+                    ratios["rps_vs_ceiling"].append(r["rps"] / ceiling["rps"])
+                    ratios["p50_vs_ceiling"].append(r["p50_ms"] / ceiling["p50_ms"])
+                    ratios["p99_vs_ceiling"].append(r["p99_ms"] / ceiling["p99_ms"])
+                if peer:
+                    ratios["rps_vs_redis_py"].append(r["rps"] / peer["rps"])
+            summary["ratios"] = {k: {"mean": statistics.fmean(v), "min": min(v), "max": max(v)}
+                                 for k, v in ratios.items()}
+            out[server][variant] = summary
+    return dict(out)
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def _ratio(summary: dict[str, Any], name: str) -> str:
+    r = summary["ratios"].get(name)
+    if r is None:
+        return "-"
+    return f"{r['mean']:.2f}x" if len(set((round(r["min"], 2), round(r["max"], 2)))) == 1 \
+        else f"{r['mean']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
+
+
+def report(results: dict[str, Any]) -> str:
+    """The Markdown report (bench/HTTP.md)."""
+    cfg, summary = results["config"], results["summary"]
+    lines = [
+        "# The end-to-end HTTP benchmark (`bench/http.py`)",
+        "",
+        f"Run {results['date']} on {results['machine']}: `{results['command']}`. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
+        "",
+        f"A JSON quote endpoint (`GET /quote/<symbol>`) over a price service that takes "
+        f"{cfg['service_ms']:g} ms per call, {cfg['symbols']} symbols requested with Zipf({cfg['zipf']:g}) "
+        f"popularity, quotes cached for mtcache's REALTIME TTL ({cfg['ttl']:g} s), every symbol fetched once "
+        f"before measuring. gunicorn runs {WORKERS} sync workers, uvicorn {WORKERS} workers (uvloop, httptools). "
+        f"Each variant gets a fresh server (and coordinator; Redis is flushed), then wrk "
+        f"(`-t{cfg['threads']} -c{cfg['connections']} -d{cfg['seconds']:g}s --latency`, a Lua script picking "
+        f"symbols by Zipf) for {cfg['seconds']:g} s; the whole set runs {cfg['rounds']} times, in alternating "
+        "order, and each ratio is taken within a round against the same round's constant app on the same "
+        "server (the server's own ceiling: the same endpoint and JSON encoding, a constant quote instead of "
+        "the lookup) or redis-py. Figures are means over the rounds; a range "
+        "follows a ratio when the rounds differ.",
+        "",
+        f"Machine load (1-minute load average, {results['cpus']} CPUs) while measuring: "
+        f"{results['load']['min']:.1f} to {results['load']['max']:.1f}"
+        + (" — a shared, loaded machine: treat absolute figures as indicative and rerun on a quiet one."
+           if results["load"]["max"] > results["cpus"] else "."),
+        "",
+    ]
+    for server, variants in summary.items():
+        lines += [
+            f"## {server}",
+            "",
+            "| variant | RPS | p50 ms | p99 ms | hits | source calls per key per TTL | RPS vs ceiling | "
+            "RPS vs redis-py | p50 vs ceiling | p99 vs ceiling | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for variant in VARIANTS:
+            s = variants.get(variant)
+            if s is None:
+                if variant in ASYNC_ONLY and server == "gunicorn":
+                    lines.append(f"| {LABELS[variant]} | does not apply: no synchronous API for a sync worker "
+                                 "| | | | | | | | | |")
+                continue
+            hits = "-" if s["hit_rate"] is None else f"{s['hit_rate'] * 100:.1f} %"
+            cpk = "-" if s["calls_per_key_per_ttl"] is None else f"{s['calls_per_key_per_ttl']:.2f}"
+            lines.append(
+                f"| {LABELS[variant]} | {s['rps']:,.0f} | {_ms(s['p50_ms'])} | {_ms(s['p99_ms'])} | {hits} | {cpk} | "
+                f"{_ratio(s, 'rps_vs_ceiling')} | {_ratio(s, 'rps_vs_redis_py')} | {_ratio(s, 'p50_vs_ceiling')} | "
+                f"{_ratio(s, 'p99_vs_ceiling')} | {s['errors']} |")
+        headline = [f"{server} + {LABELS[v]}: {variants[v]['rps']:,.0f} RPS, p50 {_ms(variants[v]['p50_ms'])} ms, "
+                    f"{variants[v]['hit_rate'] * 100:.0f} % hits"
+                    for v in ("mtcache", "mtcache_eager") if v in variants and variants[v]["hit_rate"] is not None]
+        if headline:
+            lines += ["", "In multi-tier-cache's form (16,829 RPS, p50 5.2 ms, 95 % hits): " + "; ".join(headline)
+                      + "."]
+        lines.append("")
+    lines += ["## The issue's targets", "", "| server | variant | target | measured | met |", "|---|---|---|---:|---|"]
+    for server, variants in summary.items():
+        for name, bound, kind, applies in TARGETS:
+            for variant in applies:
+                r = variants.get(variant, {}).get("ratios", {}).get(name)
+                if r is None:
+                    continue
+                met = r["mean"] >= bound if kind == "min" else r["mean"] <= bound
+                what = name.replace("_vs_", " vs ").replace("rps", "RPS").replace("redis_py", "redis-py")
+                lines.append(f"| {server} | {LABELS[variant]} | {what} {'≥' if kind == 'min' else '≤'} {bound:g}x | "
+                             f"{_ratio(variants[variant], name)} | {'yes' if met else '**no**'} |")
+    lines += [
+        "",
+        "## Definitions",
+        "",
+        "- **RPS**: requests wrk completed over its run time. **p50 / p99**: from wrk's latency distribution "
+        "(`--latency`; read in the script's `done` hook).",
+        "- **hits**: the share of requests that did not cost a call of the price service "
+        "(1 - calls / requests); a caller that waited for another worker's computation counts as a hit, a "
+        "background refresh (eager refresh) counts as a call.",
+        f"- **source calls per key per TTL**: the service's calls during the measured time, per key and TTL "
+        f"period: each key's calls are grouped into periods (one opens at a call outside an open one and lasts "
+        f"{cfg['ttl']:g} s), and the calls are divided by the periods. 1.00: every expiry of a key cost one call; "
+        "more: callers computed the same key at once (no cache: one call per request). \"-\": no call in "
+        "the measured time (a run shorter than the TTL).",
+        "- **errors**: wrk's connect/read/write/timeout errors and non-2xx answers, over all rounds.",
+        "- cashews has no synchronous API; on gunicorn's sync workers it would need an event loop per "
+        "worker thread and is not something a sync app would use, so it runs on uvicorn only. It runs as "
+        "`bench/peers.py` runs it: `client_side=True` (a per-process memory tier kept coherent by Redis "
+        "tracking) and `@cache(ttl=10, lock=True)`, its stampede protection. With `lock=True` cashews takes "
+        "its Redis lock on every call, hits included (`SET cashews:lock:... NX PX` and an `EVALSHA` to release "
+        "it, seen with `redis-cli monitor`): two Redis round trips per request.",
+        "",
+        "## Every run",
+        "",
+        "| round | server | variant | RPS | p50 ms | p99 ms | max ms | source calls | 1-min load |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results["runs"]:
+        lines.append(f"| {r['round']} | {r['server']} | {r['variant']} | {r['rps']:,.0f} | {_ms(r['p50_ms'])} | "
+                     f"{_ms(r['p99_ms'])} | {_ms(r['max_ms'])} | {r['source_calls']:,} | "
+                     f"{r['load_1min'][0]:.1f} → {r['load_1min'][1]:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="gunicorn and uvicorn serving a quote endpoint through mtcache, "
+                                "redis-py, cashews and no cache, beside a constant app, loaded by wrk")
+    p.add_argument("--seconds", type=float, default=15.0, help="wrk's run per variant (default 15)")
+    p.add_argument("--rounds", type=int, default=2, help="times the whole set runs, order alternating (default 2)")
+    p.add_argument("--server", action="append", choices=SERVERS, help="only this server (repeatable)")
+    p.add_argument("--variant", action="append", choices=VARIANTS,
+                   help="only this variant (repeatable; the constant app and redis-py are added for the ratios)")
+    p.add_argument("--connections", type=int, default=32, help="wrk's open connections (default 32)")
+    p.add_argument("--threads", type=int, default=2, help="wrk's threads (default 2)")
+    p.add_argument("--symbols", type=int, default=200, help="symbols requested (default 200)")
+    p.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent of the symbols' popularity (default 1.0)")
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="only write HTTP.md again from an http.json (next to it, or into --out)")
+    p.add_argument("--out", type=Path, help="folder for HTTP.md and http.json (default: bench/ for a full run, "
+                   "else a temporary folder)")
+    args = p.parse_args(argv)
+    if (args.seconds <= 0 or args.rounds < 1 or args.connections < 1 or args.threads < 1
+            or not 1 <= args.symbols <= 1000):
+        p.error("--seconds must be > 0, --rounds, --connections and --threads ≥ 1, --symbols 1 to 1000")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render:
+        target = (args.out or args.render.parent) / "HTTP.md"
+        target.write_text(report(json.loads(args.render.read_text())))
+        print(f"wrote {target}")
+        return 0
+    wrk = ensure_wrk()
+    servers = args.server or list(SERVERS)
+    variants = [v for v in VARIANTS if args.variant is None or v in args.variant or v in ("constant", "redis_py")]
+    full = args.seconds >= 15 and args.rounds >= 2 and args.server is None and args.variant is None
+    out = args.out or (ROOT / "bench" if full else Path(tempfile.mkdtemp(prefix="mtcache-http-")))
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="mtc-http-") as tmp, redis_server_process() as redis_srv:
+        folder = Path(tmp)
+        for round_no in range(1, args.rounds + 1):
+            order = variants if round_no % 2 else variants[::-1]
+            for server in servers:
+                for variant in order:
+                    if server == "gunicorn" and variant in ASYNC_ONLY:
+                        continue
+                    runs.append(measure_one(wrk, server, variant, redis_srv.address, folder, args, round_no))
+    loads = [x for r in runs for x in r["load_1min"]]
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(), "cpus": os.cpu_count(),
+        "command": " ".join(["python bench/http.py", *(sys.argv[1:] if argv is None else argv)]),
+        "versions": versions(LIBRARIES),
+        "config": {"seconds": args.seconds, "rounds": args.rounds, "connections": args.connections,
+                   "threads": args.threads, "symbols": args.symbols, "zipf": args.zipf, "ttl": TTL,
+                   "service_ms": SERVICE_SECONDS * 1000, "workers": WORKERS, "eager_refresh": EAGER_REFRESH},
+        "load": {"min": min(loads), "max": max(loads)},
+        "runs": runs, "summary": summarize(runs),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "http.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "HTTP.md").write_text(report(results))
+    print(f"wrote {out / 'HTTP.md'} and {out / 'http.json'}")
+    return 0
