@@ -390,3 +390,39 @@ def test_waiters_of_a_computation_past_its_hard_timeout_get_cache_timeout_too(
         release.set()
         thread.join(DEADLINE)
     assert len(errors) == 1 and isinstance(errors[0], CacheTimeout)
+
+
+def test_a_worker_refused_an_eager_refresh_does_not_ask_again_for_the_same_copy(
+    coordinator: CoordinatorProcess,
+) -> None:
+    """While worker A refreshes a key (its source held on an Event), worker B's hits past the refresh point
+    ask the coordinator once, are told it is busy, and serve their copy without asking again."""
+    release, started = threading.Event(), threading.Event()
+    values = iter([1, 2])
+
+    def source() -> int:
+        value = next(values)
+        if value == 2:
+            started.set()
+            release.wait(DEADLINE)
+        return value
+
+    with Client(coordinator.socket_path, spawn=False) as a, Client(coordinator.socket_path, spawn=False) as b:
+        assert a.get_or_compute("k", source, ttl=1.0, eager_refresh=0.1) == 1
+        assert b.get_or_compute("k", source, ttl=1.0, eager_refresh=0.1) == 1
+        deadline = time.monotonic() + DEADLINE
+        while not started.is_set():  # past 10 % of the TTL, A's hit starts the refresh
+            assert time.monotonic() < deadline, "A's eager refresh never started"
+            a.get_or_compute("k", source, ttl=1.0, eager_refresh=0.1)
+            time.sleep(0.01)  # the caller's pace, not synchronisation
+        for _ in range(50):
+            assert b.get_or_compute("k", source, ttl=1.0, eager_refresh=0.1) == 1
+        deadline = time.monotonic() + DEADLINE
+        while b._core.counters["eager_refreshes"] == 0 or b._core._refreshing:
+            assert time.monotonic() < deadline, "B's refresh request never came back"
+            time.sleep(0.01)  # poll interval of a deadline-bounded wait
+        asked = b._core.counters["eager_refreshes"]
+        for _ in range(50):
+            assert b.get_or_compute("k", source, ttl=1.0, eager_refresh=0.1) == 1
+        assert asked == 1 and b._core.counters["eager_refreshes"] == 1
+        release.set()

@@ -82,6 +82,9 @@ WRITE_MODES = ("through", "behind")
 #: socket latency (the coordinator times them as ``lease``).
 WAITS = frozenset({Op.LEASE, Op.REFRESH})
 
+#: how many keys refused an eager refresh (another worker runs it) a client remembers
+REFRESH_BUSY_KEPT = 4096
+
 #: Back-off between attempts to reach a coordinator that did not answer.
 RETRY_MIN, RETRY_MAX = 0.5, 5.0
 #: The longest a read waits for its reply (see ClientCore.read_timeout).
@@ -154,6 +157,8 @@ class ClientCore:
         self._state_lock = threading.Lock()
         #: keys whose eager refresh this client runs
         self._refreshing: set[str] = set()
+        #: key -> version of the copy whose eager refresh another worker runs (not asked for again)
+        self._refresh_busy: dict[str, int] = {}
         #: what this client reports to its coordinator (see reporting.py)
         self.reporter = Reporter(self)
 
@@ -202,6 +207,8 @@ class ClientCore:
 
         :raises TypeError, ValueError: see :func:`mtcache.protocol.check_tags`.
         """
+        if type(tags) is tuple and not tags:  # the default, on every call that gives none
+            return ()
         if isinstance(tags, (str, bytes)) or not isinstance(tags, Iterable):
             raise TypeError(f"tags must be an iterable of str (not a single string), got {type(tags).__name__}")
         return check_tags(tuple(tags))
@@ -469,10 +476,18 @@ class ClientCore:
         if held is None or held[1] > (1.0 - eager) * self.nominal(seconds):
             return None
         with self._state_lock:
-            if key in self._refreshing:
+            if key in self._refreshing or self._refresh_busy.get(key) == held[0]:
                 return None
             self._refreshing.add(key)
         return held[0]
+
+    def refresh_busy(self, key: str, version: int) -> None:
+        """Another worker refreshes ``key``: this client does not ask again for its copy at ``version``
+        (the refreshed value comes with a new version)."""
+        with self._state_lock:
+            if len(self._refresh_busy) >= REFRESH_BUSY_KEPT:
+                self._refresh_busy.clear()
+            self._refresh_busy[key] = version
 
     def refreshed(self, key: str) -> None:
         """The eager refresh of ``key`` started by this client is over."""

@@ -172,6 +172,8 @@ def refresh_flow(core: ClientCore, key: str, seconds: float | None, policy: Poli
     in the background under the key's lease if nobody does already. Returns nothing."""
     core.counters["eager_refreshes"] += 1
     reply = yield Call(Op.REFRESH, (key, version, policy.stale_for))
+    if isinstance(reply, list) and reply[1] == Status.BUSY:
+        core.refresh_busy(key, version)
     if isinstance(reply, list) and reply[1] == Status.GRANTED:
         # the current value stands in if the refresh fails (fail-safe keeps it fresh a while longer)
         stale = core.decode_stale(key, reply[-1])

@@ -92,12 +92,11 @@ class Policy:
         :raises TypeError: an unknown argument, or one of the wrong type.
         :raises ValueError: an argument out of range.
         """
-        names = {f.name for f in fields(self)} - {"explicit_fail_safe"}
-        unknown = set(given) - names
+        unknown = given.keys() - _CALL_NAMES
         if unknown:
             raise TypeError(f"unknown get_or_compute argument(s): {', '.join(sorted(unknown))}")
         changes = {name: value for name, value in given.items() if value is not None}
-        if not changes:
+        if not changes:  # the usual call: this policy as it is (on every hit, so kept cheap)
             return self
         if changes.get("fail_safe"):
             changes["explicit_fail_safe"] = True
@@ -113,3 +112,7 @@ class Policy:
         if not self.jitter or seconds is None or seconds == math.inf:
             return seconds
         return seconds * (1.0 - self.jitter * random.random())
+
+
+#: the arguments :meth:`Policy.with_call` takes
+_CALL_NAMES = frozenset(f.name for f in fields(Policy)) - {"explicit_fail_safe"}
