@@ -17,16 +17,16 @@ import pytest
 
 pytest.importorskip("django", reason="django is in the test extra: pip install -e '.[test]'")
 
-from django.conf import settings  # noqa: E402 - after the importorskip
-from django.core.cache.backends.base import CacheKeyWarning  # noqa: E402
-from django.core.exceptions import ImproperlyConfigured  # noqa: E402
-from django.http import HttpResponse  # noqa: E402
+from django.conf import settings
+from django.core.cache.backends.base import CacheKeyWarning
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpResponse
 
-from mtcache import Client, JsonCodec, MsgpackCodec, PickleCodec  # noqa: E402
-from mtcache.codec import reads_msgpack_integers  # noqa: E402
-from mtcache.contrib._shared import PickleIntCodec, shared_clients  # noqa: E402
-from mtcache.contrib.django import MtcacheCache  # noqa: E402
-from tests.coordinator_proc import CoordinatorProcess  # noqa: E402
+from mtcache import Client, JsonCodec, MsgpackCodec, PickleCodec
+from mtcache.codec import reads_msgpack_integers
+from mtcache.contrib._shared import PickleIntCodec, shared_clients
+from mtcache.contrib.django import MtcacheCache
+from tests.coordinator_proc import CoordinatorProcess
 
 THREADS = 16
 
@@ -229,8 +229,9 @@ def test_incr_accepts_any_codec_that_reads_msgpack_integers(coordinator: Coordin
         client.set("p", None)
         with pytest.raises(TypeError):
             client.incr("p")  # a pickled value is no counter
-    with Client(coordinator.socket_path, spawn=False, codec="pickle") as client, pytest.raises(TypeError, match="msgpack"):
-        client.incr("n")
+    pickling = Client(coordinator.socket_path, spawn=False, codec="pickle")
+    with pickling, pytest.raises(TypeError, match="msgpack"):
+        pickling.incr("n")
 
 
 def test_a_counter_under_concurrent_incr_never_reads_as_missing(coordinator: CoordinatorProcess) -> None:
