@@ -19,35 +19,46 @@ from flask_caching import Cache
 
 from workers.quotes import fetch_quote
 
-__all__ = ["app"]
+__all__ = ["MTCACHE_CONFIG", "app", "create_app"]
 
-app = Flask(__name__)
-app.config.update(
-    CACHE_TYPE="mtcache.contrib.flask.mtcache",
-    CACHE_DEFAULT_TIMEOUT=10,
-    CACHE_KEY_PREFIX="flask:",
-    # mtcache.Client arguments: the socket gunicorn.conf.py resolves; the master owns the coordinator
-    CACHE_OPTIONS={"socket_path": os.environ.get("MTCACHE_SOCKET") or None, "spawn": False},
-)
-cache = Cache(app)
-
-
-@app.route("/quote/<symbol>")
-def quote(symbol: str) -> Any:
-    """The quote of ``symbol``, cached 10 s, computed once per key across workers."""
-    symbol = symbol.upper()
-    value = cache.cache.get_or_compute(f"quote:{symbol}", lambda: fetch_quote(symbol), 10)
-    return jsonify(symbol=symbol, value=value, pid=os.getpid())
+#: The cache configuration: Flask-Caching on mtcache (the master of gunicorn.conf.py owns the coordinator).
+MTCACHE_CONFIG: dict[str, Any] = {
+    "CACHE_TYPE": "mtcache.contrib.flask.mtcache",
+    "CACHE_DEFAULT_TIMEOUT": 10,
+    "CACHE_KEY_PREFIX": "flask:",
+    # mtcache.Client arguments: the socket gunicorn.conf.py resolves
+    "CACHE_OPTIONS": {"socket_path": os.environ.get("MTCACHE_SOCKET") or None, "spawn": False},
+}
 
 
-@app.route("/cached/<symbol>")
-@cache.cached(timeout=10)
-def cached(symbol: str) -> Any:
-    """The same, the whole response cached by Flask-Caching's decorator."""
-    symbol = symbol.upper()
-    return jsonify(symbol=symbol, value=fetch_quote(symbol), pid=os.getpid())
+def create_app(cache_config: dict[str, Any] | None = None) -> Flask:
+    """The app, its cache configured by ``cache_config`` (default :data:`MTCACHE_CONFIG`; the
+    benchmark passes Flask-Caching's RedisCache). ``/quote`` needs a backend with ``get_or_compute``."""
+    app = Flask(__name__)
+    app.config.update(cache_config or MTCACHE_CONFIG)
+    cache = Cache(app)
+
+    if hasattr(cache.cache, "get_or_compute"):
+
+        @app.route("/quote/<symbol>")
+        def quote(symbol: str) -> Any:
+            """The quote of ``symbol``, cached 10 s, computed once per key across workers."""
+            symbol = symbol.upper()
+            value = cache.cache.get_or_compute(f"quote:{symbol}", lambda: fetch_quote(symbol), 10)
+            return jsonify(symbol=symbol, value=value, pid=os.getpid())
+
+    @app.route("/cached/<symbol>")
+    @cache.cached(timeout=10)
+    def cached(symbol: str) -> Any:
+        """The same, the whole response cached by Flask-Caching's decorator."""
+        symbol = symbol.upper()
+        return jsonify(symbol=symbol, value=fetch_quote(symbol), pid=os.getpid())
+
+    @app.errorhandler(404)
+    def not_found(error: Exception) -> Any:
+        return jsonify(error=str(error)), 404
+
+    return app
 
 
-@app.errorhandler(404)
-def not_found(error: Exception) -> Any:
-    return jsonify(error=str(error)), 404
+app = create_app()
