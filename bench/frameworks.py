@@ -17,6 +17,10 @@ within each round (their order rotates), and the table quotes the median over th
 The machine has 2 cores shared by wrk, the 4 workers, Redis and the coordinator: the figures
 compare the backends under one load, they are not the machine's ceiling.
 
+Before the load, each backend's own cost per call (``get``, ``get_or_set``/``get_or_compute``
+hits and a ``set``, in one process, no HTTP) is measured too: under gunicorn a request costs
+about a millisecond of framework and WSGI work, and that table shows how much of it the cache is.
+
 Writes FRAMEWORKS.md and frameworks.json (into bench/ for a full run; ``--quick``, 1 round of 3 s,
 writes to a temporary folder unless ``--out`` is given).
 """
@@ -36,10 +40,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-from _util import free_port, machine, redis_server, versions
+from _util import coordinator, free_port, machine, redis_server, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 START_DEADLINE = 30.0
@@ -150,6 +157,60 @@ def run_one(config: Config, duration: float) -> dict[str, tuple[float, float]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _per_call(fn: Callable[[], object], calls: int) -> float:
+    fn()
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter_ns() - start) / calls / 1000
+
+
+def _get_then_set(cache: Any, key: str, fn: Callable[[], object], timeout: int) -> object:
+    found = cache.get(key)
+    if found is None:
+        found = fn()
+        cache.set(key, found, timeout)
+    return found
+
+
+def call_costs(repeats: int, calls: int) -> dict[str, float]:
+    """Microseconds per backend call in one process, no HTTP (median of ``repeats``): a hit of
+    ``get`` and of ``get_or_set``/``get_or_compute`` (``calls`` each), and a ``set`` (a tenth as
+    many: a write waits for Redis), of a small dict."""
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure()
+    from cachelib import RedisCache as CachelibRedisCache
+    from django_redis.cache import RedisCache as DjangoRedisCache
+
+    from mtcache.contrib.cachelib import MtcacheCache as CachelibMtcache
+    from mtcache.contrib.django import MtcacheCache as DjangoMtcache
+
+    value = {"symbol": "ACME", "price": 123.45}
+    found: dict[str, list[float]] = {}
+    with redis_server() as redis_url, coordinator(redis_url) as socket_path:
+        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+        backends = [
+            ("Django", "mtcache", DjangoMtcache(socket_path, {"OPTIONS": {"spawn": False}})),
+            ("Django", "django-redis", DjangoRedisCache(redis_url, {})),
+            ("cachelib", "mtcache", CachelibMtcache(socket_path=socket_path, spawn=False)),
+            ("cachelib", "RedisCache", CachelibRedisCache(host="127.0.0.1", port=port)),
+        ]
+        for _ in range(repeats):
+            for framework, name, cache in backends:
+                cache.set("hot", value, 600)
+                compute = getattr(cache, "get_or_set", None) or getattr(cache, "get_or_compute", None)
+                if compute is None:  # cachelib's RedisCache has neither: get, and set on a miss (as Flask-Caching does)
+                    compute = partial(_get_then_set, cache)
+                for op, fn, n in (("get (hit)", lambda c=cache: c.get("hot"), calls),
+                                  ("get_or_set / get_or_compute (hit)",
+                                   lambda f=compute: f("hot", lambda: value, 600), calls),
+                                  ("set", lambda c=cache: c.set("cold", value, 600), max(1, calls // 10))):
+                    found.setdefault(f"{framework} {op} | {name}", []).append(_per_call(fn, n))
+    return {label: statistics.median(runs) for label, runs in found.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
@@ -162,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     rounds, duration = (1, 3.0) if args.quick else (args.rounds, args.duration)
     out = args.out or (Path(tempfile.mkdtemp(prefix="mtcache-frameworks-")) if args.quick else ROOT / "bench")
+    costs = call_costs(repeats=3 if args.quick else 5, calls=2000 if args.quick else 20000)
     samples: dict[str, list[tuple[float, float]]] = {}
     for r in range(rounds):
         order = CONFIGS[r % len(CONFIGS):] + CONFIGS[:r % len(CONFIGS)]  # alternate: rotate the order
@@ -174,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                for label, runs in samples.items()}
     info = {"machine": machine(), "versions": versions(["django", "django-redis", "flask", "flask-caching",
                                                         "cachelib", "gunicorn", "redis"]),
-            "rounds": rounds, "duration_s": duration, "samples": samples, "medians": medians}
+            "rounds": rounds, "duration_s": duration, "samples": samples, "medians": medians,
+            "call_costs_us": costs}
     out.mkdir(parents=True, exist_ok=True)
     (out / "frameworks.json").write_text(json.dumps(info, indent=2) + "\n")
     lines = ["# A cached view under gunicorn: mtcache against django-redis and Flask-Caching's RedisCache", "",
@@ -185,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         view, backend = label.split(" | ")
         runs = ", ".join(f"{s[0]:,.0f}" for s in samples[label])
         lines.append(f"| {view} | {backend} | {rps:,.0f} | {p50:.2f} | {runs} |")
+    lines += ["", "One backend call in one process, no HTTP (µs, median of the repeats; a small dict; mtcache's "
+              "hits come from the worker's near cache):", "", "| call | backend | µs |", "|---|---|---:|"]
+    for label, micros in costs.items():
+        call, backend = label.split(" | ")
+        lines.append(f"| {call} | {backend} | {micros:.1f} |")
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()), ""]
     (out / "FRAMEWORKS.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -8,6 +8,6 @@ CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": os.environ["REDIS_URL"],
-        "TIMEOUT": 10,
+        "TIMEOUT": 60,
     },
 }

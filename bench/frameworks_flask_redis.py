@@ -7,6 +7,6 @@ from workers.flask_app import create_app
 app = create_app({
     "CACHE_TYPE": "RedisCache",
     "CACHE_REDIS_URL": os.environ["REDIS_URL"],
-    "CACHE_DEFAULT_TIMEOUT": 10,
+    "CACHE_DEFAULT_TIMEOUT": 60,
     "CACHE_KEY_PREFIX": "flask:",
 })

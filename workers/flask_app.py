@@ -24,7 +24,7 @@ __all__ = ["MTCACHE_CONFIG", "app", "create_app"]
 #: The cache configuration: Flask-Caching on mtcache (the master of gunicorn.conf.py owns the coordinator).
 MTCACHE_CONFIG: dict[str, Any] = {
     "CACHE_TYPE": "mtcache.contrib.flask.mtcache",
-    "CACHE_DEFAULT_TIMEOUT": 10,
+    "CACHE_DEFAULT_TIMEOUT": 60,
     "CACHE_KEY_PREFIX": "flask:",
     # mtcache.Client arguments: the socket gunicorn.conf.py resolves
     "CACHE_OPTIONS": {"socket_path": os.environ.get("MTCACHE_SOCKET") or None, "spawn": False},
@@ -42,13 +42,13 @@ def create_app(cache_config: dict[str, Any] | None = None) -> Flask:
 
         @app.route("/quote/<symbol>")
         def quote(symbol: str) -> Any:
-            """The quote of ``symbol``, cached 10 s, computed once per key across workers."""
+            """The quote of ``symbol``, cached 60 s, computed once per key across workers."""
             symbol = symbol.upper()
-            value = cache.cache.get_or_compute(f"quote:{symbol}", lambda: fetch_quote(symbol), 10)
+            value = cache.cache.get_or_compute(f"quote:{symbol}", lambda: fetch_quote(symbol), 60)
             return jsonify(symbol=symbol, value=value, pid=os.getpid())
 
     @app.route("/cached/<symbol>")
-    @cache.cached(timeout=10)
+    @cache.cached(timeout=60)
     def cached(symbol: str) -> Any:
         """The same, the whole response cached by Flask-Caching's decorator."""
         symbol = symbol.upper()

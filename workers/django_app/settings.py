@@ -24,6 +24,6 @@ CACHES = {
         "BACKEND": "mtcache.contrib.django.MtcacheCache",
         "LOCATION": os.environ.get("MTCACHE_SOCKET", ""),  # empty: the per-user default every client uses
         "OPTIONS": {"spawn": False},
-        "TIMEOUT": 10,
+        "TIMEOUT": 60,
     },
 }

@@ -13,13 +13,13 @@ from workers.quotes import fetch_quote
 
 
 def quote(request: HttpRequest, symbol: str) -> JsonResponse:
-    """The quote of ``symbol``, cached 10 s."""
+    """The quote of ``symbol``, cached 60 s."""
     symbol = symbol.upper()
-    value = cache.get_or_set(f"quote:{symbol}", lambda: fetch_quote(symbol), 10)
+    value = cache.get_or_set(f"quote:{symbol}", lambda: fetch_quote(symbol), 60)
     return JsonResponse({"symbol": symbol, "value": value, "pid": os.getpid()})
 
 
-@cache_page(10)
+@cache_page(60)
 def cached_page(request: HttpRequest, symbol: str) -> JsonResponse:
     """The same, the whole response cached by Django's cache_page."""
     symbol = symbol.upper()
