@@ -84,7 +84,7 @@ class MtcacheCache(BaseCache):
         if unused:
             raise ImproperlyConfigured(
                 f"mtcache's OPTIONS are mtcache.Client arguments; {', '.join(unused)} do not apply "
-                "(the coordinator bounds L1 with MTCACHE_L1_MAX_ENTRIES/MTCACHE_L1_MAX_BYTES, Redis its maxmemory)")
+                "(the coordinator bounds L1 with MTCACHE_L1_CAPACITY/MTCACHE_L1_MAX_BYTES, Redis its maxmemory)")
         try:
             self._clients: SharedClients = shared_clients(server or None, options)
         except (TypeError, ValueError) as exc:
