@@ -36,7 +36,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgpack
 
-__all__ = ["DEFAULT_MAX_BYTES", "Codec", "JsonCodec", "MsgpackCodec", "PickleCodec", "get_codec"]
+__all__ = [
+    "DEFAULT_MAX_BYTES", "Codec", "JsonCodec", "MsgpackCodec", "PickleCodec", "get_codec", "reads_msgpack_integers",
+]
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 
@@ -519,3 +521,20 @@ def get_codec(codec: str | Codec | None = None, *, max_bytes: int = DEFAULT_MAX_
     if isinstance(codec, Codec):
         return codec
     raise TypeError(f"codec must be a name or an object with encode/decode, not {type(codec).__name__}")
+
+
+#: Integers a codec must read back from their msgpack encoding to keep counters (see below).
+_COUNTER_PROBES = (0, 1, -1, 300, -70_000, 2**40)
+
+
+def reads_msgpack_integers(codec: Codec) -> bool:
+    """Whether ``codec`` decodes a msgpack integer as that ``int``: what ``incr``/``decr`` need,
+    since Redis keeps a counter as a msgpack integer and ``get`` decodes it with the client's codec.
+    True for :class:`MsgpackCodec`, and for a codec that writes integers as msgpack and the rest its
+    own way (as the Django backend's codec does); False for JSON and pickle."""
+    try:
+        decoded = [codec.decode(msgpack.packb(n)) for n in _COUNTER_PROBES]
+    except Exception:  # any codec's decode error: it does not read them
+        return False
+    return all(type(d) is int and d == n for d, n in zip(decoded, _COUNTER_PROBES, strict=True))
+

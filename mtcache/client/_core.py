@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from mtcache.codec import Codec, get_codec
+from mtcache.codec import Codec, get_codec, reads_msgpack_integers
 from mtcache.config import Settings
 from mtcache.errors import ComputeError, ProtocolError, UntrustedSocket
 from mtcache.mirror import MirrorReader
@@ -122,6 +122,8 @@ class ClientCore:
         self.explicit_redis_url = redis_url
         self.spawn = spawn
         self.codec = get_codec(codec, max_bytes=self.settings.max_value_bytes)
+        #: incr/decr need a codec that reads the msgpack integers Redis keeps counters as
+        self.counts = reads_msgpack_integers(self.codec)
         self.near = NearCache(
             self.settings.near_capacity, self.settings.near_max_bytes, near_max_age, copy_on_read=copy_on_read,
             decode=self.codec.decode,

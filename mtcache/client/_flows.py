@@ -321,9 +321,9 @@ def incr_flow(core: ClientCore, key: str, delta: int) -> Flow:
         raise TypeError(f"delta must be an int, not {type(delta).__name__}: {delta!r}")
     if not -COUNTER_LIMIT <= delta <= COUNTER_LIMIT:
         raise ValueError(f"delta must be within +-2**53 (a counter's range), got {delta!r}")
-    if core.codec.name != "msgpack":
-        raise TypeError(f"incr and decr keep counters as msgpack integers: they need the msgpack codec "
-                        f"(this client uses {core.codec.name!r})")
+    if not core.counts:
+        raise TypeError(f"incr and decr keep counters as msgpack integers: they need a codec that reads them, "
+                        f"such as msgpack (this client uses {core.codec.name!r})")
     core.near.discard(key)
     reply = yield Call(Op.INCR, (key, delta))
     if not isinstance(reply, list):

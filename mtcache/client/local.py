@@ -254,9 +254,9 @@ class _Store:
         core = self.open()
         key = core.check_key(key)
         _check_delta(delta)
-        if self.codec.name != "msgpack":
-            raise TypeError(f"incr and decr keep counters as msgpack integers: they need the msgpack codec "
-                            f"(this client uses {self.codec.name!r})")
+        if not core.counts:
+            raise TypeError(f"incr and decr keep counters as msgpack integers: they need a codec that reads them, "
+                            f"such as msgpack (this client uses {self.codec.name!r})")
         with self.lock:
             entry = self._live(key, self.clock())
             current = 0 if entry is None else self.codec.decode(entry.data)

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
@@ -108,6 +108,11 @@ class CacheEngine:
         self.writes = WriteQueue(l2) if l2 is not None else None
         # writes acknowledged while Redis was unreachable (see backlog.py)
         self.backlog = WriteBacklog(settings.backlog_max_bytes)
+        #: INCRs of each key on their way to Redis (see _l2_readable)
+        self.incrs_in_flight: Counter[str] = Counter()
+        #: per version slot, how far promotions and the ends of INCRs moved its version: moves that
+        #: replaced no value Redis holds (see _promote)
+        self.benign_moves: Counter[int] = Counter()
         self._reconnect_task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
         #: the last periods (CLOCK_MONOTONIC seconds: one clock for every process of the host) in
@@ -517,7 +522,7 @@ class CacheEngine:
         """
         if self.l2 is None or not self.l2_up or not self._l2_readable(key):
             return None
-        before = self.local.version_of(key)
+        before = self._read_marks(key)
         env = await self._l2(lambda l2: l2.get(key))
         if env is not None and env.tags:
             await self._know_tags(env.tags)
@@ -528,7 +533,7 @@ class CacheEngine:
         readable = [key for key in keys if self._l2_readable(key)]
         found: dict[str, Reply | None] = {}
         if readable and self.l2 is not None and self.l2_up:
-            befores = [self.local.version_of(key) for key in readable]
+            befores = [self._read_marks(key) for key in readable]
             envs = await self._l2(lambda l2: l2.mget(readable))
             tags = tuple({tag for env in envs or () if env is not None for tag in env.tags})
             if tags:
@@ -540,25 +545,46 @@ class CacheEngine:
 
     def _l2_readable(self, key: str) -> bool:
         # not while a write of this key is on its way to Redis, or did not get there while it was
-        # down: what L2 holds may be what that write replaced
-        return not self.backlog.covers(key) and not (self.writes is not None and self.writes.busy(key))
+        # down: what L2 holds may be what that write replaced. An INCR in flight is no such write:
+        # Redis holds the counter before or after it (both true of a read concurrent with it), and
+        # a value promoted meanwhile is older than the INCR's stamp, so its end drops it from L1;
+        # without this, a counter that other workers keep incrementing read as missing.
+        if self.backlog.covers(key):
+            return False
+        return self.writes is None or not self.writes.busy(key, besides=self.incrs_in_flight.get(key, 0))
 
-    def _promote(self, key: str, before: int, env: Envelope | None, *, count_miss: bool) -> Reply | None:
+    def _read_marks(self, key: str) -> tuple[int, int]:
+        """``key``'s version and its slot's INCR moves, taken before a read of L2 (see :meth:`_promote`)."""
+        return self.local.version_of(key), self.benign_moves[self.local.table.slot(key)]
+
+    def _promote(self, key: str, before: tuple[int, int], env: Envelope | None, *, count_miss: bool) -> Reply | None:
         """What a read of ``key`` found in L2 (``env``), promoted into L1 unless a write moved its
-        version from ``before`` meanwhile (then L1, newer, answers)."""
+        version from ``before`` (see :meth:`_read_marks`) meanwhile (then L1, newer, answers). If
+        only promotions and ends of INCRs moved it, and L1 has nothing, what was read is true of a
+        moment of the read (as a read concurrent with an INCR may see the counter before or after
+        it): it is answered, not promoted, with the version from before, so that the worker's near
+        copy of it is stale at once (without this, a counter other workers keep incrementing reads
+        as missing)."""
         found = self._usable(env, count_miss=count_miss)
         if found is None or env is None:
             return None
-        if self.local.version_of(key) != before:
-            return self.get_l1(key)
+        slot = self.local.table.slot(key)
+        version = self.local.version_of(key)
+        if version != before[0]:
+            held = self.get_l1(key)
+            if held is None and found[1] > 0 and version - before[0] == self.benign_moves[slot] - before[1]:
+                return [Status.OK, found[0], before[0], found[1]]
+            return held
         value, ttl, stamp, stale_for = found
         if ttl <= 0:
             if self.local.stamp_of(key) is None:
                 self.local.put(key, value, 0.0, stamp, stale_for, env.tags)
+                self.benign_moves[slot] += self.local.version_of(key) - version
             return None
-        version = self.local.put(key, value, ttl, stamp, stale_for, env.tags)
+        promoted = self.local.put(key, value, ttl, stamp, stale_for, env.tags)
+        self.benign_moves[slot] += promoted - version
         self.counters["promotions"] += 1
-        return [Status.OK, value, version, ttl]
+        return [Status.OK, value, promoted, ttl]
 
     async def get_miss(self, key: str) -> Reply:
         """After an L1 miss (see :meth:`get_l1`): L2, promoting a hit, else a miss."""

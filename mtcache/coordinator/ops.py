@@ -125,15 +125,22 @@ async def incr(engine: CacheEngine, key: str, delta: int) -> Reply:
             l2.queue_incr(pipe, key, delta, stamped[0])
             engine.publish(pipe, "set", key, stamped[0])
 
+        engine.incrs_in_flight[key] += 1
         try:
             result = (await writes.write(key, build))[0]
         except L2Error as exc:
             engine.l2_failed(exc)
             return [Status.REFUSED, "l2", f"incr of {key!r} failed: {exc}"]
+        finally:
+            engine.incrs_in_flight[key] -= 1
+            if not engine.incrs_in_flight[key]:
+                del engine.incrs_in_flight[key]
         code = int(result[0])
         if code == 1:
             # L1 lets the counter go (its version moves): the next read takes it from Redis with its tags
+            before = engine.local.version_of(key)
             engine.local.drop_older(key, stamped[0] + 1)
+            engine.benign_moves[engine.table.slot(key)] += engine.local.version_of(key) - before
             return [Status.OK, int(result[1]), engine.local.version_of(key)]
         if code in (0, -1):  # a newer record, or floor, is there: move this host's clock past it
             engine.clock.observe(parse_stamp(result[1]))

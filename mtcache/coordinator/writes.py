@@ -73,9 +73,9 @@ class WriteQueue:
         self.batches = 0
         self.writes = 0
 
-    def busy(self, key: str) -> bool:
-        """True while a write of ``key`` (or a clear) is queued or in flight."""
-        return self._clearing > 0 or key in self._pending
+    def busy(self, key: str, *, besides: int = 0) -> bool:
+        """True while a clear, or more than ``besides`` writes of ``key``, are queued or in flight."""
+        return self._clearing > 0 or self._pending.get(key, 0) > besides
 
     async def write(self, key: str | None, build: Build, *, delay: float = 0.0) -> list[Any]:
         """Queue the commands ``build(pipe)`` adds; return their replies once Redis
