@@ -274,3 +274,26 @@ async def test_an_idle_reader_keeps_its_connection_across_empty_blocks(
     assert reader.connected and reader._conn is conn and conn is not None
     assert "lost Redis" not in caplog.text
     assert a.health()["stream_reader"] == "connected"
+
+
+async def test_a_closed_transport_under_the_reader_is_a_disconnect_not_a_gap(
+    make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the chaos checker (seed 14, a link reset): uvloop's RuntimeError for a closed transport
+    made the reader 'fail', drop L1 and forget where it was. It is a lost link: the reader resumes where it
+    left off and L1 keeps what it holds."""
+    a = await make_engine()
+    await a.set("mine", b"v", TTL)
+    stream = _reader(a)
+    xread, failed = stream._xread, []
+
+    async def closed_once() -> Any:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+        return await xread()
+
+    monkeypatch.setattr(stream, "_xread", closed_once)
+    await _until(lambda: failed and stream.connected, "the reader to fail once and resume")
+    assert stream.counters["stream_reader_errors"] == 0 and stream.counters["invalidation_gaps"] == 0
+    assert _l1(a, "mine") == b"v"

@@ -863,3 +863,25 @@ async def test_concurrent_reads_share_round_trips(tier: L2Tier, clock: HybridClo
     found = await asyncio.gather(*(tier.get(f"r{i}") for i in range(50)))
     assert [entry.value if entry else None for entry in found] == [f"v{i}".encode() for i in range(50)]
     assert tier._reads.batches - before < 50
+
+
+async def test_a_batch_on_a_connection_a_reset_closed_is_sent_again_on_a_new_one(
+    tier: L2Tier, clock: HybridClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the chaos checker (seed 14, a link reset): the lane's idle connection was dead, its next batch
+    failed with uvloop's RuntimeError for a closed transport, and a read answered a miss for a value Redis
+    held. A batch is sent once more on a new connection after such an error, as after a ConnectionError."""
+    assert await tier.write("k", b"v", 60, clock.now()) == WriteResult.STORED
+    for lane in (tier._lane, tier._reads._lane):
+        send, failed = lane._send, []
+
+        async def closed_once(conn: Any, commands: Any, send: Any = send, failed: list[bool] = failed) -> Any:
+            if not failed:
+                failed.append(True)
+                raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+            return await send(conn, commands)
+
+        monkeypatch.setattr(lane, "_send", closed_once)
+    found = await tier.get("k")
+    assert found is not None and found.value == b"v"
+    assert await tier.write("k", b"w", 60, clock.now()) == WriteResult.REPLACED

@@ -205,7 +205,9 @@ class InvalidationStream:
                 for _stream, entries in (reply.items() if isinstance(reply, dict) else reply or ()):
                     for entry_id, flat in entries:
                         self._apply(entry_id.decode(), dict(zip(flat[::2], flat[1::2], strict=True)))
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            # RuntimeError: uvloop's 'unable to perform operation on <TCPTransport closed=True>', what redis-py
+            # raises writing to a connection a reset closed (a lost link, not a bug: resume, do not drop L1)
+            except (RedisError, OSError, asyncio.TimeoutError, RuntimeError) as exc:
                 if self.connected:
                     log.warning("invalidation stream reader lost Redis (%s); will resume after %s", exc, self.last_id)
                     self.connected = False

@@ -80,6 +80,9 @@ _FAILURES = (RedisError, OSError, asyncio.TimeoutError, RuntimeError)
 # ... and, from a call in flight, the AttributeError redis-py raises when its connection is torn down under it
 # ("'NoneType' object has no attribute 'writelines'": a failed ping dropped the pool meanwhile)
 _CALL_FAILURES = (*_FAILURES, AttributeError)
+# What a connection that Redis (or a reset link) closed while it sat idle fails with at its next use: a batch
+# is sent once more on a new connection (see _Lane)
+_STALE_CONNECTION = (RedisConnectionError, OSError, RuntimeError)
 # An expiry must stay a signed 64-bit integer for msgpack and for Redis.
 _MAX_EXPIRY_MS = 2**62
 #: The logical expiry of a value stored with no expiry (FOREVER); exact as a Lua number (a double).
@@ -549,7 +552,8 @@ class _Lane:
     Scripts go as ``EVALSHA``; one Redis does not have cached (it restarted, or ``SCRIPT FLUSH``) goes again
     as ``EVAL``, in order, in a second round trip: a script that is not cached ran nowhere. Like the tier's
     client, a batch is sent once more, at once, on a new connection after a connection error (a connection
-    Redis dropped while idle); writes are conditional on their stamps, so one that ran twice stores once."""
+    Redis or a reset link dropped while idle: redis-py's ConnectionError, an OSError, or uvloop's RuntimeError
+    for a closed transport); writes are conditional on their stamps, so one that ran twice stores once."""
 
     def __init__(self, redis: Redis) -> None:
         self._pool = redis.connection_pool
@@ -564,7 +568,7 @@ class _Lane:
         async with self._lock:
             try:
                 replies = await self._attempt(batch)
-            except RedisConnectionError:
+            except _STALE_CONNECTION:
                 replies = await self._attempt(batch)
         for reply in replies:
             if isinstance(reply, Exception):
