@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import redis
 
@@ -39,7 +40,7 @@ class RedisServer:
 
     def __init__(
         self, workdir: Path, *, appendonly: bool = False, port: int | None = None, password: str | None = None,
-        tls: Mapping[str, str] | None = None,
+        tls: Mapping[str, str] | None = None, acl_user: tuple[str, str, str] | None = None,
     ) -> None:
         binary = redis_binary()
         if binary is None:
@@ -53,13 +54,25 @@ class RedisServer:
         self.password = password
         #: TLS only (no plain port): the files ``cert``, ``key`` and ``ca`` (PEM) of the server
         self.tls = dict(tls) if tls else None
+        #: an ACL user ``(name, password, rules)`` the application connects as (:attr:`url`); the tests'
+        #: own :meth:`client` stays the default user, with ``password`` when given
+        self.acl_user = acl_user
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        """The URL the application uses: the ACL user's when there is one, and with TLS the CA
+        and the client certificate in the query, as redis-py names them."""
         scheme = "rediss" if self.tls else "redis"
-        auth = f":{self.password}@" if self.password else ""
-        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
+        if self.acl_user:
+            auth = f"{quote(self.acl_user[0], safe='')}:{quote(self.acl_user[1], safe='')}@"
+        else:
+            auth = f":{self.password}@" if self.password else ""
+        query = ""
+        if self.tls:
+            query = "?" + urlencode({"ssl_ca_certs": self.tls["ca"], "ssl_certfile": self.tls["cert"],
+                                     "ssl_keyfile": self.tls["key"], "ssl_cert_reqs": "required"})
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0{query}"
 
     def client(self) -> redis.Redis:
         """A fresh synchronous client (caller closes it), with the password and the
@@ -86,11 +99,17 @@ class RedisServer:
             "--protected-mode", "no",
             "--logfile", str(self.workdir / "redis.log"),
         ]
+        lines = []
         if self.password:
+            lines.append(f"requirepass {self.password}")
+        if self.acl_user:
+            name, password, rules = self.acl_user
+            lines.append(f"user {name} on >{password} resetkeys resetchannels {rules}")
+        if lines:
             # in a config file (0600), not on the command line, where any local user would see it
             conf = self.workdir / "redis.conf"
             conf.touch(mode=0o600)
-            conf.write_text(f"requirepass {self.password}\n")
+            conf.write_text("\n".join(lines) + "\n")
             args.insert(1, str(conf))
         if self.tls:
             at = args.index("--port")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,9 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
         "rediss://user:secret@cache.example:6380/3",
         "unix:///run/redis/redis.sock",
         "unix://user:secret@/run/redis/redis.sock?db=4",
+        "rediss://app:secret@cache.example:6380/0?ssl_ca_certs=/etc/ca.pem&ssl_certfile=/etc/c.pem"
+        "&ssl_keyfile=/etc/k.pem&ssl_cert_reqs=required",
+        "rediss://cache.example?ssl_cert_reqs=none&ssl_check_hostname=false",
     ],
 )
 def test_accepted_urls(tmp_path: Path, url: str) -> None:
@@ -304,3 +308,28 @@ def test_idle_exit_must_be_a_non_negative_number(tmp_path: Path, raw: str) -> No
         Settings.load(environ={"MTCACHE_IDLE_EXIT": raw}, cwd=tmp_path)
     assert Settings.load(environ={"MTCACHE_IDLE_EXIT": "0"}, cwd=tmp_path).idle_exit == 0
     assert Settings.load(environ={}, cwd=tmp_path).idle_exit == 600
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("redis://h:1/0?ssl_ca_certs=/etc/ca.pem", "'ssl_ca_certs' but scheme 'redis': TLS needs rediss://"),
+        ("unix:///run/r.sock?ssl_certfile=/c.pem", "'ssl_certfile' but scheme 'unix'"),
+        ("rediss://h:1/0?ssl_cert_reqs=maybe", "ssl_cert_reqs='maybe'; expected one of none, optional, required"),
+        ("rediss://h:1/0?ssl_ca_cert=/etc/ca.pem", "unknown TLS option 'ssl_ca_cert'"),
+        ("rediss://h:1/0?ssl_keyfile=/k.pem", "ssl_keyfile without ssl_certfile"),
+        ("rediss://h:1/0?ssl_ca_certs=", "the TLS option 'ssl_ca_certs' is empty"),
+        ("rediss://h:1/0?ssl_check_hostname=maybe", "ssl_check_hostname='maybe' is not a boolean"),
+    ],
+)
+def test_a_bad_tls_option_is_a_value_error_naming_it(tmp_path: Path, url: str, named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)):
+        Settings.load(environ={}, cwd=tmp_path, redis_url=url)
+
+
+def test_a_bad_tls_option_error_shows_no_password(tmp_path: Path) -> None:
+    url = "rediss://app:hunter2@h:1/0?ssl_keyfile=/k.pem&ssl_password=keypass"
+    with pytest.raises(ValueError, match="ssl_keyfile without ssl_certfile") as caught:
+        Settings.load(environ={}, cwd=tmp_path, redis_url=url)
+    assert "hunter2" not in str(caught.value) and "keypass" not in str(caught.value)
+    assert redact_url(url) == "rediss://app:***@h:1/0?ssl_keyfile=/k.pem&ssl_password=***"

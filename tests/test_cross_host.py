@@ -21,6 +21,7 @@ import pytest
 
 from mtcache import Client
 from mtcache.coordinator.l2 import key_prefix
+from tests.conftest import deployed_server
 from tests.coordinator_proc import CoordinatorProcess
 from tests.redis_server import RedisServer
 
@@ -76,6 +77,16 @@ def record_call(log_path: str, who: str) -> None:
 def calls(log_path: Path) -> list[str]:
     """Who called the function, one entry per call."""
     return log_path.read_text().split("\n")[:-1] if log_path.exists() else []
+
+
+@pytest.fixture(params=["plain", pytest.param("tls", marks=pytest.mark.deployments),
+                        pytest.param("acl", marks=pytest.mark.deployments)])
+def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
+    """The Redis every host of a test shares, deployed each way mtcache must run on (see
+    :func:`tests.conftest.deployed_server`); TLS and ACL run with ``-m deployments``, and
+    ``tests/test_deployments.py`` runs a few of these tests on them by default."""
+    with deployed_server(request.param, tmp_path) as server:
+        yield server
 
 
 @pytest.fixture
