@@ -32,6 +32,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _QUERY_PASSWORD = re.compile(r"((?:^|&)(?:ssl_)?password=)[^&]*")
 _SCHEMES = ("redis", "rediss", "unix")
+_NOT_YET = ("redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel")
 #: the TLS options a ``rediss://`` URL may carry in its query, as redis-py names them (and passes them on to
 #: every connection it opens: the L2 tier's, the coordinator's own write and stream connections, user streams)
 TLS_QUERY_OPTIONS = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_cert_reqs",
@@ -83,6 +84,11 @@ def _validate_url(url: str) -> str:
     if not isinstance(url, str) or not url:
         raise ValueError(f"Redis URL must be a non-empty string, got {url!r}")
     parts = urlsplit(url)
+    if parts.scheme in _NOT_YET:
+        raise ValueError(
+            f"Redis URL {redact_url(url)!r}: {parts.scheme}:// (Redis Cluster, Sentinel) is not supported yet; "
+            f"use one primary's redis:// or rediss:// URL (README: Deploying on Redis Cluster and Sentinel)"
+        )
     if parts.scheme not in _SCHEMES:
         raise ValueError(
             f"Redis URL {redact_url(url)!r} has scheme {parts.scheme!r}; expected one of {', '.join(_SCHEMES)}"

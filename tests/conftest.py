@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,8 +149,9 @@ def start_acl_server(workdir: Path, rules: str = MINIMAL_ACL) -> RedisServer:
 @contextlib.contextmanager
 def deployed_server(kind: str, workdir: Path) -> Iterator[RedisServer]:
     """A fresh redis-server deployed as ``kind`` says: ``"plain"``, ``"tls"`` (TLS only, client
-    certificates required, see :func:`start_tls_server`) or ``"acl"`` (the application connects as the
-    minimal ACL user, see :func:`start_acl_server`); stopped on exit. Tests may kill and restart it."""
+    certificates required, see :func:`start_tls_server`), ``"acl"`` (the application connects as the
+    minimal ACL user, see :func:`start_acl_server`) or ``"valkey"`` (``valkey-server``; skipped with a
+    message when it is not installed); stopped on exit. Tests may kill and restart it."""
     if kind == "tls":
         server = start_tls_server(workdir / "redis-tls")
     elif kind == "acl":
@@ -158,8 +160,14 @@ def deployed_server(kind: str, workdir: Path) -> Iterator[RedisServer]:
         _need_redis()
         server = RedisServer(workdir / "redis")
         server.start()
+    elif kind == "valkey":
+        binary = shutil.which("valkey-server")
+        if binary is None:
+            pytest.skip("valkey-server is not on PATH: install Valkey to run mtcache's tests on it")
+        server = RedisServer(workdir / "valkey", binary=binary)
+        server.start()
     else:
-        raise ValueError(f"unknown deployment {kind!r}: expected plain, tls or acl")
+        raise ValueError(f"unknown deployment {kind!r}: expected plain, tls, acl or valkey")
     try:
         yield server
     finally:

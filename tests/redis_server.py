@@ -32,7 +32,8 @@ def redis_binary() -> str | None:
 
 
 class RedisServer:
-    """One redis-server process owned by a test.
+    """One redis-server process owned by a test (or another server speaking its protocol and taking its
+    options, such as ``valkey-server``, given as ``binary``).
 
     ``appendonly=True`` keeps data across :meth:`restart` (AOF in ``workdir``);
     otherwise a restart comes back empty, like a real restart without persistence.
@@ -41,8 +42,9 @@ class RedisServer:
     def __init__(
         self, workdir: Path, *, appendonly: bool = False, port: int | None = None, password: str | None = None,
         tls: Mapping[str, str] | None = None, acl_user: tuple[str, str, str] | None = None,
+        binary: str | None = None,
     ) -> None:
-        binary = redis_binary()
+        binary = binary or redis_binary()
         if binary is None:
             raise FileNotFoundError("redis-server is not on PATH")
         self.binary = binary

@@ -333,3 +333,12 @@ def test_a_bad_tls_option_error_shows_no_password(tmp_path: Path) -> None:
         Settings.load(environ={}, cwd=tmp_path, redis_url=url)
     assert "hunter2" not in str(caught.value) and "keypass" not in str(caught.value)
     assert redact_url(url) == "rediss://app:***@h:1/0?ssl_keyfile=/k.pem&ssl_password=***"
+
+
+@pytest.mark.parametrize("scheme", ["redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel"])
+def test_cluster_and_sentinel_urls_are_refused_as_not_supported_yet(tmp_path: Path, scheme: str) -> None:
+    url = f"{scheme}://app:hunter2@h1:26379,h2:26379/mymaster"
+    refused = re.escape(f"{scheme}:// (Redis Cluster, Sentinel) is not supported yet")
+    with pytest.raises(ValueError, match=refused) as caught:
+        Settings.load(environ={}, cwd=tmp_path, redis_url=url)
+    assert "hunter2" not in str(caught.value)

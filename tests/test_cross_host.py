@@ -79,8 +79,8 @@ def calls(log_path: Path) -> list[str]:
     return log_path.read_text().split("\n")[:-1] if log_path.exists() else []
 
 
-@pytest.fixture(params=["plain", pytest.param("tls", marks=pytest.mark.deployments),
-                        pytest.param("acl", marks=pytest.mark.deployments)])
+@pytest.fixture(params=["plain", *(pytest.param(kind, marks=pytest.mark.deployments)
+                                   for kind in ("tls", "acl", "valkey"))])
 def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
     """The Redis every host of a test shares, deployed each way mtcache must run on (see
     :func:`tests.conftest.deployed_server`); TLS and ACL run with ``-m deployments``, and

@@ -4,7 +4,7 @@ certificates, and an ACL user with the README's minimal ACL (:data:`mtcache.conf
 Every connection mtcache opens (the L2 tier's client, its write lane and the stream reader's blocking
 connection, made from the pool's ``connection_kwargs``; the user streams) must carry the URL's TLS options
 and credentials: on a TLS-only server that requires a client certificate, a connection that dropped them
-would fail. A few cross-host tests run here on both deployments by default; ``pytest -m deployments``
+would fail. A few cross-host tests run here on each deployment by default; ``pytest -m deployments``
 runs all of ``tests/test_cross_host.py`` on each.
 """
 
@@ -33,9 +33,10 @@ from tests.waiting import wait_until
 DEADLINE = 30.0
 
 
-@pytest.fixture(params=["tls", "acl"])
+@pytest.fixture(params=["tls", "acl", "valkey"])
 def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
-    """A TLS-only Redis (client certificates required) or one used as the minimal ACL user."""
+    """A TLS-only Redis (client certificates required), one used as the minimal ACL user, or Valkey
+    (skipped with a message when it is not installed)."""
     with deployed_server(request.param, tmp_path) as server:
         yield server
 

@@ -74,3 +74,10 @@ def test_the_cli_synopsis_lists_every_command_and_flag() -> None:
     assert sorted(synopsis) == sorted(expected)
     for command, parser in expected.items():
         assert sorted(synopsis[command]) == sorted(_parser_options(parser)), command
+
+
+def test_the_readme_gives_the_minimal_acl_the_tests_run_under() -> None:
+    from mtcache.config import MINIMAL_ACL
+
+    text = (ROOT / "README.md").read_text()
+    assert f"ACL SETUSER mtcache-app on >PASSWORD {MINIMAL_ACL}\n" in text
