@@ -120,8 +120,10 @@ def wait_reader_connected(host: CoordinatorProcess, *, gaps: int = 0) -> dict[st
     ``gaps`` gaps); return its counters."""
     with Client(host.socket_path, spawn=False, near_capacity=0) as probe:
         def ready() -> dict[str, Any] | None:
-            stats = coordinator_stats(probe)
-            ok = stats["stream_reader"] == "connected" and stats["invalidation_gaps"] >= gaps
+            # a coordinator still starting (its first Redis connections: TLS handshakes on a loaded
+            # machine) may not answer within a read's timeout: ask again until the deadline
+            stats = probe.stats().coordinator
+            ok = bool(stats) and stats["stream_reader"] == "connected" and stats["invalidation_gaps"] >= gaps
             return stats if ok else None
 
         return poll(ready, f"the stream reader of {host.socket_path} (gaps >= {gaps})")

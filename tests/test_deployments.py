@@ -24,8 +24,6 @@ from tests.redis_server import RedisServer
 # the cross-host tests this module also runs, on its own redis_server (below); their fixtures with them
 from tests.test_cross_host import (  # noqa: F401 - collected and resolved here
     hosts,
-    processes,
-    test_a_stampede_across_hosts_computes_once,
     test_a_write_on_one_host_reaches_another_hosts_near_and_l1_copies,
 )
 from tests.waiting import wait_until
