@@ -79,10 +79,13 @@ class ReaderCut:
 
     def __init__(self, engine: CacheEngine, monkeypatch: pytest.MonkeyPatch) -> None:
         self.healed = False
-        reader = _reader(engine)._reader
+        stream = _reader(engine)
+        reader = stream._reader
         for name in ("xread", "xrange", "xrevrange"):
             original = getattr(reader, name)
             monkeypatch.setattr(reader, name, self._cut(original))
+        # the blocking reads go straight to a connection of their own, past redis-py's xread
+        monkeypatch.setattr(stream, "_xread", self._cut(stream._xread))
 
     def _cut(self, original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def call(*args: Any, **kwargs: Any) -> Any:
@@ -257,3 +260,20 @@ async def test_an_evicting_redis_is_reported_in_health(
     assert any("volatile" in warning for warning in health["warnings"])
     assert "allkeys-lru" in caplog.text
     assert isinstance(health["clock_skew_ms"], float)
+
+
+async def test_an_idle_reader_keeps_its_connection_across_empty_blocks(make_engine: MakeEngine) -> None:
+    # an XREAD whose block time passes with nothing new answers nil: that is not a lost Redis
+    engine = await make_engine()
+    reader = _reader(engine)
+    await _until(lambda: reader.connected and reader._conn is not None, "the reader to connect")
+    conn, seen = reader._conn, [reader.last_ok]
+
+    def two_empty_blocks() -> bool:
+        if reader.last_ok != seen[-1]:
+            seen.append(reader.last_ok)
+        return len(seen) >= 3
+
+    await _until(two_empty_blocks, "two blocking reads to come back empty")
+    assert reader.connected and reader._conn is conn
+    assert reader.counters["invalidation_gaps"] == 0
