@@ -42,7 +42,7 @@ class RedisServer:
     def __init__(
         self, workdir: Path, *, appendonly: bool = False, port: int | None = None, password: str | None = None,
         tls: Mapping[str, str] | None = None, acl_user: tuple[str, str, str] | None = None,
-        binary: str | None = None,
+        binary: str | None = None, extra_args: tuple[str, ...] = (),
     ) -> None:
         binary = binary or redis_binary()
         if binary is None:
@@ -59,6 +59,8 @@ class RedisServer:
         #: an ACL user ``(name, password, rules)`` the application connects as (:attr:`url`); the tests'
         #: own :meth:`client` stays the default user, with ``password`` when given
         self.acl_user = acl_user
+        #: more redis-server options, e.g. ``("--replicaof", "127.0.0.1", "6390")``
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -100,6 +102,7 @@ class RedisServer:
             "--daemonize", "no",
             "--protected-mode", "no",
             "--logfile", str(self.workdir / "redis.log"),
+            *self.extra_args,
         ]
         lines = []
         if self.password:
@@ -164,3 +167,127 @@ class RedisServer:
         """Kill and start again on the same port."""
         self.kill()
         self.start()
+
+
+class SentinelGroup:
+    """A master, one replica of it and three sentinels (quorum 2) watching them as ``service``, all on free
+    loopback ports under ``workdir``: what a ``redis+sentinel://`` URL (:attr:`url`) points at. The
+    sentinels declare a master down after ``down_after_ms`` without an answer."""
+
+    def __init__(self, workdir: Path, *, service: str = "mtc", down_after_ms: int = 1000) -> None:
+        self.workdir = Path(workdir)
+        self.service = service
+        self.down_after_ms = down_after_ms
+        self.master = RedisServer(self.workdir / "master")
+        self.replica = RedisServer(self.workdir / "replica",
+                                   extra_args=("--replicaof", "127.0.0.1", str(self.master.port)))
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def sentinel(self, index: int = 0) -> redis.Redis:
+        """A client of sentinel ``index`` (caller closes it)."""
+        return redis.Redis(host="127.0.0.1", port=self.sentinel_ports[index], socket_timeout=2.0,
+                           decode_responses=True)
+
+    def master_port(self) -> int | None:
+        """The port of the master sentinel 0 names now (None if it does not answer)."""
+        try:
+            with self.sentinel() as s:
+                addr = s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        except redis.RedisError:
+            return None
+        return int(addr[1]) if addr else None
+
+    def server_on(self, port: int) -> RedisServer:
+        """The server (master or replica) listening on ``port``."""
+        return self.master if port == self.master.port else self.replica
+
+    def start(self) -> None:
+        """Start them all; return once every sentinel knows the master, the replica and the two other
+        sentinels (deadline)."""
+        self.master.start()
+        self.replica.start()
+        binary = self.master.binary
+        for i, port in enumerate(self.sentinel_ports):
+            folder = self.workdir / f"sentinel{i}"
+            folder.mkdir(parents=True, exist_ok=True)
+            conf = folder / "sentinel.conf"
+            conf.write_text("\n".join([
+                f"port {port}", "bind 127.0.0.1", "protected-mode no", f"dir {folder}",
+                f"logfile {folder / 'sentinel.log'}",
+                f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 2",
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}",
+                f"sentinel failover-timeout {self.service} 10000",
+                f"sentinel parallel-syncs {self.service} 1", "",
+            ]))
+            self.sentinels.append(subprocess.Popen([binary, str(conf), "--sentinel"], stdin=subprocess.DEVNULL,
+                                                   stdout=subprocess.DEVNULL))
+        deadline = time.monotonic() + START_DEADLINE * 3
+        while not self._ready():
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the sentinels did not find the master, its replica and each other in time")
+            time.sleep(0.05)  # polling interval of a deadline-bounded readiness check
+
+    def _ready(self) -> bool:
+        for i in range(len(self.sentinel_ports)):
+            try:
+                with self.sentinel(i) as s:
+                    master = s.execute_command("SENTINEL", "MASTER", self.service)
+                    info = dict(zip(master[::2], master[1::2], strict=True)) if isinstance(master, list) else master
+                    if int(info["num-slaves"]) < 1 or int(info["num-other-sentinels"]) < 2:
+                        return False
+            except (redis.RedisError, KeyError):
+                return False
+        return True
+
+    def failover(self) -> int:
+        """``SENTINEL FAILOVER`` and wait until the sentinels name the other server master; its port."""
+        old = self.master_port()
+        with self.sentinel() as s:
+            s.execute_command("SENTINEL", "FAILOVER", self.service)
+        return self.wait_new_master(old)
+
+    def wait_new_master(self, old: int | None) -> int:
+        """Wait (deadline) until sentinel 0 names a master other than ``old``, which answers as one, and
+        ``old``, if it still runs, has been turned into its replica (until then it takes writes, which
+        it drops when it does)."""
+        deadline = time.monotonic() + 60
+        while True:
+            port = self.master_port()
+            if port is not None and port != old:
+                try:
+                    with self.server_on(port).client() as c:
+                        promoted = c.info("replication")["role"] == "master"
+                    if promoted and (old is None or self._demoted(self.server_on(old))):
+                        return port
+                except redis.RedisError:
+                    pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("no new master within 60 s")
+            time.sleep(0.05)  # polling interval of a deadline-bounded wait
+
+    @staticmethod
+    def _demoted(server: RedisServer) -> bool:
+        if server.proc is None or server.proc.poll() is not None:
+            return True
+        with server.client() as c:
+            return c.info("replication")["role"] == "slave"
+
+    def stop(self) -> None:
+        """Stop the sentinels and both servers."""
+        for proc in self.sentinels:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
+        self.replica.stop()
+        self.master.stop()

@@ -335,10 +335,35 @@ def test_a_bad_tls_option_error_shows_no_password(tmp_path: Path) -> None:
     assert redact_url(url) == "rediss://app:***@h:1/0?ssl_keyfile=/k.pem&ssl_password=***"
 
 
-@pytest.mark.parametrize("scheme", ["redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel"])
-def test_cluster_and_sentinel_urls_are_refused_as_not_supported_yet(tmp_path: Path, scheme: str) -> None:
+@pytest.mark.parametrize("scheme", ["redis+cluster", "rediss+cluster", "rediss+sentinel"])
+def test_cluster_and_tls_sentinel_urls_are_refused_as_not_supported_yet(tmp_path: Path, scheme: str) -> None:
     url = f"{scheme}://app:hunter2@h1:26379,h2:26379/mymaster"
-    refused = re.escape(f"{scheme}:// (Redis Cluster, Sentinel) is not supported yet")
+    refused = re.escape(f"{scheme}:// is not supported yet")
     with pytest.raises(ValueError, match=refused) as caught:
+        Settings.load(environ={}, cwd=tmp_path, redis_url=url)
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis+sentinel://s1:26379,s2:26380,[::1]:26381/mymaster", "redis+sentinel://app:hunter2@s1/mymaster/3"],
+)
+def test_sentinel_urls_are_accepted(tmp_path: Path, url: str) -> None:
+    assert Settings.load(environ={}, cwd=tmp_path, redis_url=url).redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("redis+sentinel://s1:26379", "needs the service name"),
+        ("redis+sentinel://s1:26379/", "needs the service name"),
+        ("redis+sentinel://s1:port/mymaster", "sentinel 's1:port' in the URL has an invalid port 'port'"),
+        ("redis+sentinel://s1:26379,:26380/mymaster", "sentinel ':26380' in the URL has no host"),
+        ("redis+sentinel://app:hunter2@s1/mymaster/x", "takes a database number only, got 'x'"),
+        ("redis+sentinel://s1/mymaster?ssl_ca_certs=/ca.pem", "takes no query"),
+    ],
+)
+def test_a_bad_sentinel_url_is_a_value_error_naming_the_part(tmp_path: Path, url: str, named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)) as caught:
         Settings.load(environ={}, cwd=tmp_path, redis_url=url)
     assert "hunter2" not in str(caught.value)

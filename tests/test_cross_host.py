@@ -59,10 +59,10 @@ def poll(check: Callable[[], T | None], what: str, timeout: float = DEADLINE) ->
 
 
 def coordinator_stats(client: Client) -> dict[str, Any]:
-    """The coordinator's raw counters (fails the test if it does not answer)."""
-    stats = client.stats().coordinator
-    assert stats, "the coordinator did not answer STATS"
-    return stats
+    """The coordinator's raw counters (fails the test if it does not answer within :data:`DEADLINE`: one
+    STATS may miss a read's timeout on a loaded machine, when the coordinator is starting or busy with
+    TLS handshakes, so an empty answer is asked again)."""
+    return poll(lambda: client.stats().coordinator, "the coordinator to answer STATS")
 
 
 def record_call(log_path: str, who: str) -> None:
@@ -120,10 +120,8 @@ def wait_reader_connected(host: CoordinatorProcess, *, gaps: int = 0) -> dict[st
     ``gaps`` gaps); return its counters."""
     with Client(host.socket_path, spawn=False, near_capacity=0) as probe:
         def ready() -> dict[str, Any] | None:
-            # a coordinator still starting (its first Redis connections: TLS handshakes on a loaded
-            # machine) may not answer within a read's timeout: ask again until the deadline
-            stats = probe.stats().coordinator
-            ok = bool(stats) and stats["stream_reader"] == "connected" and stats["invalidation_gaps"] >= gaps
+            stats = coordinator_stats(probe)
+            ok = stats["stream_reader"] == "connected" and stats["invalidation_gaps"] >= gaps
             return stats if ok else None
 
         return poll(ready, f"the stream reader of {host.socket_path} (gaps >= {gaps})")

@@ -44,6 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from mtcache.config import redact_url
 from mtcache.coordinator.stamps import format_stamp, parse_stamp
 from mtcache.errors import L2Error
+from mtcache.redis_urls import async_client
 
 if sys.version_info >= (3, 11, 3):
     from asyncio import timeout as _deadline
@@ -566,6 +567,9 @@ class _Lane:
             pool = self._pool
             conn = self._conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
         try:
+            # connect() itself, not the send's implicit connect: a Sentinel-managed connection asks the
+            # sentinels for the master only there
+            await conn.connect()
             replies = await self._send(conn, [("EVALSHA", _sha(s), n, *args) for s, n, args in batch.commands])
             missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
             if missing:
@@ -649,7 +653,7 @@ class L2Tier:
             raise ValueError("the Redis URL is malformed (not shown: it may hold a password)") from None
         if client is None:
             try:
-                client = Redis.from_url(
+                client = async_client(
                     url,
                     socket_timeout=timeout,
                     socket_connect_timeout=timeout,
