@@ -178,7 +178,8 @@ class SentinelGroup:
         self.workdir = Path(workdir)
         self.service = service
         self.down_after_ms = down_after_ms
-        self.master = RedisServer(self.workdir / "master")
+        # no delay before the replica's first full sync (the default waits 5 s for more replicas)
+        self.master = RedisServer(self.workdir / "master", extra_args=("--repl-diskless-sync-delay", "0"))
         self.replica = RedisServer(self.workdir / "replica",
                                    extra_args=("--replicaof", "127.0.0.1", str(self.master.port)))
         self.sentinel_ports = [free_port() for _ in range(3)]
@@ -235,6 +236,12 @@ class SentinelGroup:
             time.sleep(0.05)  # polling interval of a deadline-bounded readiness check
 
     def _ready(self) -> bool:
+        try:
+            with self.replica.client() as replica:
+                if replica.info("replication").get("master_link_status") != "up":
+                    return False  # its first full sync is not done: promoting it would lose everything
+        except redis.RedisError:
+            return False
         for i in range(len(self.sentinel_ports)):
             try:
                 with self.sentinel(i) as s:
