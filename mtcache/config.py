@@ -17,18 +17,34 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
 from mtcache.protocol import MAX_FRAME, MAX_VALUE_LIMIT
+from mtcache.redis_urls import is_sentinel_url, parse_sentinel_url
 
-__all__ = ["DEFAULT_REDIS_URL", "Settings", "default_socket_path", "redact_url", "resolve_redis_url"]
+__all__ = [
+    "DEFAULT_REDIS_URL", "MINIMAL_ACL", "TLS_QUERY_OPTIONS", "Settings", "default_socket_path", "redact_url",
+    "resolve_redis_url",
+]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*")
+_QUERY_PASSWORD = re.compile(r"((?:^|&)(?:ssl_)?password=)[^&]*")
 _SCHEMES = ("redis", "rediss", "unix")
+_NOT_YET = ("redis+cluster", "rediss+cluster", "rediss+sentinel")
+#: the TLS options a ``rediss://`` URL may carry in its query, as redis-py names them (and passes them on to
+#: every connection it opens: the L2 tier's, the coordinator's own write and stream connections, user streams)
+TLS_QUERY_OPTIONS = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_cert_reqs",
+                     "ssl_check_hostname", "ssl_min_version", "ssl_ciphers")
+#: The ACL rules of a Redis user mtcache runs under (``ACL SETUSER <name> on ><password> <MINIMAL_ACL>``): every
+#: command the coordinator and the stream helpers send, on the keys of every namespace. ``+time`` (clock skew)
+#: and ``+config|get`` (the eviction policy check) are optional: without them mtcache runs, and says in its log
+#: and in ``health()`` what goes unchecked. A URL naming a database other than 0 also needs ``+select``.
+MINIMAL_ACL = "+@read +@write +@stream -@dangerous +eval +evalsha +ping +time +config|get ~mtcache:*"
+_CERT_REQS = ("none", "optional", "required")
+_BOOLEANS = ("0", "1", "true", "false", "yes", "no", "on", "off")
 
 
 def default_socket_path(namespace: str = "default") -> str:
@@ -69,15 +85,60 @@ def _validate_url(url: str) -> str:
     if not isinstance(url, str) or not url:
         raise ValueError(f"Redis URL must be a non-empty string, got {url!r}")
     parts = urlsplit(url)
+    if parts.scheme in _NOT_YET:
+        raise ValueError(
+            f"Redis URL {redact_url(url)!r}: {parts.scheme}:// is not supported yet; use redis+sentinel:// "
+            f"or one primary's redis:// or rediss:// URL (README: Deploying on Redis Cluster and Sentinel)"
+        )
+    if is_sentinel_url(url):
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            raise ValueError(f"Redis URL {redact_url(url)!r}: {exc}") from None
+        return url
     if parts.scheme not in _SCHEMES:
         raise ValueError(
-            f"Redis URL {redact_url(url)!r} has scheme {parts.scheme!r}; expected one of {', '.join(_SCHEMES)}"
+            f"Redis URL {redact_url(url)!r} has scheme {parts.scheme!r}; expected one of {', '.join(_SCHEMES)}, "
+            f"redis+sentinel"
         )
     try:
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError as exc:
         raise ValueError(f"Redis URL {redact_url(url)!r} has an invalid port: {exc}") from None
+    _validate_tls_query(parts.scheme, parts.query, url)
     return url
+
+
+def _validate_tls_query(scheme: str, query: str, url: str) -> None:
+    """The ``ssl_*`` options of the URL's query: known names, on ``rediss://`` only, with values redis-py
+    accepts. Errors name the option and never show ``ssl_password``'s value."""
+    options = parse_qs(query, keep_blank_values=True)
+    for name, values in options.items():
+        if not name.startswith("ssl_"):
+            continue
+        if name not in TLS_QUERY_OPTIONS:
+            raise ValueError(
+                f"Redis URL {redact_url(url)!r} has the unknown TLS option {name!r}; "
+                f"known: {', '.join(TLS_QUERY_OPTIONS)}"
+            )
+        if scheme != "rediss":
+            raise ValueError(
+                f"Redis URL {redact_url(url)!r} has the TLS option {name!r} but scheme {scheme!r}: "
+                f"TLS needs rediss://"
+            )
+        value = values[-1]
+        if name != "ssl_password" and not value:
+            raise ValueError(f"Redis URL {redact_url(url)!r}: the TLS option {name!r} is empty")
+        if name == "ssl_cert_reqs" and value.lower() not in _CERT_REQS:
+            raise ValueError(
+                f"Redis URL {redact_url(url)!r}: ssl_cert_reqs={value!r}; expected one of {', '.join(_CERT_REQS)}"
+            )
+        if name == "ssl_check_hostname" and value.lower() not in _BOOLEANS:
+            raise ValueError(f"Redis URL {redact_url(url)!r}: ssl_check_hostname={value!r} is not a boolean")
+    if "ssl_keyfile" in options and "ssl_certfile" not in options:
+        raise ValueError(
+            f"Redis URL {redact_url(url)!r} has ssl_keyfile without ssl_certfile: a client certificate needs both"
+        )
 
 
 def _dotenv(cwd: Path | None = None) -> dict[str, str]:
@@ -97,9 +158,14 @@ def resolve_redis_url(
     in ``./.env`` → ``redis://127.0.0.1:6379``.
 
     Accepts ``redis://``, ``rediss://`` and ``unix://`` URLs with user, password
-    and database number.
+    and database number, and Sentinel's
+    ``redis+sentinel://[user:pass@]host:port[,host:port...]/service[/db]``; a
+    ``rediss://`` URL may carry redis-py's TLS options in its query
+    (:data:`TLS_QUERY_OPTIONS`: ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
+    ``ssl_cert_reqs`` ...).
 
-    :raises ValueError: the chosen URL has another scheme or is empty.
+    :raises ValueError: the chosen URL has another scheme, is empty, or has a TLS option that is unknown,
+        invalid or on a URL that is not ``rediss://``.
     """
     return Settings.load(redis_url=explicit, environ=environ, cwd=cwd).redis_url
 

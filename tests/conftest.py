@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from mtcache.config import MINIMAL_ACL
 from tests.coordinator_proc import CoordinatorProcess
 from tests.redis_server import RedisServer, redis_binary
 
@@ -96,3 +100,75 @@ def _no_leftover_segments() -> Iterator[None]:
 
     yield
     remove_orphans()
+
+
+def tls_files(folder: Path) -> dict[str, str]:
+    """A CA, and a certificate for 127.0.0.1 signed by it, made now (trustme, in the test extra): the paths
+    of ``ca``, ``cert`` and ``key`` (PEM) in ``folder``. The server and its clients use the same certificate
+    (redis-server asks clients for one signed by its CA)."""
+    trustme = pytest.importorskip("trustme", reason="trustme is in the test extra: pip install -e '.[test]'")
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    files = {"cert": folder / "cert.pem", "key": folder / "key.pem", "ca": folder / "ca.pem"}
+    cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    cert.private_key_pem.write_to_path(str(files["key"]))
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    return {name: str(path) for name, path in files.items()}
+
+
+def start_tls_server(workdir: Path) -> RedisServer:
+    """A started TLS-only redis-server (no plain port) with certificates made now; its :attr:`url` is a
+    ``rediss://`` URL carrying ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` and ``ssl_cert_reqs``.
+    Skips when this redis-server build does not serve TLS (fails in CI, which installs one that does)."""
+    _need_redis()
+    server = RedisServer(workdir, tls=tls_files(workdir / "tls"))
+    try:
+        server.start()
+    except RuntimeError as exc:
+        if ("tls" in str(exc).lower() or "ssl" in str(exc).lower()) and not IN_CI:
+            pytest.skip(f"this redis-server build does not serve TLS: {exc}")
+        raise
+    return server
+
+
+#: the ACL user of :func:`start_acl_server` (the password is made per server)
+ACL_USER = "mtcache-app"
+
+
+def start_acl_server(workdir: Path, rules: str = MINIMAL_ACL) -> RedisServer:
+    """A started redis-server whose :attr:`url` connects as the ACL user :data:`ACL_USER` with ``rules``
+    (the README's minimal ACL by default); the default user, which the tests' own :meth:`client` uses,
+    needs a password of its own."""
+    _need_redis()
+    server = RedisServer(workdir, password=secrets.token_hex(8), acl_user=(ACL_USER, secrets.token_hex(8), rules))
+    server.start()
+    return server
+
+
+@contextlib.contextmanager
+def deployed_server(kind: str, workdir: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server deployed as ``kind`` says: ``"plain"``, ``"tls"`` (TLS only, client
+    certificates required, see :func:`start_tls_server`), ``"acl"`` (the application connects as the
+    minimal ACL user, see :func:`start_acl_server`) or ``"valkey"`` (``valkey-server``; skipped with a
+    message when it is not installed); stopped on exit. Tests may kill and restart it."""
+    if kind == "tls":
+        server = start_tls_server(workdir / "redis-tls")
+    elif kind == "acl":
+        server = start_acl_server(workdir / "redis-acl")
+    elif kind == "plain":
+        _need_redis()
+        server = RedisServer(workdir / "redis")
+        server.start()
+    elif kind == "valkey":
+        binary = shutil.which("valkey-server")
+        if binary is None:
+            pytest.skip("valkey-server is not on PATH: install Valkey to run mtcache's tests on it")
+        server = RedisServer(workdir / "valkey", binary=binary)
+        server.start()
+    else:
+        raise ValueError(f"unknown deployment {kind!r}: expected plain, tls, acl or valkey")
+    try:
+        yield server
+    finally:
+        server.stop()

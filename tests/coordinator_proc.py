@@ -34,15 +34,18 @@ class CoordinatorProcess:
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "mtcache.coordinator", "--socket", self.socket_path,
                "--namespace", self.namespace, "--log-level", "INFO"]
-        cmd += ["--redis-url", self.redis_url] if self.redis_url else ["--no-redis"]
+        # the URL travels in REDIS_URL (see start), never on the command line: it may hold a password
+        if not self.redis_url:
+            cmd.append("--no-redis")
         return cmd + list(self.args)
 
     def start(self) -> None:
         """Start and return once the socket accepts connections."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
+            url = {"REDIS_URL": self.redis_url} if self.redis_url else {}
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         env={**os.environ, **self.env} if self.env else None)
+                                         env={**os.environ, **url, **self.env})
         finally:
             log.close()
         deadline = time.monotonic() + START_DEADLINE

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,9 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
         "rediss://user:secret@cache.example:6380/3",
         "unix:///run/redis/redis.sock",
         "unix://user:secret@/run/redis/redis.sock?db=4",
+        "rediss://app:secret@cache.example:6380/0?ssl_ca_certs=/etc/ca.pem&ssl_certfile=/etc/c.pem"
+        "&ssl_keyfile=/etc/k.pem&ssl_cert_reqs=required",
+        "rediss://cache.example?ssl_cert_reqs=none&ssl_check_hostname=false",
     ],
 )
 def test_accepted_urls(tmp_path: Path, url: str) -> None:
@@ -320,3 +324,62 @@ def test_idle_exit_must_be_a_non_negative_number(tmp_path: Path, raw: str) -> No
         Settings.load(environ={"MTCACHE_IDLE_EXIT": raw}, cwd=tmp_path)
     assert Settings.load(environ={"MTCACHE_IDLE_EXIT": "0"}, cwd=tmp_path).idle_exit == 0
     assert Settings.load(environ={}, cwd=tmp_path).idle_exit == 600
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("redis://h:1/0?ssl_ca_certs=/etc/ca.pem", "'ssl_ca_certs' but scheme 'redis': TLS needs rediss://"),
+        ("unix:///run/r.sock?ssl_certfile=/c.pem", "'ssl_certfile' but scheme 'unix'"),
+        ("rediss://h:1/0?ssl_cert_reqs=maybe", "ssl_cert_reqs='maybe'; expected one of none, optional, required"),
+        ("rediss://h:1/0?ssl_ca_cert=/etc/ca.pem", "unknown TLS option 'ssl_ca_cert'"),
+        ("rediss://h:1/0?ssl_keyfile=/k.pem", "ssl_keyfile without ssl_certfile"),
+        ("rediss://h:1/0?ssl_ca_certs=", "the TLS option 'ssl_ca_certs' is empty"),
+        ("rediss://h:1/0?ssl_check_hostname=maybe", "ssl_check_hostname='maybe' is not a boolean"),
+    ],
+)
+def test_a_bad_tls_option_is_a_value_error_naming_it(tmp_path: Path, url: str, named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)):
+        Settings.load(environ={}, cwd=tmp_path, redis_url=url)
+
+
+def test_a_bad_tls_option_error_shows_no_password(tmp_path: Path) -> None:
+    url = "rediss://app:hunter2@h:1/0?ssl_keyfile=/k.pem&ssl_password=keypass"
+    with pytest.raises(ValueError, match="ssl_keyfile without ssl_certfile") as caught:
+        Settings.load(environ={}, cwd=tmp_path, redis_url=url)
+    assert "hunter2" not in str(caught.value) and "keypass" not in str(caught.value)
+    assert redact_url(url) == "rediss://app:***@h:1/0?ssl_keyfile=/k.pem&ssl_password=***"
+
+
+@pytest.mark.parametrize("scheme", ["redis+cluster", "rediss+cluster", "rediss+sentinel"])
+def test_cluster_and_tls_sentinel_urls_are_refused_as_not_supported_yet(tmp_path: Path, scheme: str) -> None:
+    url = f"{scheme}://app:hunter2@h1:26379,h2:26379/mymaster"
+    refused = re.escape(f"{scheme}:// is not supported yet")
+    with pytest.raises(ValueError, match=refused) as caught:
+        Settings.load(environ={}, cwd=tmp_path, redis_url=url)
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis+sentinel://s1:26379,s2:26380,[::1]:26381/mymaster", "redis+sentinel://app:hunter2@s1/mymaster/3"],
+)
+def test_sentinel_urls_are_accepted(tmp_path: Path, url: str) -> None:
+    assert Settings.load(environ={}, cwd=tmp_path, redis_url=url).redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("redis+sentinel://s1:26379", "needs the service name"),
+        ("redis+sentinel://s1:26379/", "needs the service name"),
+        ("redis+sentinel://s1:port/mymaster", "sentinel 's1:port' in the URL has an invalid port 'port'"),
+        ("redis+sentinel://s1:26379,:26380/mymaster", "sentinel ':26380' in the URL has no host"),
+        ("redis+sentinel://app:hunter2@s1/mymaster/x", "takes a database number only, got 'x'"),
+        ("redis+sentinel://s1/mymaster?ssl_ca_certs=/ca.pem", "takes no query"),
+    ],
+)
+def test_a_bad_sentinel_url_is_a_value_error_naming_the_part(tmp_path: Path, url: str, named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)) as caught:
+        Settings.load(environ={}, cwd=tmp_path, redis_url=url)
+    assert "hunter2" not in str(caught.value)

@@ -21,6 +21,7 @@ import pytest
 
 from mtcache import Client
 from mtcache.coordinator.l2 import key_prefix
+from tests.conftest import deployed_server
 from tests.coordinator_proc import CoordinatorProcess
 from tests.redis_server import RedisServer
 
@@ -58,10 +59,10 @@ def poll(check: Callable[[], T | None], what: str, timeout: float = DEADLINE) ->
 
 
 def coordinator_stats(client: Client) -> dict[str, Any]:
-    """The coordinator's raw counters (fails the test if it does not answer)."""
-    stats = client.stats().coordinator
-    assert stats, "the coordinator did not answer STATS"
-    return stats
+    """The coordinator's raw counters (fails the test if it does not answer within :data:`DEADLINE`: one
+    STATS may miss a read's timeout on a loaded machine, when the coordinator is starting or busy with
+    TLS handshakes, so an empty answer is asked again)."""
+    return poll(lambda: client.stats().coordinator, "the coordinator to answer STATS")
 
 
 def record_call(log_path: str, who: str) -> None:
@@ -76,6 +77,16 @@ def record_call(log_path: str, who: str) -> None:
 def calls(log_path: Path) -> list[str]:
     """Who called the function, one entry per call."""
     return log_path.read_text().split("\n")[:-1] if log_path.exists() else []
+
+
+@pytest.fixture(params=["plain", *(pytest.param(kind, marks=pytest.mark.deployments)
+                                   for kind in ("tls", "acl", "valkey"))])
+def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
+    """The Redis every host of a test shares, deployed each way mtcache must run on (see
+    :func:`tests.conftest.deployed_server`); TLS and ACL run with ``-m deployments``, and
+    ``tests/test_deployments.py`` runs a few of these tests on them by default."""
+    with deployed_server(request.param, tmp_path) as server:
+        yield server
 
 
 @pytest.fixture

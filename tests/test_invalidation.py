@@ -137,7 +137,7 @@ async def test_a_failing_reader_is_logged_counted_and_resyncs(
     await _warm(a, b, ["cached"])
     stream = _reader(a)
     apply = stream._on_invalidate
-    failures = [RuntimeError("a bug in the reader")]
+    failures = [AssertionError("a bug in the reader")]
 
     def flaky(key: str, stamp: int) -> bool:
         if failures:

@@ -81,3 +81,10 @@ def test_the_metrics_table_lists_every_metric() -> None:
     section = text.split("### Metrics", 1)[1].split("\n### ", 1)[0]
     rows = re.findall(r"^\| `(mtcache_\w+)` \| (\w+) \| ([\w-]+) \| ([\w, ]+) \|", section, re.MULTILINE)
     assert rows == [(m.name, m.kind, m.unit or "-", ", ".join(["namespace", *m.labels])) for m in METRICS]
+
+
+def test_the_readme_gives_the_minimal_acl_the_tests_run_under() -> None:
+    from mtcache.config import MINIMAL_ACL
+
+    text = (ROOT / "README.md").read_text()
+    assert f"ACL SETUSER mtcache-app on >PASSWORD {MINIMAL_ACL}\n" in text

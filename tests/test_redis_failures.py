@@ -16,7 +16,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError, ResponseErr
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from mtcache import Client, CoordinatorHandle, start_coordinator, stop_coordinator
-from mtcache.coordinator.l2 import classify_failure
+from mtcache.coordinator.l2 import classify_failure, missing_permission
 from mtcache.errors import L2Error
 from tests.conftest import _need_redis
 from tests.redis_server import RedisServer, free_port
@@ -124,7 +124,7 @@ def test_a_closed_port_is_unreachable(short_tmp: Path, started: list[Coordinator
     ("exc", "kind"),
     [
         (AuthenticationError("invalid username-password pair or user is disabled."), "auth"),
-        (NoPermissionError("this user has no permissions to run the 'ping' command"), "auth"),
+        (NoPermissionError("this user has no permissions to run the 'ping' command"), "permission"),
         (ssl.SSLCertVerificationError(1, "certificate verify failed"), "tls"),
         (ConnectionRefusedError(111, "Connection refused"), "unreachable"),
         (socket.gaierror(-2, "Name or service not known"), "unreachable"),
@@ -142,3 +142,18 @@ def test_classify_failure_through_the_chain(exc: BaseException, kind: str) -> No
     outer = L2Error(f"L2 ping failed: {cause}")
     outer.__cause__ = cause
     assert classify_failure(outer).kind == kind
+
+
+@pytest.mark.parametrize(
+    ("detail", "rule"),
+    [
+        ("this user has no permissions to run the 'evalsha' command", "+evalsha"),
+        ("this user has no permissions to run the 'config|get' command", "+config|get"),
+        ("this user has no permissions to access one of the keys used as arguments", "~mtcache:*"),
+        ("something else", "a permission"),
+    ],
+)
+def test_a_noperm_reply_names_the_missing_rule(detail: str, rule: str) -> None:
+    failure = classify_failure(NoPermissionError(detail))
+    assert (failure.kind, missing_permission(failure.detail)) == ("permission", rule)
+    assert f"the ACL user lacks {rule}" in failure.reason

@@ -47,6 +47,7 @@ from redis.exceptions import (
 
 from mtcache.config import redact_url
 from mtcache.errors import L2Error
+from mtcache.redis_urls import async_client, sync_client
 
 from ._stream_plans import (
     _BLOCK_SLACK,
@@ -141,7 +142,7 @@ class Streams(_StreamsBase):
         self._blocking = self._open(self._timeout + BLOCK_CHUNK_MS / 1000 + _BLOCK_SLACK)
 
     def _open(self, socket_timeout: float) -> redis.Redis:
-        client = redis.Redis.from_url(self._url, **self._options(socket_timeout, redis.retry.Retry))
+        client = sync_client(self._url, **self._options(socket_timeout, redis.retry.Retry))
         self._raw_replies(client)
         return client
 
@@ -331,7 +332,7 @@ class AsyncStreams(_StreamsBase):
         self._blocking = self._open(self._timeout + BLOCK_CHUNK_MS / 1000 + _BLOCK_SLACK)
 
     def _open(self, socket_timeout: float) -> redis.asyncio.Redis:
-        client = redis.asyncio.Redis.from_url(self._url, **self._options(socket_timeout, redis.asyncio.retry.Retry))
+        client = async_client(self._url, **self._options(socket_timeout, redis.asyncio.retry.Retry))
         self._raw_replies(client)
         return client
 

@@ -25,7 +25,15 @@ from typing import Any, TypeVar
 from mtcache.config import Settings
 from mtcache.coordinator.backlog import Write, WriteBacklog
 from mtcache.coordinator.invalidation import BLOCK_MS, InvalidationStream, new_origin
-from mtcache.coordinator.l2 import FOREVER_MS, Envelope, L2Tier, RedisFailure, WriteResult, classify_failure
+from mtcache.coordinator.l2 import (
+    FOREVER_MS,
+    Envelope,
+    L2Tier,
+    RedisFailure,
+    WriteResult,
+    classify_failure,
+    missing_permission,
+)
 from mtcache.coordinator.leases import DistributedLeases, Lease, LeaseRegistry
 from mtcache.coordinator.local import LocalTier
 from mtcache.coordinator.stamps import HybridClock, stamp_ms
@@ -120,6 +128,9 @@ class CacheEngine:
         self.down_periods: deque[list[float | None]] = deque(maxlen=DOWN_PERIODS_KEPT)
         self.skew_ms: float | None = None
         self.eviction_policy: str | None = None
+        #: optional permissions the ACL user lacks (``+time``, ``+config|get``) and what goes unchecked without
+        #: them; shown in ``health()``'s warnings
+        self.missing_permissions: dict[str, str] = {}
         #: why Redis is not used right now (None while it is, or before it was tried)
         self.redis_failure: RedisFailure | None = None
         self.counters: dict[str, int] = dict.fromkeys(
@@ -213,6 +224,19 @@ class CacheEngine:
             self._stale_dropped = False
         return self.local.sweep(SWEEP_LIMIT)
 
+    def _optional_failed(self, exc: L2Error, what: str, consequence: str) -> None:
+        """A check at connect failed: a missing permission is a warning naming it (in the log and in
+        ``health()``); mtcache runs without the check."""
+        failure = classify_failure(exc)
+        if failure.kind != "permission":
+            log.info("could not read %s (%s)", what, exc)
+            return
+        permission = missing_permission(failure.detail)
+        if permission not in self.missing_permissions:
+            log.warning("Redis at %s: the ACL user may not read %s (%s): %s; grant %s to check it",
+                        self.settings.redacted_redis_url, what, failure.detail, consequence, permission)
+        self.missing_permissions[permission] = consequence
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -225,12 +249,19 @@ class CacheEngine:
         l2 = self.l2
         try:
             redis_ms, local_ms = await l2.server_time_ms()
+        except L2Error as exc:
+            self._optional_failed(exc, "Redis' clock", "the clock skew against Redis is not measured")
+        else:
+            self.missing_permissions.pop("+time", None)
             self.skew_ms = local_ms - redis_ms
             self.clock.observe_ms(int(redis_ms))
+        try:
             policy: Any = await l2.run("config", l2.redis.config_get("maxmemory-policy"))
         except L2Error as exc:
-            log.info("could not read Redis' clock or eviction policy (%s)", exc)
+            self._optional_failed(exc, "Redis' eviction policy", "an eviction policy that evicts mtcache's keys "
+                                  "goes unnoticed")
             return
+        self.missing_permissions.pop("+config|get", None)
         self.eviction_policy = (policy or {}).get("maxmemory-policy")
         if self.eviction_policy and self.eviction_policy.startswith("allkeys"):
             log.warning(
@@ -1004,6 +1035,8 @@ class CacheEngine:
         if self.eviction_policy and self.eviction_policy.startswith("allkeys"):
             warnings.append(f"Redis maxmemory-policy {self.eviction_policy} may evict mtcache's tombstones and "
                             f"stream; use volatile-lru or volatile-ttl")
+        for permission, consequence in self.missing_permissions.items():
+            warnings.append(f"the ACL user lacks {permission}: {consequence}")
         if self.backlog.overflowed:
             warnings.append("the outage backlog overflowed: the namespace will be cleared on reconnect")
         return {
@@ -1018,7 +1051,8 @@ class CacheEngine:
             "redis_url": self.settings.redacted_redis_url if self.l2 is not None else None,
             "clock_skew_ms": None if self.skew_ms is None else round(self.skew_ms, 3),
             "redis_eviction_policy": self.eviction_policy,
-            # why Redis is not used: "auth", "tls", "unreachable" or "error", and a line saying what to check
+            # why Redis is not used: "auth", "permission", "tls", "unreachable" or "error", and a line saying what
+            # to check
             "redis_failure": failure.kind if failure is not None else None,
             "redis_reason": failure.reason if failure is not None else None,
             "warnings": warnings,

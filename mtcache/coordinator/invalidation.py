@@ -45,6 +45,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from mtcache.coordinator.l2 import PUBLISH_LUA, _deadline, pack_commands
+from mtcache.redis_urls import async_client
 
 __all__ = ["InvalidationStream", "new_origin"]
 
@@ -120,7 +121,7 @@ class InvalidationStream:
         self.origin = origin
         #: the longest a blocking read may take before Redis counts as gone
         self._read_bound = block_ms / 1000 + timeout + 1
-        self._reader = Redis.from_url(reader_url, socket_timeout=self._read_bound, socket_connect_timeout=timeout)
+        self._reader = async_client(reader_url, socket_timeout=self._read_bound, socket_connect_timeout=timeout)
         #: the blocking reads' own connection (see _xread)
         self._conn: AbstractConnection | None = None
         self._on_invalidate = on_invalidate
@@ -237,6 +238,7 @@ class InvalidationStream:
             conn = self._conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
         try:
             async with _deadline(self._read_bound):
+                await conn.connect()  # a Sentinel-managed connection finds the master here (see l2._Lane)
                 await conn.send_packed_command(pack_commands(
                     [("XREAD", "COUNT", BATCH, "BLOCK", self.block_ms, "STREAMS", self.stream,
                       self.last_id or "0-0")]), check_health=False)

@@ -44,6 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from mtcache.config import redact_url
 from mtcache.coordinator.stamps import format_stamp, parse_stamp
 from mtcache.errors import L2Error
+from mtcache.redis_urls import async_client
 
 if sys.version_info >= (3, 11, 3):
     from asyncio import timeout as _deadline
@@ -64,6 +65,7 @@ __all__ = [
     "decode_envelope",
     "encode_envelope",
     "key_prefix",
+    "missing_permission",
 ]
 
 FORMAT_VERSION = 2
@@ -111,7 +113,8 @@ class Envelope(NamedTuple):
 
 class RedisFailure(NamedTuple):
     """Why Redis could not be used, as an operator needs it: ``kind`` is ``"auth"``
-    (Redis refused the password or ACL user), ``"tls"`` (the TLS handshake failed),
+    (Redis refused the password or ACL user), ``"permission"`` (the ACL user may not run a
+    command or touch a key mtcache needs: a ``NOPERM`` reply), ``"tls"`` (the TLS handshake failed),
     ``"unreachable"`` (no connection: refused, reset, timed out, unknown host) or
     ``"error"`` (Redis answered with an error); ``detail`` is the underlying message."""
 
@@ -123,6 +126,9 @@ class RedisFailure(NamedTuple):
         """One line saying what happened and what to check."""
         if self.kind == "auth":
             return f"authentication refused ({self.detail}): check the password and ACL user in REDIS_URL"
+        if self.kind == "permission":
+            return (f"permission denied ({self.detail}): the ACL user lacks {missing_permission(self.detail)}; "
+                    f"grant it (the README's minimal ACL lists what mtcache needs)")
         if self.kind == "tls":
             return (f"TLS handshake failed ({self.detail}): check rediss:// and its certificates "
                     f"(ssl_ca_certs, ssl_certfile, ssl_keyfile in REDIS_URL)")
@@ -144,12 +150,30 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+_NOPERM_COMMAND = re.compile(r"permissions? to run the '([^']+)' command")
+_NOPERM_KEY = re.compile(r"permissions? to access (?:a|one of the) key")
+
+
+def missing_permission(detail: str) -> str:
+    """The ACL rule a ``NOPERM`` message (``detail``) says is missing: ``+<command>`` when it names a command
+    (``+config|get``), ``~mtcache:*`` when a key was refused, else ``a permission``. Never raises."""
+    found = _NOPERM_COMMAND.search(detail)
+    if found:
+        return f"+{found.group(1).lower()}"
+    if _NOPERM_KEY.search(detail):
+        return "~mtcache:*"
+    return "a permission"
+
+
 def classify_failure(exc: BaseException) -> RedisFailure:
     """What kind of failure ``exc`` (a redis-py error, an :class:`~mtcache.errors.L2Error`
     raised from one, an OSError) is: see :class:`RedisFailure`. Never raises."""
     chain = _chain(exc)
     for e in chain:
-        if isinstance(e, (AuthenticationError, NoPermissionError)):
+        if isinstance(e, NoPermissionError) or (isinstance(e, ResponseError) and "NOPERM" in str(e)):
+            return RedisFailure("permission", str(e) or type(e).__name__)
+    for e in chain:
+        if isinstance(e, AuthenticationError):
             return RedisFailure("auth", str(e) or type(e).__name__)
     for e in chain:
         if isinstance(e, ssl.SSLError):
@@ -581,6 +605,9 @@ class _Lane:
             pool = self._pool
             conn = self._conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
         try:
+            # connect() itself, not the send's implicit connect: a Sentinel-managed connection asks the
+            # sentinels for the master only there
+            await conn.connect()
             replies = await self._send(conn, [args if s is None else ("EVALSHA", _sha(s), n, *args)
                                               for s, n, args in batch.commands])
             missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
@@ -721,7 +748,7 @@ class L2Tier:
             raise ValueError("the Redis URL is malformed (not shown: it may hold a password)") from None
         if client is None:
             try:
-                client = Redis.from_url(
+                client = async_client(
                     url,
                     socket_timeout=timeout,
                     socket_connect_timeout=timeout,
