@@ -23,6 +23,9 @@ from tests.coordinator_proc import CoordinatorProcess
 from tests.redis_server import SentinelGroup
 from tests.waiting import wait_until
 
+#: ~35 s of failovers: with the other deployment suites (pytest -m deployments), not in the default run
+pytestmark = pytest.mark.deployments
+
 DEADLINE = 60.0
 KEYS = [f"k{i}" for i in range(8)]
 
