@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.chaos.runner import PROFILES, run
 from tests.redis_server import RedisServer
 
@@ -24,6 +26,7 @@ def test_chaos_short_profile(redis_server: RedisServer, tmp_path: Path) -> None:
     assert result.ok, "\n" + result.text
 
 
+@pytest.mark.chaos_failsafe
 def test_chaos_short_failsafe_profile(redis_server: RedisServer, tmp_path: Path) -> None:
     result = run(PROFILES["short-failsafe"], tmp_path / "history", profile="short-failsafe",
                  redis_server=redis_server, log=lambda _: None)
