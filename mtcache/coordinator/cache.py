@@ -827,13 +827,13 @@ class CacheEngine:
                     self._lease_ended(key)  # the local lease is over: free the Redis one
                 return [Status.TIMEOUT]  # our caller went away meanwhile; nobody reads this
             if taken:
-                self.counters["redis_leases_taken"] += 1
                 # another host may have filled and released between our L2 miss and
                 # the take: look once more, or we would compute what L2 already holds
                 reply = await self._read_l2(key, recheck=True)
                 if reply is not None:
                     self.leases.finish(key, token, ("value", *reply[1:]))  # also frees the Redis lease
                     return reply
+                self.counters["redis_leases_taken"] += 1  # counted when this host computes under it
             if taken is None or taken:  # None: Redis down, per-host lease only (degraded)
                 return self._grant(key, token)
             if not waited:
