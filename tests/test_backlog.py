@@ -260,3 +260,29 @@ def test_the_backlog_keeps_the_newest_write_per_key_and_is_bounded_by_bytes() ->
     backlog.add(Write("big", b"x" * 2000, 60, stamp=50))
     assert backlog.overflowed and backlog.covers("anything")
     assert backlog.dropped >= 1
+
+
+async def test_redis_failing_again_while_the_reconnect_finishes_is_reconnected_too(
+    engine: CacheEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # found by the chaos checker (seed 9): Redis refused a write (maxmemory) while the reconnect task
+    # was past its loop, inspecting Redis; l2_failed saw that task still running and started none,
+    # and the coordinator served L1 only, its writes backlogged, until it was stopped
+    inspect = engine._inspect_redis
+    failed_again = False
+
+    async def fails_meanwhile() -> None:
+        nonlocal failed_again
+        if not failed_again:
+            failed_again = True
+            engine.l2_failed(L2Error("OOM command not allowed when used memory > 'maxmemory' (test)"))
+        await inspect()
+
+    monkeypatch.setattr(engine, "_inspect_redis", fails_meanwhile)
+    engine.l2_failed(L2Error("the link is cut (test)"))
+    await _until(lambda: failed_again, "the reconnect to inspect Redis")
+    await _until(lambda: engine.l2_up, "Redis to be used again")
+    await engine.set("k", b"NEW", TTL)
+    assert await _in_redis(engine, "k") == b"NEW"
+    assert not engine.backlog
+    assert all(end is not None for _start, end in engine.down_periods)

@@ -407,28 +407,33 @@ class CacheEngine:
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
+        # Redis may fail again while this task inspects it: l2_failed then finds this task still
+        # running and starts none, so the task goes round again until Redis stays up
+        while not self.l2_up:
+            replayed = await self._until_replayed()
+            self.l2_up = True
+            self.redis_failure = None
+            if self.down_periods and self.down_periods[-1][1] is None:
+                self.down_periods[-1][1] = time.monotonic()
+            await self._inspect_redis()
+            self.counters["backlog_replayed"] += replayed
+            log.info("Redis at %s answers again (%d writes made meanwhile replayed)",
+                     self.settings.redacted_redis_url, replayed)
+
+    async def _until_replayed(self) -> int:
+        """Ping with back-off until Redis answers and the backlog is replayed; how many writes were."""
         assert self.l2 is not None
         delay = 0.05
         while True:
             if await self.l2.ping():
                 try:
-                    replayed = await self._replay()
+                    return await self._replay()
                 except L2Error:
                     self.counters["l2_errors"] += 1
-                else:
-                    break
             else:
                 self._note_failure(self.l2.last_failure)
             await asyncio.sleep(delay)  # backoff between reconnect attempts
             delay = min(delay * 2, 2.0)
-        self.l2_up = True
-        self.redis_failure = None
-        if self.down_periods and self.down_periods[-1][1] is None:
-            self.down_periods[-1][1] = time.monotonic()
-        await self._inspect_redis()
-        self.counters["backlog_replayed"] += replayed
-        log.info("Redis at %s answers again (%d writes made meanwhile replayed)", self.settings.redacted_redis_url,
-                 replayed)
 
     async def _replay(self) -> int:
         """Send the backlog with the conditional script (an older write never replaces
