@@ -297,3 +297,30 @@ async def test_a_closed_transport_under_the_reader_is_a_disconnect_not_a_gap(
     await _until(lambda: failed and stream.connected, "the reader to fail once and resume")
     assert stream.counters["stream_reader_errors"] == 0 and stream.counters["invalidation_gaps"] == 0
     assert _l1(a, "mine") == b"v"
+
+
+async def test_a_read_of_only_own_entries_pauses_the_reader_and_one_with_others_does_not(
+    make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host writing back to back would wake its reader once per write (issue 15): after a read that
+    brought only its own entries the reader pauses; other hosts' entries are read after the pause, and a
+    read that brought one of them is not followed by a pause."""
+    a, b = await make_engine(), await make_engine()
+    await _warm(a, b, ["k"])
+    stream = _reader(a)
+    await _until(lambda: stream.counters["invalidations_received"] == 1, "A to read B's entry for 'k'")
+    held, paused_after = asyncio.Event(), []
+
+    async def hold() -> None:
+        paused_after.append(stream.last_id)
+        await held.wait()
+
+    monkeypatch.setattr(stream, "_after_own", hold)
+    await a.set("mine", b"v", TTL)
+    await _until(lambda: paused_after, "the reader to pause after reading its own entry")
+    own_id = paused_after[0]
+    await b.set("k", b"new", TTL)  # in the stream now, while A's reader pauses
+    assert stream.last_id == own_id and _l1(a, "k") == b"old"
+    held.set()
+    await _until(lambda: _l1(a, "k") is None, "A to apply B's write after the pause")
+    assert paused_after == [own_id]  # the read that brought B's entry was not followed by a pause
