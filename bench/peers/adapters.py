@@ -196,12 +196,15 @@ class Disk:
 class Mtcache:
     """mtcache ``Client`` with its defaults (near cache 128 MiB / 65,536 entries, 30 s)."""
 
+    #: ``Client(write_mode=...)``: "through" (its default) or "behind"
+    write_mode = "through"
+
     def __init__(self, env: Env) -> None:
         from mtcache import Client
 
         if env.socket is None:
             raise ValueError("mtcache needs a coordinator socket")
-        self._client = Client(env.socket, spawn=False)
+        self._client = Client(env.socket, spawn=False, write_mode=self.write_mode)
 
     def get(self, key: str) -> Any:
         return self._client.get(key)
@@ -224,12 +227,19 @@ class Mtcache:
         self._client.close()
 
 
+class MtcacheBehind(Mtcache):
+    """As :class:`Mtcache`, with ``write_mode="behind"``: ``set``/``delete`` return once this host holds the write."""
+
+    write_mode = "behind"
+
+
 _SYNC: dict[str, Callable[[Env], SyncCache]] = {
     "redis-py": RedisPy,
     "cachetools+redis": TwoTier,
     "dogpile.cache": Dogpile,
     "diskcache": Disk,
     "mtcache": Mtcache,
+    "mtcache (write-behind)": MtcacheBehind,
 }
 
 

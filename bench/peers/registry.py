@@ -49,6 +49,15 @@ PEERS: tuple[Peer, ...] = (
         crosshost="not run separately: the same invalidation path as `Client`",
     ),
     Peer(
+        "mtcache (write-behind)", False,
+        "as `mtcache`, with `Client(write_mode=\"behind\")`: `set`/`delete` return once this host's L1, mirror and "
+        "version table hold the write; Redis and the stream follow within 5 ms",
+        "as `mtcache`",
+        coordinator=True,
+        skip={w: "not run separately: only writes differ from `mtcache`" for w in ("w1", "w3", "w4")},
+        crosshost="not run separately: the same invalidation path as `Client`, sent up to 5 ms later",
+    ),
+    Peer(
         "redis-py", False,
         "`redis.Redis.from_url(url)` (hiredis parser), msgpack values, `SET ... EX 3600`; no local tier",
         "get, compute on a miss, set: no lock (redis-py has no caching helper)",
