@@ -127,13 +127,19 @@ def _publish(build: Path, target: Path) -> None:
 
 def _sdist_tests(env: DjangoEnv) -> Path:
     """The ``tests/`` folder of Django ``env.version``'s sdist, downloaded once."""
-    target = CACHE_DIR / f"django-{env.version}-tests"
-    if (target / "runtests.py").exists():
+    return _downloaded_tests(env.python, "django", env.version, "runtests.py")
+
+
+def _downloaded_tests(python: str, project: str, version: str, marker: str) -> Path:
+    """The ``tests/`` folder of ``project`` ``version``'s sdist (fetched with ``python``'s pip), downloaded once
+    into CACHE_DIR; ``marker``, a file in it, says a finished copy is there."""
+    target = CACHE_DIR / f"{project}-{version}-tests"
+    if (target / marker).exists():
         return target
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE_DIR) as tmp:
-        _check([env.python, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps",
-                f"django=={env.version}", "-d", tmp])
+        _check([python, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps",
+                f"{project}=={version}", "-d", tmp])
         archive = next(Path(tmp).glob("*.tar.gz"))
         with tarfile.open(archive) as tar:
             top = tar.getnames()[0].split("/")[0]
@@ -269,20 +275,7 @@ def _start_django(run: SuiteRun, redis_url: str, workdir: Path) -> None:
 
 def _flask_suite_tests(version: str) -> Path:
     """The tests folder of Flask-Caching ``version``'s sdist, downloaded once."""
-    target = CACHE_DIR / f"flask-caching-{version}-tests"
-    if (target / "test_backend_cache.py").exists():
-        return target
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE_DIR) as tmp:
-        _check([sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps",
-                f"flask-caching=={version}", "-d", tmp])
-        archive = next(Path(tmp).glob("*.tar.gz"))
-        with tarfile.open(archive) as tar:
-            top = tar.getnames()[0].split("/")[0]
-            tar.extractall(tmp, members=[m for m in tar.getmembers() if m.name.startswith(f"{top}/tests/")],
-                           filter="data")
-        _publish(Path(tmp) / top / "tests", target)
-    return target
+    return _downloaded_tests(sys.executable, "flask-caching", version, "test_backend_cache.py")
 
 
 def _start_flask(run: SuiteRun, redis_url: str, workdir: Path) -> None:
