@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 from dotenv import dotenv_values
 
 from mtcache.protocol import MAX_FRAME, MAX_VALUE_LIMIT
-from mtcache.redis_urls import is_sentinel_url, parse_sentinel_url
+from mtcache.redis_urls import is_cluster_url, is_sentinel_url, parse_cluster_url, parse_sentinel_url
 
 __all__ = [
     "DEFAULT_REDIS_URL", "MINIMAL_ACL", "TLS_QUERY_OPTIONS", "Settings", "default_socket_path", "redact_url",
@@ -33,7 +33,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _QUERY_PASSWORD = re.compile(r"((?:^|&)(?:ssl_)?password=)[^&]*")
 _SCHEMES = ("redis", "rediss", "unix")
-_NOT_YET = ("redis+cluster", "rediss+cluster", "rediss+sentinel")
+_NOT_YET = ("rediss+sentinel",)
 #: the TLS options a ``rediss://`` URL may carry in its query, as redis-py names them (and passes them on to
 #: every connection it opens: the L2 tier's, the coordinator's own write and stream connections, user streams)
 TLS_QUERY_OPTIONS = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_cert_reqs",
@@ -90,6 +90,13 @@ def _validate_url(url: str) -> str:
             f"Redis URL {redact_url(url)!r}: {parts.scheme}:// is not supported yet; use redis+sentinel:// "
             f"or one primary's redis:// or rediss:// URL (README: Deploying on Redis Cluster and Sentinel)"
         )
+    if is_cluster_url(url):
+        try:
+            parse_cluster_url(url)
+        except ValueError as exc:
+            raise ValueError(f"Redis URL {redact_url(url)!r}: {exc}") from None
+        _validate_tls_query(parts.scheme.split("+")[0], parts.query, url)
+        return url
     if is_sentinel_url(url):
         try:
             parse_sentinel_url(url)
@@ -99,7 +106,7 @@ def _validate_url(url: str) -> str:
     if parts.scheme not in _SCHEMES:
         raise ValueError(
             f"Redis URL {redact_url(url)!r} has scheme {parts.scheme!r}; expected one of {', '.join(_SCHEMES)}, "
-            f"redis+sentinel"
+            f"redis+sentinel, redis+cluster, rediss+cluster"
         )
     try:
         parts.port  # noqa: B018 - parsing the port is the check
@@ -158,8 +165,10 @@ def resolve_redis_url(
     in ``./.env`` → ``redis://127.0.0.1:6379``.
 
     Accepts ``redis://``, ``rediss://`` and ``unix://`` URLs with user, password
-    and database number, and Sentinel's
-    ``redis+sentinel://[user:pass@]host:port[,host:port...]/service[/db]``; a
+    and database number, Sentinel's
+    ``redis+sentinel://[user:pass@]host:port[,host:port...]/service[/db]`` and Redis
+    Cluster's ``redis+cluster://[user:pass@]host:port[,host:port...]`` (``rediss+cluster://``
+    with TLS); a
     ``rediss://`` URL may carry redis-py's TLS options in its query
     (:data:`TLS_QUERY_OPTIONS`: ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
     ``ssl_cert_reqs`` ...).

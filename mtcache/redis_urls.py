@@ -6,22 +6,34 @@ every connection it opens (the pool's, and those the coordinator makes from the 
 ``connection_class`` and ``connection_kwargs``) asks the sentinels where the master is, and one that finds
 itself talking to a demoted master (a ``READONLY`` reply) is closed as a connection error, so the next one
 goes to the new master.
+
+``redis+cluster://`` and ``rediss+cluster://`` (see :func:`parse_cluster_url`) give a
+:class:`redis.asyncio.cluster.RedisCluster` (or :class:`redis.cluster.RedisCluster`): the hosts are seed
+nodes, the client learns the slot map from them and follows it through resharding and failovers
+(``MOVED``, ``ASK``, a node that went away).
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.sentinel
+import redis.cluster
 import redis.sentinel
 
-__all__ = ["SentinelTarget", "async_client", "is_sentinel_url", "parse_sentinel_url", "sync_client"]
+__all__ = [
+    "ClusterTarget", "SentinelTarget", "async_client", "is_cluster_url", "is_sentinel_url", "parse_cluster_url",
+    "parse_sentinel_url", "sync_client",
+]
 
 SENTINEL_SCHEME = "redis+sentinel"
 DEFAULT_SENTINEL_PORT = 26379
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+DEFAULT_REDIS_PORT = 6379
 
 
 class SentinelTarget(NamedTuple):
@@ -33,6 +45,17 @@ class SentinelTarget(NamedTuple):
     db: int
     username: str | None
     password: str | None
+
+
+class ClusterTarget(NamedTuple):
+    """What a ``redis+cluster://`` URL names: seed nodes, the credentials, and whether to use TLS with
+    the URL's ``ssl_*`` options (redis-py's names, as on ``rediss://``)."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+    tls: bool
+    tls_options: dict[str, str]
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -49,21 +72,10 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     parts = urlsplit(url)
     if parts.scheme != SENTINEL_SCHEME:
         raise ValueError(f"not a {SENTINEL_SCHEME}:// URL (scheme {parts.scheme!r})")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    username = password = None
-    if userinfo:
-        user, _, secret = userinfo.partition(":")
-        username, password = unquote(user) or None, unquote(secret) or None
+    hosts, username, password = _credentials(parts.netloc)
     if parts.query or parts.fragment:
         raise ValueError(f"a {SENTINEL_SCHEME}:// URL takes no query or fragment")
-    sentinels: list[tuple[str, int]] = []
-    for item in hosts.split(","):
-        host, colon, port = item.rpartition(":") if ":" in item else (item, "", "")
-        if not host:
-            raise ValueError(f"sentinel {item!r} in the URL has no host (expected host:port)")
-        if colon and (not port.isdigit() or not 0 < int(port) < 65536):
-            raise ValueError(f"sentinel {item!r} in the URL has an invalid port {port!r}")
-        sentinels.append((host.strip("[]"), int(port) if colon else DEFAULT_SENTINEL_PORT))
+    sentinels = _hosts(hosts, "sentinel", DEFAULT_SENTINEL_PORT)
     path = [unquote(p) for p in parts.path.split("/")[1:]]
     if not path or not path[0]:
         raise ValueError(f"a {SENTINEL_SCHEME}:// URL needs the service name: {SENTINEL_SCHEME}://host:port/service")
@@ -71,18 +83,85 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         raise ValueError(f"after the service name a {SENTINEL_SCHEME}:// URL takes a database number only, "
                          f"got {'/'.join(path[1:])!r}")
     db = int(path[1]) if len(path) == 2 else 0
-    return SentinelTarget(tuple(sentinels), path[0], db, username, password)
+    return SentinelTarget(sentinels, path[0], db, username, password)
+
+
+def is_cluster_url(url: str) -> bool:
+    """True if ``url`` is a ``redis+cluster://`` or ``rediss+cluster://`` URL."""
+    return url.startswith(tuple(scheme + "://" for scheme in CLUSTER_SCHEMES))
+
+
+def _hosts(hosts: str, what: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    out: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, colon, port = item.rpartition(":") if ":" in item else (item, "", "")
+        if not host:
+            raise ValueError(f"{what} {item!r} in the URL has no host (expected host:port)")
+        if colon and (not port.isdigit() or not 0 < int(port) < 65536):
+            raise ValueError(f"{what} {item!r} in the URL has an invalid port {port!r}")
+        out.append((host.strip("[]"), int(port) if colon else default_port))
+    return tuple(out)
+
+
+def _credentials(netloc: str) -> tuple[str, str | None, str | None]:
+    userinfo, _, hosts = netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, _, secret = userinfo.partition(":")
+        username, password = unquote(user) or None, unquote(secret) or None
+    return hosts, username, password
+
+
+def parse_cluster_url(url: str) -> ClusterTarget:
+    """Parse ``redis+cluster://[user:pass@]host:port[,host:port...]`` (``rediss+cluster://`` for TLS, with
+    redis-py's ``ssl_*`` options in the query; a port defaults to 6379). A cluster has database 0 only: a
+    path other than ``/`` or ``/0`` is refused.
+
+    :raises ValueError: the URL is not of that form; the message names the bad part, never the password.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a redis+cluster:// URL (scheme {parts.scheme!r})")
+    hosts, username, password = _credentials(parts.netloc)
+    if parts.path not in ("", "/", "/0"):
+        raise ValueError(f"a Redis Cluster has database 0 only; the URL's path is {parts.path!r}")
+    if parts.fragment:
+        raise ValueError("a redis+cluster:// URL takes no fragment")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    tls = parts.scheme == "rediss+cluster"
+    unknown = [name for name in query if not name.startswith("ssl_")]
+    if unknown:
+        raise ValueError(f"a {parts.scheme}:// URL takes TLS options (ssl_*) only in its query, got {unknown[0]!r}")
+    return ClusterTarget(_hosts(hosts, "node", DEFAULT_REDIS_PORT), username, password, tls, query)
+
+
+def _cluster_options(target: ClusterTarget, options: dict[str, Any]) -> dict[str, Any]:
+    """redis-py's RedisCluster arguments: the URL's credentials and TLS options, then ``options`` (a
+    cluster client takes no ``db`` and no ``retry`` of a single connection's kind)."""
+    out: dict[str, Any] = {"username": target.username, "password": target.password}
+    if target.tls:
+        out["ssl"] = True
+        for name, value in target.tls_options.items():
+            out[name] = value.lower() in ("1", "true", "yes", "on") if name == "ssl_check_hostname" else value
+    out.update({name: value for name, value in options.items() if name not in ("retry", "db")})
+    return out
 
 
 def _sentinel_kwargs(connect_timeout: float | None) -> dict[str, Any]:
     return {"socket_timeout": connect_timeout, "socket_connect_timeout": connect_timeout}
 
 
-def async_client(url: str, **options: Any) -> redis.asyncio.Redis:
-    """A ``redis.asyncio`` client of ``url`` with ``options`` (redis-py's client options).
+def async_client(url: str, **options: Any) -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:
+    """A ``redis.asyncio`` client of ``url`` with ``options`` (redis-py's client options): a ``RedisCluster``
+    for a cluster URL.
 
     :raises ValueError: ``url`` is malformed.
     """
+    if is_cluster_url(url):
+        cluster = parse_cluster_url(url)
+        return redis.asyncio.cluster.RedisCluster(
+            startup_nodes=[redis.asyncio.cluster.ClusterNode(host, port) for host, port in cluster.nodes],
+            **_cluster_options(cluster, options))
     if not is_sentinel_url(url):
         return redis.asyncio.Redis.from_url(url, **options)
     target = parse_sentinel_url(url)
@@ -92,11 +171,16 @@ def async_client(url: str, **options: Any) -> redis.asyncio.Redis:
                               username=target.username, password=target.password, **options)
 
 
-def sync_client(url: str, **options: Any) -> redis.Redis:
+def sync_client(url: str, **options: Any) -> redis.Redis | redis.cluster.RedisCluster:
     """A synchronous client of ``url`` with ``options`` (see :func:`async_client`).
 
     :raises ValueError: ``url`` is malformed.
     """
+    if is_cluster_url(url):
+        cluster = parse_cluster_url(url)
+        return redis.cluster.RedisCluster(
+            startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in cluster.nodes],
+            **_cluster_options(cluster, options))
     if not is_sentinel_url(url):
         return redis.Redis.from_url(url, **options)
     target = parse_sentinel_url(url)

@@ -13,7 +13,7 @@ import pytest
 
 from mtcache.config import MINIMAL_ACL
 from tests.coordinator_proc import CoordinatorProcess
-from tests.redis_server import RedisServer, redis_binary
+from tests.redis_server import RedisClusterGroup, RedisServer, redis_binary
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -48,6 +48,19 @@ def redis_server_aof(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterGroup]:
+    """A fresh Redis Cluster for this test alone: three masters with a replica each, settled (no persistence);
+    tests may fail over, kill and restart its nodes."""
+    _need_redis()
+    if shutil.which("redis-cli") is None:
+        if IN_CI:
+            pytest.fail("redis-cli is not on PATH; CI must install it (Debian's redis-server brings it)")
+        pytest.skip("redis-cli is not on PATH (it makes the cluster); install it to run this test")
+    with RedisClusterGroup(tmp_path / "cluster") as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -298,3 +298,278 @@ class SentinelGroup:
                     proc.wait(timeout=10)
         self.replica.stop()
         self.master.stop()
+
+
+#: a cluster node's bus listens on its client port plus this (redis-server's default ``cluster-port``)
+CLUSTER_BUS_OFFSET = 10000
+CLUSTER_SLOTS = 16384
+#: how long a cluster may take to form, fail over or take a restarted node back
+CLUSTER_DEADLINE = 30.0
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_port(taken: set[int] | frozenset[int] = frozenset()) -> int:
+    """A free loopback port for a cluster node whose bus port (``port + 10000``, below 65535) is free too,
+    neither of them in ``taken`` (the ports and bus ports of the other nodes, which do not listen yet)."""
+    for _ in range(1000):
+        port = free_port()
+        bus = port + CLUSTER_BUS_OFFSET
+        if bus < 65535 and not {port, bus} & taken and _port_is_free(bus):
+            return port
+    raise RuntimeError("no free port whose cluster bus port (+10000) is free too")
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _NodeView:
+    """What one node's ``CLUSTER NODES`` says of every node it knows."""
+
+    def __init__(self, raw: object) -> None:
+        #: per node: port, node id, flags, its master's node id (``-`` for a master), first slot it serves (or None)
+        self.nodes: list[tuple[int, str, set[str], str, int | None]] = []
+        for line in _text(raw).splitlines():
+            fields = line.split()
+            if len(fields) < 8:
+                continue
+            port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            slots = [int(s.split("-")[0]) for s in fields[8:] if not s.startswith("[")]
+            self.nodes.append((port, fields[0], set(fields[2].split(",")), fields[3], min(slots, default=None)))
+
+    def masters(self) -> list[int]:
+        """The ports of the masters serving slots and not suspected of failing, in the order of their slots."""
+        serving = [(first, port) for port, _, flags, _, first in self.nodes
+                   if "master" in flags and first is not None and not flags & {"fail", "fail?"}]
+        return [port for _, port in sorted(serving)]
+
+    def replicas_of(self, master_port: int) -> list[int]:
+        """The ports of the replicas of the master on ``master_port`` not suspected of failing."""
+        ids = [node_id for port, node_id, _, _, _ in self.nodes if port == master_port]
+        return [port for port, _, flags, master, _ in self.nodes
+                if ids and master == ids[0] and "slave" in flags and not flags & {"fail", "fail?"}]
+
+    def failing(self) -> set[int]:
+        """The ports of the nodes flagged failing (``fail``) or suspected of it (``fail?``)."""
+        return {port for port, _, flags, _, _ in self.nodes if flags & {"fail", "fail?"}}
+
+
+class RedisClusterGroup:
+    """A Redis Cluster of ``masters`` masters with ``replicas_per_master`` replicas each, all on free loopback ports
+    under ``workdir`` (each node with its ``nodes.conf`` in a folder of its own, no persistence of data): what a
+    ``redis+cluster://`` URL (:attr:`url`) points at. A node that does not answer for 1 s
+    (``cluster-node-timeout``) is failing, and a replica of a failing master takes its place.
+
+    Every wait here ends on a settled cluster: each live node says ``cluster_state:ok`` with all 16384 slots
+    served, they all name the same masters, each node's role is the one the others see, and each replica's
+    link to its master is up. Also a context manager: ``with`` starts it and stops it."""
+
+    def __init__(self, workdir: Path, *, masters: int = 3, replicas_per_master: int = 1) -> None:
+        if masters < 3:
+            raise ValueError("redis-cli --cluster create needs at least 3 masters")
+        self.workdir = Path(workdir)
+        self.masters = masters
+        self.replicas_per_master = replicas_per_master
+        taken: set[int] = set()
+        #: every node, in the order given to ``redis-cli --cluster create``
+        self.servers: list[RedisServer] = []
+        for i in range(masters * (1 + replicas_per_master)):
+            port = free_cluster_port(taken)
+            taken |= {port, port + CLUSTER_BUS_OFFSET}
+            folder = self.workdir / f"node{i}"
+            self.servers.append(RedisServer(folder, port=port, extra_args=(
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(folder / "nodes.conf"),
+                "--cluster-node-timeout", "1000",
+                # a replica may take over however long it was cut off from its master
+                "--cluster-replica-validity-factor", "0",
+                # the replicas stay where the tests put them, even beside a master left without one
+                "--cluster-allow-replica-migration", "no",
+                # no delay before a replica's first full sync (the default waits 5 s for more replicas)
+                "--repl-diskless-sync-delay", "0",
+            )))
+        self._initial_masters: list[int] = []
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://`` with the masters' ports when the cluster was made."""
+        assert self._initial_masters, "not started"
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self._initial_masters)
+
+    def server_on(self, port: int) -> RedisServer:
+        """The node listening on ``port``."""
+        for server in self.servers:
+            if server.port == port:
+                return server
+        raise KeyError(f"no node of this cluster on port {port}")
+
+    def live(self) -> list[RedisServer]:
+        """The nodes whose process runs."""
+        return [s for s in self.servers if s.proc is not None and s.proc.poll() is None]
+
+    def client(self) -> redis.RedisCluster:
+        """A fresh cluster client (caller closes it), bootstrapped from a live node."""
+        live = self.live()
+        if not live:
+            raise RuntimeError("no node of the cluster runs")
+        return redis.RedisCluster(host="127.0.0.1", port=live[0].port, socket_timeout=2.0)
+
+    def _view(self, server: RedisServer) -> _NodeView:
+        with server.client() as c:
+            return _NodeView(c.execute_command("CLUSTER", "NODES"))
+
+    def master_ports(self) -> list[int]:
+        """The masters serving slots now, in the order of their slots, as the first live node that answers
+        ``CLUSTER NODES`` sees them."""
+        for server in self.live():
+            try:
+                return self._view(server).masters()
+            except redis.RedisError:
+                continue
+        raise RuntimeError("no node of the cluster answers CLUSTER NODES")
+
+    def replicas_of(self, master_port: int) -> list[int]:
+        """The live replicas of the master on ``master_port``, as the first live node that answers sees them."""
+        live = {s.port for s in self.live()}
+        for server in self.live():
+            try:
+                return [port for port in self._view(server).replicas_of(master_port) if port in live]
+            except redis.RedisError:
+                continue
+        raise RuntimeError("no node of the cluster answers CLUSTER NODES")
+
+    def start(self) -> None:
+        """Start every node, make the cluster of them with ``redis-cli --cluster create`` and return once it
+        has settled (deadline)."""
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise FileNotFoundError("redis-cli is not on PATH")
+        try:
+            for server in self.servers:
+                server.start()
+            args = [cli, "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in self.servers),
+                    "--cluster-replicas", str(self.replicas_per_master), "--cluster-yes"]
+            done = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  timeout=CLUSTER_DEADLINE * 2)
+            if done.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create exited with {done.returncode}: "
+                                   f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
+            self._initial_masters = self._wait_settled("the cluster to form", lambda masters: True)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _settled(self) -> tuple[list[int] | None, str]:
+        """The masters every live node agrees on, once the cluster has settled (else None), and what is not
+        settled yet."""
+        live = self.live()
+        live_ports = {s.port for s in live}
+        agreed: list[int] | None = None
+        for server in live:
+            try:
+                with server.client() as c:
+                    info = dict(line.split(":", 1) for line in _text(c.execute_command("CLUSTER", "INFO")).split()
+                                if ":" in line)
+                    view = _NodeView(c.execute_command("CLUSTER", "NODES"))
+                    replication = c.info("replication")
+            except redis.RedisError as exc:
+                return None, f"node {server.port} does not answer: {exc}"
+            if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != str(CLUSTER_SLOTS):
+                return None, f"node {server.port}: cluster_state {info.get('cluster_state')}, " \
+                             f"{info.get('cluster_slots_ok')} slots ok"
+            if int(info.get("cluster_known_nodes", 0)) != len(self.servers):
+                return None, f"node {server.port} knows {info.get('cluster_known_nodes')} nodes"
+            if view.failing() & live_ports:
+                return None, f"node {server.port} sees live nodes failing: {sorted(view.failing() & live_ports)}"
+            masters = view.masters()
+            if agreed is None:
+                agreed = masters
+            elif masters != agreed:
+                return None, f"the nodes disagree on the masters: {agreed} and {masters} (node {server.port})"
+            role = replication.get("role")
+            if role != ("master" if server.port in masters else "slave"):
+                return None, f"node {server.port} is a {role}, and the masters are {masters}"
+            if role == "slave" and replication.get("master_link_status") != "up":
+                return None, f"replica {server.port}: link to its master {replication.get('master_link_status')}"
+        if agreed is None or len(agreed) != self.masters:
+            return None, f"masters {agreed}, expected {self.masters} of them"
+        return agreed, ""
+
+    def _wait_settled(self, what: str, done: Callable[[list[int]], bool]) -> list[int]:
+        """Wait (deadline) until the cluster has settled with masters ``done`` accepts; those masters."""
+        deadline = time.monotonic() + CLUSTER_DEADLINE
+        while True:
+            masters, why = self._settled()
+            if masters is not None:
+                if done(masters):
+                    return masters
+                why = f"masters {masters}"
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out after {CLUSTER_DEADLINE} s waiting for {what}: {why}")
+            time.sleep(0.05)  # polling interval of a deadline-bounded wait
+
+    def failover(self, port_of_master: int | None = None) -> tuple[int, int]:
+        """``CLUSTER FAILOVER`` on a replica of the master on ``port_of_master`` (by default the first master),
+        and wait until that replica is master and the cluster has settled (the old master its replica);
+        ``(old_master_port, new_master_port)``."""
+        masters = self.master_ports()
+        old = masters[0] if port_of_master is None else port_of_master
+        if old not in masters:
+            raise ValueError(f"{old} is not a master: the masters are {masters}")
+        replicas = self.replicas_of(old)
+        if not replicas:
+            raise RuntimeError(f"the master on {old} has no live replica to fail over to")
+        new = replicas[0]
+        with self.server_on(new).client() as c:
+            c.execute_command("CLUSTER", "FAILOVER")
+        self._wait_settled(f"replica {new} to take over from {old}", lambda m: new in m and old not in m)
+        return old, new
+
+    def kill_master(self, port: int) -> int:
+        """SIGKILL the master on ``port`` and wait until a replica of it has taken its place and the other nodes
+        have settled; the new master's port."""
+        before = self.master_ports()
+        if port not in before:
+            raise ValueError(f"{port} is not a master: the masters are {before}")
+        replicas = self.replicas_of(port)
+        if not replicas:
+            raise RuntimeError(f"the master on {port} has no live replica to take its place")
+        self.server_on(port).kill()
+        return self.wait_replaced(port, replicas)
+
+    def wait_replaced(self, port: int, replicas: list[int]) -> int:
+        """Wait until one of ``replicas`` has taken the place of the master on ``port`` (which a test stopped
+        or killed) and the cluster has settled; that replica's port."""
+        masters = self._wait_settled(f"a replica of {port} to take its place",
+                                     lambda m: port not in m and bool(set(m) & set(replicas)))
+        return next(p for p in masters if p in replicas)
+
+    def restart(self, port: int) -> None:
+        """Start the node on ``port`` again (killing it first if it runs) and wait until it has rejoined and the
+        cluster has settled: a killed master comes back as a replica of the one that took its place, by its
+        ``nodes.conf``, with no data (no persistence) until its full sync."""
+        self.server_on(port).restart()
+        self._wait_settled(f"node {port} to rejoin", lambda masters: True)
+
+    def stop(self) -> None:
+        """Stop every node (SIGTERM to all of them first, then reap each)."""
+        for server in self.live():
+            assert server.proc is not None
+            server.proc.terminate()
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> RedisClusterGroup:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -351,13 +351,36 @@ def test_a_bad_tls_option_error_shows_no_password(tmp_path: Path) -> None:
     assert redact_url(url) == "rediss://app:***@h:1/0?ssl_keyfile=/k.pem&ssl_password=***"
 
 
-@pytest.mark.parametrize("scheme", ["redis+cluster", "rediss+cluster", "rediss+sentinel"])
-def test_cluster_and_tls_sentinel_urls_are_refused_as_not_supported_yet(tmp_path: Path, scheme: str) -> None:
-    url = f"{scheme}://app:hunter2@h1:26379,h2:26379/mymaster"
-    refused = re.escape(f"{scheme}:// is not supported yet")
+def test_tls_sentinel_urls_are_refused_as_not_supported_yet(tmp_path: Path) -> None:
+    url = "rediss+sentinel://app:hunter2@h1:26379,h2:26379/mymaster"
+    refused = re.escape("rediss+sentinel:// is not supported yet")
     with pytest.raises(ValueError, match=refused) as caught:
         Settings.load(environ={}, cwd=tmp_path, redis_url=url)
     assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis+cluster://n1:7000,n2:7001,[::1]:7002", "redis+cluster://app:hunter2@n1/0",
+     "rediss+cluster://app:pw@n1:7000?ssl_ca_certs=/ca.pem&ssl_cert_reqs=required"],
+)
+def test_cluster_urls_are_accepted(tmp_path: Path, url: str) -> None:
+    assert Settings.load(environ={}, cwd=tmp_path, redis_url=url).redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("redis+cluster://n1:7000/3", "a Redis Cluster has database 0 only; the URL's path is '/3'"),
+        ("redis+cluster://n1:port", "node 'n1:port' in the URL has an invalid port 'port'"),
+        ("redis+cluster://n1:7000,:7001", "node ':7001' in the URL has no host"),
+        ("redis+cluster://n1:7000?ssl_ca_certs=/ca.pem", "'ssl_ca_certs' but scheme 'redis': TLS needs rediss://"),
+        ("rediss+cluster://n1:7000?db=2", "takes TLS options (ssl_*) only in its query, got 'db'"),
+    ],
+)
+def test_a_bad_cluster_url_is_a_value_error_naming_the_part(tmp_path: Path, url: str, named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)):
+        Settings.load(environ={}, cwd=tmp_path, redis_url=url)
 
 
 @pytest.mark.parametrize(

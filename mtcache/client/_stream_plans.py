@@ -159,8 +159,8 @@ def _value(entry_id: str, name: str, raw: bytes | str, decode: bool) -> str | by
 
 
 def _parse(raw_entries: list[Any] | None, decode: bool) -> list[tuple[str, dict[str, Any] | None]]:
-    """``[[id, [f1, v1, ...]], ...]`` → ``[(id, {f1: v1}), ...]``; an entry deleted while it
-    was pending comes as ``(id, None)``."""
+    """``[[id, [f1, v1, ...]], ...]`` (or ``[(id, {f1: v1}), ...]``, as redis-py parses it) →
+    ``[(id, {f1: v1}), ...]``; an entry deleted while it was pending comes as ``(id, None)``."""
     parsed: list[tuple[str, dict[str, Any] | None]] = []
     for item in raw_entries or ():
         if item is None:  # XAUTOCLAIM before Redis 7 marks a deleted entry this way
@@ -169,8 +169,9 @@ def _parse(raw_entries: list[Any] | None, decode: bool) -> list[tuple[str, dict[
         if flat is None:
             parsed.append((entry_id, None))
             continue
-        names = [_text(n) for n in flat[::2]]
-        parsed.append((entry_id, {n: _value(entry_id, n, v, decode) for n, v in zip(names, flat[1::2], strict=True)}))
+        # a cluster client parses entries itself (its nodes keep redis-py's reply callbacks): fields as a dict
+        pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
+        parsed.append((entry_id, {_text(n): _value(entry_id, _text(n), v, decode) for n, v in pairs}))
     return parsed
 
 

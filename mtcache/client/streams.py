@@ -35,7 +35,9 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.retry
+import redis.cluster
 import redis.retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -104,7 +106,8 @@ class _StreamsBase:
         }
 
     @staticmethod
-    def _raw_replies(client: redis.Redis | redis.asyncio.Redis) -> None:
+    def _raw_replies(client: redis.Redis | redis.asyncio.Redis | redis.cluster.RedisCluster
+                     | redis.asyncio.cluster.RedisCluster) -> None:
         for command in _RAW_REPLY_COMMANDS:
             client.set_response_callback(command, _identity)
 
@@ -129,7 +132,8 @@ class Streams(_StreamsBase):
     Normal calls use one connection pool (socket timeout ``timeout``), blocking reads
     another, so a blocking read never delays the other calls.
 
-    :param redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL.
+    :param redis_url: a Redis URL (``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``,
+        ``redis+cluster://``); on a cluster each stream lives on the node of its key's slot.
     :param prefix: key prefix, e.g. ``"mtcache:default:"``; streams live at
         ``f"{prefix}stream:{name}"`` unless a call passes ``raw=True``.
     :param timeout: socket timeout of every non-blocking call, in seconds.
@@ -141,7 +145,7 @@ class Streams(_StreamsBase):
         self._client = self._open(self._timeout)
         self._blocking = self._open(self._timeout + BLOCK_CHUNK_MS / 1000 + _BLOCK_SLACK)
 
-    def _open(self, socket_timeout: float) -> redis.Redis:
+    def _open(self, socket_timeout: float) -> redis.Redis | redis.cluster.RedisCluster:
         client = sync_client(self._url, **self._options(socket_timeout, redis.retry.Retry))
         self._raw_replies(client)
         return client
@@ -331,7 +335,7 @@ class AsyncStreams(_StreamsBase):
         self._client = self._open(self._timeout)
         self._blocking = self._open(self._timeout + BLOCK_CHUNK_MS / 1000 + _BLOCK_SLACK)
 
-    def _open(self, socket_timeout: float) -> redis.asyncio.Redis:
+    def _open(self, socket_timeout: float) -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:
         client = async_client(self._url, **self._options(socket_timeout, redis.asyncio.retry.Retry))
         self._raw_replies(client)
         return client

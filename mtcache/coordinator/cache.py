@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from mtcache.config import Settings
 from mtcache.coordinator.backlog import Write, WriteBacklog
-from mtcache.coordinator.invalidation import BLOCK_MS, InvalidationStream, new_origin
+from mtcache.coordinator.invalidation import BLOCK_MS, InvalidationStream, ShardedInvalidation, new_origin
 from mtcache.coordinator.l2 import (
     FOREVER_MS,
     Envelope,
@@ -82,25 +82,25 @@ class CacheEngine:
         self.leases = LeaseRegistry(settings.lease_ttl, on_end=self._lease_ended, lease_max=settings.lease_max,
                                     alive=self._holder_alive, on_renew=self._lease_renewed)
         self.origin = new_origin()
-        self.inval: InvalidationStream | None = None
+        self.inval: InvalidationStream | ShardedInvalidation | None = None
         self.dist: DistributedLeases | None = None
         if l2 is not None:
-            self.inval = InvalidationStream(
-                l2.redis,
-                l2.prefix,
-                reader_url=settings.redis_url,
-                maxlen=settings.inval_maxlen,
-                timeout=settings.redis_timeout,
-                origin=self.origin,
-                on_invalidate=self._invalidated,
-                on_clear=self._cleared_elsewhere,
-                on_gap=self._unvouched,
-                on_fill=self._filled_elsewhere,
-                on_tag=self._tag_invalidated,
-                on_stamp=self._observed,
+            options: dict[str, Any] = {
+                "reader_url": settings.redis_url,
+                "maxlen": settings.inval_maxlen,
+                "timeout": settings.redis_timeout,
+                "origin": self.origin,
+                "on_invalidate": self._invalidated,
+                "on_clear": self._cleared_elsewhere,
+                "on_gap": self._unvouched,
+                "on_fill": self._filled_elsewhere,
+                "on_tag": self._tag_invalidated,
+                "on_stamp": self._observed,
                 # the reader must hear from a healthy Redis well within the staleness bound
-                block_ms=max(10, min(BLOCK_MS, int(settings.staleness_bound * 1000 / 3))),
-            )
+                "block_ms": max(10, min(BLOCK_MS, int(settings.staleness_bound * 1000 / 3))),
+            }
+            self.inval = (ShardedInvalidation(l2.redis, l2.layout, **options) if l2.layout.sharded
+                          else InvalidationStream(l2.redis, l2.layout.streams()[0], **options))
             self.dist = DistributedLeases(l2, self.origin, settings.lease_ttl)
         #: the newest clear this host knows of: entries written before it are dead
         self.floor = 0

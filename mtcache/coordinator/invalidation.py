@@ -2,7 +2,10 @@
 
 Every ``set``, ``delete`` and ``clear`` a coordinator serves is appended to the
 Redis stream ``<prefix>inval`` (``XADD ... MAXLEN ~ N``) as ``{seq, origin, op,
-key, stamp}``, in the same pipelined round trip as the L2 write. Fill notices
+key, stamp}``, in the same pipelined round trip as the L2 write. On a Redis
+Cluster each group of keys (see :class:`~mtcache.coordinator.l2.Layout`) has a
+stream of its own, in its slot, with its own reader, sequence numbers and gap
+detection (:class:`ShardedInvalidation`): a gap in one drops L1 as any gap does. Fill notices
 (``op = "fill"``: a computed value just reached L2) travel the same way but
 invalidate nothing; they wake other hosts waiting for that key's distributed
 lease.
@@ -47,14 +50,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
-from mtcache.coordinator.l2 import PUBLISH_LUA, _deadline, pack_commands
+from mtcache.coordinator.l2 import PUBLISH_LUA, AnyRedis, Layout, _deadline, pack_commands
 from mtcache.redis_urls import async_client
 
-__all__ = ["InvalidationStream", "new_origin"]
+__all__ = ["InvalidationStream", "ShardedInvalidation", "new_origin"]
 
 log = logging.getLogger("mtcache.coordinator")
 
@@ -96,6 +99,7 @@ class InvalidationStream:
     """Publishes this host's writes and applies the other hosts'.
 
     :param writer: the L2 client (publishes go into its pipelines).
+    :param stream: the stream's key.
     :param reader_url: the Redis URL for the reader's own connection.
     :param on_invalidate: ``(key, stamp)`` another host wrote ``key``; True if that applied (L1 held nothing newer).
     :param on_clear: ``(stamp)`` another host cleared the namespace.
@@ -109,8 +113,8 @@ class InvalidationStream:
 
     def __init__(
         self,
-        writer: Redis,
-        prefix: str,
+        writer: AnyRedis,
+        stream: str,
         *,
         reader_url: str,
         maxlen: int,
@@ -125,7 +129,7 @@ class InvalidationStream:
         block_ms: int = BLOCK_MS,
         own_pause: float = OWN_PAUSE,
     ) -> None:
-        self.stream = prefix + "inval"
+        self.stream = stream
         #: how long one blocking read waits: the reader hears from Redis at least this often
         self.block_ms = block_ms
         self.own_pause = own_pause
@@ -219,7 +223,9 @@ class InvalidationStream:
                 for _stream, entries in (reply.items() if isinstance(reply, dict) else reply or ()):
                     for entry_id, flat in entries:
                         read += 1
-                        others += self._apply(entry_id.decode(), dict(zip(flat[::2], flat[1::2], strict=True)))
+                        # a raw reply's fields are a flat list; redis-py's (on a cluster) a dict
+                        fields = flat if isinstance(flat, dict) else dict(zip(flat[::2], flat[1::2], strict=True))
+                        others += self._apply(entry_id.decode(), fields)
                 if read and not others:
                     await self._after_own()
             # RuntimeError: uvloop's 'unable to perform operation on <TCPTransport closed=True>', what redis-py
@@ -247,7 +253,12 @@ class InvalidationStream:
         it goes straight to a connection of its own, without redis-py's per-command machinery (which cost
         several times the round trip's own CPU). A reply that does not come within the block time plus the
         Redis timeout raises TimeoutError and closes the connection (a reply read later would be out of step).
+        On a cluster the read goes through the cluster client, to the node that holds the stream's slot now.
         """
+        if isinstance(self._reader, RedisCluster):
+            async with _deadline(self._read_bound):
+                return await self._reader.xread({self.stream: self.last_id or "0-0"}, count=BATCH,
+                                                block=self.block_ms)
         conn = self._conn
         if conn is None:
             pool = self._reader.connection_pool
@@ -375,4 +386,98 @@ class InvalidationStream:
             "stream_reader": self.state,
             "stream_reader_lag_ms": round(self.lag_ms, 3),
             "stream_last_id": self.last_id,
+        }
+
+
+class ShardedInvalidation:
+    """The invalidation streams of a Redis Cluster: one :class:`InvalidationStream` per group of ``layout``
+    (each reads its group's stream on a connection of its own, with its own sequence numbers and gap
+    detection), seen by the coordinator as one. A write's entry goes to its key's group's stream, in the
+    same script as the write (one slot).
+
+    :param options: what :class:`InvalidationStream` takes besides the writer and the stream.
+    """
+
+    def __init__(self, writer: AnyRedis, layout: Layout, **options: Any) -> None:
+        self._layout = layout
+        self.shards = [InvalidationStream(writer, stream, **options) for stream in layout.streams()]
+        #: set once every shard's reader has connected and found where to read from
+        self.synced = asyncio.Event()
+        self._synced_task: asyncio.Task[None] | None = None
+
+    def _shard(self, key: str) -> InvalidationStream:
+        return self.shards[self._layout.group(key)]
+
+    def entry(self, op: str, key: str, stamp: int) -> tuple[str, list[Any]]:
+        """The stream of ``key``'s group and the entry's arguments (see :meth:`InvalidationStream.entry`)."""
+        return self._shard(key).entry(op, key, stamp)
+
+    def publish(self, pipe: Any, op: str, key: str, stamp: int) -> None:
+        """Queue the publication of ``op`` on ``key`` on its group's stream (see
+        :meth:`InvalidationStream.publish`)."""
+        self._shard(key).publish(pipe, op, key, stamp)
+
+    @property
+    def connected(self) -> bool:
+        """True while every shard's reader reads."""
+        return all(shard.connected for shard in self.shards)
+
+    @property
+    def ever_connected(self) -> bool:
+        """True once any shard's reader connected."""
+        return any(shard.ever_connected for shard in self.shards)
+
+    @property
+    def last_ok(self) -> float:
+        """When the shard heard from least recently last heard from Redis (see
+        :attr:`InvalidationStream.last_ok`)."""
+        return min(shard.last_ok for shard in self.shards)
+
+    @property
+    def state(self) -> str:
+        """``"connected"`` (every shard reads), ``"connecting"`` (none connected yet) or ``"disconnected"``."""
+        if self.connected:
+            return "connected"
+        return "disconnected" if self.ever_connected else "connecting"
+
+    @property
+    def lag_ms(self) -> float:
+        """The largest lag of the shards (see :meth:`InvalidationStream.stats`)."""
+        return max(shard.lag_ms for shard in self.shards)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """The shards' counters, summed."""
+        total: dict[str, int] = {}
+        for shard in self.shards:
+            for name, value in shard.counters.items():
+                total[name] = total.get(name, 0) + value
+        return total
+
+    def start(self) -> None:
+        """Start every shard's reader."""
+        for shard in self.shards:
+            shard.start()
+        self._synced_task = asyncio.get_running_loop().create_task(self._all_synced())
+
+    async def _all_synced(self) -> None:
+        await asyncio.gather(*(shard.synced.wait() for shard in self.shards))
+        self.synced.set()
+
+    async def close(self) -> None:
+        """Stop every reader and close their connections."""
+        if self._synced_task is not None:
+            self._synced_task.cancel()
+        await asyncio.gather(*(shard.close() for shard in self.shards))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters summed over the shards, the readers' state, the largest lag, the last entry read of each
+        stream, and how many shards."""
+        return {
+            **self.counters,
+            "stream_reader": self.state,
+            "stream_reader_lag_ms": round(self.lag_ms, 3),
+            "stream_last_id": None,
+            "stream_last_ids": {shard.stream: shard.last_id for shard in self.shards},
+            "stream_shards": len(self.shards),
         }

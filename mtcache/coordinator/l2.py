@@ -28,15 +28,18 @@ import socket
 import ssl
 import sys
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 import msgpack
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import AuthenticationError, NoPermissionError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -44,7 +47,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from mtcache.config import redact_url
 from mtcache.coordinator.stamps import format_stamp, parse_stamp
 from mtcache.errors import L2Error
-from mtcache.redis_urls import async_client
+from mtcache.redis_urls import async_client, is_cluster_url
 
 if sys.version_info >= (3, 11, 3):
     from asyncio import timeout as _deadline
@@ -53,12 +56,14 @@ else:
     from async_timeout import timeout as _deadline  # type: ignore[no-redef, import-not-found, unused-ignore]
 
 __all__ = [
+    "CLUSTER_GROUPS",
     "FOREVER_MS",
     "FORMAT_VERSION",
     "HEADER_BYTES",
     "Batch",
     "Envelope",
     "L2Tier",
+    "Layout",
     "RedisFailure",
     "WriteResult",
     "classify_failure",
@@ -91,6 +96,12 @@ _MAX_EXPIRY_MS = 2**62
 FOREVER_MS = 2**61
 _SCAN_COUNT = 1000
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+#: How many shard groups a namespace's keys form on a Redis Cluster (see :class:`Layout`).
+CLUSTER_GROUPS = 16
+_SLOTS = 16384
+
+#: A client of one Redis (or of Sentinel's master) or of a Redis Cluster.
+AnyRedis = Redis | RedisCluster
 
 
 class Envelope(NamedTuple):
@@ -265,6 +276,91 @@ def key_prefix(namespace: str) -> str:
     if not namespace or ":" in namespace:
         raise ValueError(f"namespace must be a non-empty string without ':', got {namespace!r}")
     return f"mtcache:{namespace}:v{FORMAT_VERSION}:"
+
+
+def _group_tag(namespace: str, group: int, groups: int) -> str:
+    """The hash tag of ``group`` of ``groups``: the first ``<namespace>.<group>.<n>`` whose hash slot falls in
+    the group's share of the 16384 slots, so that the groups spread evenly over a cluster's masters (which
+    ``redis-cli --cluster create`` gives equal, contiguous slot ranges)."""
+    low, high = group * _SLOTS // groups, (group + 1) * _SLOTS // groups
+    n = 0
+    while not low <= key_slot(f"{namespace}.{group}.{n}".encode()) < high:
+        n += 1
+    return f"{namespace}.{group}.{n}"
+
+
+class Layout:
+    """Where one namespace's keys live in Redis.
+
+    On one Redis (or Sentinel's master) there is one group, and every key is under the prefix:
+    ``<prefix>k:<key>`` (the record), ``<prefix>lease:<key>``, ``<prefix>floor`` and ``<prefix>inval``
+    (the invalidation stream). On a Redis Cluster, where a Lua script may touch keys of one hash slot
+    only, the keys form :data:`CLUSTER_GROUPS` groups, each under ``<prefix>{<tag>}:`` with its own
+    hash tag: a key's record, its tombstone, its lease, its group's copy of the namespace floor and its
+    group's invalidation stream share one slot, and the groups' slots spread over the masters, so no
+    one slot carries every write. A key's group is the CRC-32 of its UTF-8 bytes modulo the groups.
+    Tag stamps (``<prefix>tag:<tag>``) are single keys and need no group.
+    """
+
+    __slots__ = ("_base_set", "bases", "prefix")
+
+    def __init__(self, prefix: str, namespace: str, groups: int = 1) -> None:
+        self.prefix = prefix
+        #: the prefix of each group's keys
+        self.bases: tuple[str, ...] = (prefix,) if groups == 1 else tuple(
+            f"{prefix}{{{_group_tag(namespace, g, groups)}}}:" for g in range(groups))
+        self._base_set = frozenset(self.bases)
+
+    @property
+    def sharded(self) -> bool:
+        """True on a cluster (more than one group)."""
+        return len(self.bases) > 1
+
+    def group(self, key: str) -> int:
+        """The group of ``key``."""
+        bases = self.bases
+        return 0 if len(bases) == 1 else zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(bases)
+
+    def record(self, key: str) -> str:
+        """The Redis key of ``key``'s record."""
+        return self.bases[self.group(key)] + "k:" + key
+
+    def lease(self, key: str) -> str:
+        """The Redis key of ``key``'s distributed lease."""
+        return self.bases[self.group(key)] + "lease:" + key
+
+    def floor(self, key: str) -> str:
+        """The namespace floor as ``key``'s group holds it."""
+        return self.bases[self.group(key)] + "floor"
+
+    def floors(self) -> list[str]:
+        """Every group's copy of the namespace floor (a clear raises them all)."""
+        return [base + "floor" for base in self.bases]
+
+    def streams(self) -> list[str]:
+        """Every group's invalidation stream."""
+        return [base + "inval" for base in self.bases]
+
+    def stream(self, key: str) -> str:
+        """The invalidation stream of ``key``'s group."""
+        return self.bases[self.group(key)] + "inval"
+
+    def floor_of_record(self, rkey: str) -> str:
+        """The floor key of the group a record key (one :meth:`record` made) belongs to."""
+        if len(self.bases) == 1:
+            return self.bases[0] + "floor"
+        return rkey[: rkey.index("}:", len(self.prefix)) + 2] + "floor"
+
+    def is_record(self, rkey: str) -> bool:
+        """True if ``rkey`` (a key found by a scan of the prefix) is a record of this layout."""
+        if len(self.bases) == 1:
+            return rkey.startswith(self.prefix + "k:")
+        end = rkey.find("}:", len(self.prefix))
+        return end > 0 and rkey[: end + 2] in self._base_set and rkey.startswith("k:", end + 2)
+
+
+def _text(key: bytes | str) -> str:
+    return key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else key
 
 
 def _now_ms() -> int:
@@ -643,15 +739,64 @@ class _Lane:
             self._conn = None
 
 
+class _ClusterLane:
+    """What :class:`_Lane` is, on a Redis Cluster: a batch goes as one non-transactional redis-py cluster
+    pipeline, which sends each node its commands in one round trip (the nodes in parallel), follows
+    ``MOVED`` and ``ASK`` and relearns the slot map after a failover. Scripts go as ``EVALSHA``, and those a
+    node does not have cached go again as ``EVAL``. Batches take turns, in the order they come, so two
+    writes of one key reach its node in the order they were queued."""
+
+    def __init__(self, redis: RedisCluster) -> None:
+        self._redis = redis
+        self._lock = asyncio.Lock()
+
+    async def run(self, batch: Batch) -> list[Any]:
+        """The replies of ``batch``, in order.
+
+        :raises RedisError, OSError: Redis failed (an error reply: the first one, after every reply came).
+        """
+        async with self._lock:
+            replies = await self._send([args if s is None else ("EVALSHA", _sha(s), n, *args)
+                                        for s, n, args in batch.commands])
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                again = await self._send([("EVAL", batch.commands[i][0], batch.commands[i][1],
+                                           *batch.commands[i][2]) for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        if not commands:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def aclose(self) -> None:
+        """Nothing of its own to close: the cluster client's connections are the tier's."""
+
+
+def _lane(redis: AnyRedis) -> _Lane | _ClusterLane:
+    return _ClusterLane(redis) if isinstance(redis, RedisCluster) else _Lane(redis)
+
+
 class _Reads:
     """Reads that share round trips: the keys asked while one ``MGET`` is on its way go together in the next
     (the floor read once for all), on a connection of their own (a :class:`_Lane`): workers that miss L1 at
     the same moment cost one round trip, not one each, and a read never waits behind a write batch. Each
-    round trip is bounded by ``bound`` seconds; its failure is every waiting caller's."""
+    round trip is bounded by ``bound`` seconds; its failure is every waiting caller's.
 
-    def __init__(self, redis: Redis, floor_key: str, bound: float) -> None:
-        self._lane = _Lane(redis)
-        self._floor_key = floor_key
+    On a cluster each key is read with its group's floor (``MGET record floor``, one slot), the keys of a
+    node together in one round trip, and the newest of the floors read stands for the namespace floor."""
+
+    def __init__(self, redis: AnyRedis, layout: Layout, bound: float) -> None:
+        self._lane = _lane(redis)
+        self._layout = layout
         self._bound = bound
         self._waiting: list[tuple[list[str], asyncio.Future[list[Any]]]] = []
         self._task: asyncio.Task[None] | None = None
@@ -667,15 +812,27 @@ class _Reads:
             self._task = loop.create_task(self._run())
         return await fut
 
+    async def _read(self, rkeys: list[str]) -> list[Any]:
+        """``MGET *rkeys floor`` on one Redis; on a cluster, the same answer from one ``MGET record floor``
+        per key."""
+        batch = Batch()
+        layout = self._layout
+        if not layout.sharded:
+            batch.command("MGET", *rkeys, layout.floors()[0])
+            return list((await self._lane.run(batch))[0])
+        for rkey in rkeys:
+            batch.command("MGET", rkey, layout.floor_of_record(rkey))
+        pairs = await self._lane.run(batch)
+        floors = [floor for _, floor in pairs if floor is not None]
+        return [data for data, _ in pairs] + [max(floors) if floors else None]
+
     async def _run(self) -> None:
         while self._waiting:
             waiting, self._waiting = self._waiting, []
-            batch = Batch()
-            batch.command("MGET", *(key for keys, _ in waiting for key in keys), self._floor_key)
             self.batches += 1
             try:
                 async with _deadline(self._bound):
-                    replies: list[Any] = (await self._lane.run(batch))[0]
+                    replies = await self._read([key for keys, _ in waiting for key in keys])
             except BaseException as exc:  # every waiting caller gets an answer, whatever failed
                 error = exc if isinstance(exc, Exception) else L2Error("the coordinator is stopping")
                 for _, fut in waiting:
@@ -717,10 +874,11 @@ class L2Tier:
     replaces a newer one, from any host. A delete writes a tombstone (see :class:`Envelope`).
 
     Builds its client with ``redis.asyncio.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)``
-    unless ``client`` is given (the tier then owns it and closes it in :meth:`aclose`). The client retries a
-    command once, at once, only after a connection error (a pooled connection that Redis dropped while idle, as
-    in a Redis restart); timeouts are not retried, so a call against a dead or stopped Redis fails within about
-    ``2 * timeout``.
+    (a :class:`~redis.asyncio.cluster.RedisCluster` for a ``redis+cluster://`` URL, whose keys then form groups,
+    see :class:`Layout`) unless ``client`` is given (the tier then owns it and closes it in :meth:`aclose`).
+    The client retries a command once, at once, only after a connection error (a pooled connection that Redis
+    dropped while idle, as in a Redis restart); timeouts are not retried, so a call against a dead or stopped
+    Redis fails within about ``2 * timeout``.
 
     :raises TypeError: an argument has the wrong type.
     :raises ValueError: ``url`` is not a Redis URL, ``namespace`` is invalid (see :func:`key_prefix`) or
@@ -728,7 +886,7 @@ class L2Tier:
     """
 
     prefix: str
-    redis: Redis
+    redis: AnyRedis
 
     def __init__(
         self,
@@ -736,7 +894,7 @@ class L2Tier:
         namespace: str,
         *,
         timeout: float = 1.0,
-        client: Redis | None = None,
+        client: AnyRedis | None = None,
     ) -> None:
         if not isinstance(url, str):
             raise TypeError(f"url must be a str, got {type(url).__name__}")
@@ -747,30 +905,31 @@ class L2Tier:
         except ValueError:
             raise ValueError("the Redis URL is malformed (not shown: it may hold a password)") from None
         if client is None:
+            # a cluster client retries on its own (it follows MOVED and relearns the slot map), within the
+            # deadline around each call
+            retry = {} if is_cluster_url(url) else {
+                "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))}
             try:
-                client = async_client(
-                    url,
-                    socket_timeout=timeout,
-                    socket_connect_timeout=timeout,
-                    retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                )
+                client = async_client(url, socket_timeout=timeout, socket_connect_timeout=timeout, **retry)
             except ValueError as exc:
                 # redis-py's reason names the bad part of the URL; never let it carry the password
                 password = urlsplit(url).password
                 reason = "malformed" if password and password in str(exc) else str(exc)
                 raise ValueError(f"invalid Redis URL {self._url!r}: {reason}") from None
-        elif not isinstance(client, Redis):
-            raise TypeError(f"client must be a redis.asyncio.Redis, got {type(client).__name__}")
+        elif not isinstance(client, (Redis, RedisCluster)):
+            raise TypeError(f"client must be a redis.asyncio.Redis or RedisCluster, got {type(client).__name__}")
         self.redis = client
-        self._lane = _Lane(client)
+        #: where the namespace's keys live (one group, or :data:`CLUSTER_GROUPS` on a cluster)
+        self.layout = Layout(self.prefix, namespace, CLUSTER_GROUPS if isinstance(client, RedisCluster) else 1)
+        self._lane = _lane(client)
         self._bound = 2 * timeout
-        self.floor_key = self.prefix + "floor"
-        self._reads = _Reads(client, self.floor_key, self._bound)
+        self._reads = _Reads(client, self.layout, self._bound)
         #: the namespace floor as last read: records with an older stamp are dead
         self.floor = 0
         # clear() removes records only: the invalidation stream, the floor and leases under the same
-        # prefix must survive it
-        self._match = _GLOB_SPECIAL.sub(r"\\\1", self.prefix) + "k:*"
+        # prefix must survive it (on a cluster the scan finds every key under the prefix, and only records
+        # are purged)
+        self._match = _GLOB_SPECIAL.sub(r"\\\1", self.prefix) + ("*" if self.layout.sharded else "k:*")
         self._gets = self._hits = self._misses = self._sets = self._errors = self._corrupt = 0
         #: why the last ping failed (None after a ping that succeeded)
         self.last_failure: RedisFailure | None = None
@@ -778,13 +937,19 @@ class L2Tier:
     def __repr__(self) -> str:
         return f"L2Tier(url={self._url!r}, prefix={self.prefix!r})"
 
+    @property
+    def floor_key(self) -> str:
+        """The namespace floor's key (the first group's copy on a cluster)."""
+        return self.layout.floors()[0]
+
     def key(self, key: str) -> str:
-        """The Redis key that holds the record of ``key``: ``prefix + "k:" + key``.
+        """The Redis key that holds the record of ``key``: ``prefix + "k:" + key`` on one Redis (see
+        :class:`Layout` for a cluster).
 
         :raises TypeError: ``key`` is not a str.
         :raises ValueError: ``key`` is empty.
         """
-        return self.prefix + "k:" + _check_key(key)
+        return self.layout.record(_check_key(key))
 
     # -- reads ------------------------------------------------------------------
 
@@ -885,14 +1050,15 @@ class L2Tier:
         ``entry`` (a stream and its entry's arguments, see ``InvalidationStream.entry``), the same call
         publishes the write on the invalidation stream, whatever the write's outcome."""
         rkey = self.key(key)
+        floor_key = self.layout.floor(key)
         data, ttl_ms = self.record(value, ttl, stamp, tags, stale_for)
         digits = format_stamp(stamp)
         args = (data, ttl_ms, digits[:16], digits[16:], "renew" if renew else "")
         if entry is None:
-            pipe.eval(_WRITE, 2, rkey, self.floor_key, *args)
+            pipe.eval(_WRITE, 2, rkey, floor_key, *args)
         else:
             stream, fields = entry
-            pipe.eval(_WRITE_AND_PUBLISH, 3, rkey, self.floor_key, stream, *args, *fields)
+            pipe.eval(_WRITE_AND_PUBLISH, 3, rkey, floor_key, stream, *args, *fields)
         self._sets += 1
 
     async def write(
@@ -916,7 +1082,7 @@ class L2Tier:
         """
         data, ttl_ms = self.record(value, ttl, stamp, tags)
         digits = format_stamp(stamp)
-        pipe.eval(_ADD, 2, self.key(key), self.floor_key, data, ttl_ms, digits[:16], digits[16:], _now_ms())
+        pipe.eval(_ADD, 2, self.key(key), self.layout.floor(key), data, ttl_ms, digits[:16], digits[16:], _now_ms())
 
     def queue_incr(self, pipe: Batch, key: str, delta: int, stamp: int) -> None:
         """Queue the addition of ``delta`` to the integer value of ``key`` (see :data:`_INCR` for the reply).
@@ -924,7 +1090,8 @@ class L2Tier:
         :raises TypeError, ValueError: an argument is invalid.
         """
         digits = format_stamp(_check_stamp(stamp))
-        pipe.eval(_INCR, 2, self.key(key), self.floor_key, int(delta), digits[:16], digits[16:], _now_ms(), digits)
+        pipe.eval(_INCR, 2, self.key(key), self.layout.floor(key), int(delta), digits[:16], digits[16:], _now_ms(),
+                  digits)
 
     def queue_touch(self, pipe: Batch, key: str, ttl: float) -> None:
         """Queue giving the live value of ``key`` a new expiry ``ttl`` from now (FOREVER: none); its reply is
@@ -938,7 +1105,7 @@ class L2Tier:
         else:
             px = max(1, round(_check_seconds("ttl", ttl) * 1000))
             expiry = now + px
-        pipe.eval(_TOUCH, 2, self.key(key), self.floor_key, px, expiry.to_bytes(8, "big"), now)
+        pipe.eval(_TOUCH, 2, self.key(key), self.layout.floor(key), px, expiry.to_bytes(8, "big"), now)
 
     def tag_key(self, tag: str) -> str:
         """The Redis key holding the stamp of the last invalidation of ``tag``."""
@@ -956,7 +1123,11 @@ class L2Tier:
 
         :raises L2Error: Redis failed.
         """
-        datas: list[Any] = await self._run("tags", self.redis.mget([self.tag_key(tag) for tag in tags]))
+        tag_keys = [self.tag_key(tag) for tag in tags]
+        # each tag's key is in a slot of its own on a cluster: one GET per key, a node's together
+        redis = self.redis
+        read = redis.mget_nonatomic(tag_keys) if isinstance(redis, RedisCluster) else redis.mget(tag_keys)
+        datas: list[Any] = await self._run("tags", read)
         out: dict[str, int] = {}
         for tag, data in zip(tags, datas, strict=True):
             try:
@@ -970,7 +1141,9 @@ class L2Tier:
 
         :raises TypeError, ValueError: ``stamp`` is not a stamp.
         """
-        pipe.eval(_RAISE_FLOOR, 1, self.floor_key, format_stamp(_check_stamp(stamp)))
+        digits = format_stamp(_check_stamp(stamp))
+        for floor_key in self.layout.floors():
+            pipe.eval(_RAISE_FLOOR, 1, floor_key, digits)
 
     async def pipeline(self, op: str, build: Callable[[Batch], None]) -> list[Any]:
         """Run the commands ``build(batch)`` queues in one non-transactional round trip on the tier's own
@@ -992,7 +1165,8 @@ class L2Tier:
         removed = 0
         cursor = 0
         while True:
-            cursor, batch = await self._run("clear", self.redis.scan(cursor, match=self._match, count=_SCAN_COUNT))
+            cursor, batch = await self._scan(cursor)
+            batch = [rkey for rkey in batch if self.layout.is_record(_text(rkey))]
             if batch:
 
                 def build(pipe: Batch, batch: list[Any] = batch) -> None:
@@ -1000,8 +1174,30 @@ class L2Tier:
                         pipe.eval(_PURGE, 1, rkey, digits)
 
                 removed += sum(int(r) for r in await self.pipeline("clear", build))
-            if int(cursor) == 0:
+            if not cursor:
                 return removed
+
+    async def _scan(self, cursor: Any) -> tuple[Any, list[Any]]:
+        """One ``SCAN MATCH`` round trip over the namespace's keys, from ``cursor`` (0: the start): the next
+        cursor (falsy at the end) and the keys found. On a cluster the cursor is one per master, and one step
+        scans each master once."""
+        redis = self.redis
+        if not isinstance(redis, RedisCluster):
+            cursor, keys = await self._run("clear", redis.scan(cursor, match=self._match, count=_SCAN_COUNT))
+            return int(cursor), keys
+        if not cursor:  # the first step scans every master
+            cursors, found = await self._run("clear", redis.scan(match=self._match, count=_SCAN_COUNT))
+        else:
+            cursors, found = {}, []
+            for name, at in cursor.items():
+                node = redis.get_node(node_name=name)
+                if node is None:  # the node left (a failover): its replica's promotion is scanned by a later clear
+                    continue
+                step, keys = await self._run("clear", redis.scan(at, match=self._match, count=_SCAN_COUNT,
+                                                                 target_nodes=node))
+                cursors[name] = step[name]
+                found.extend(keys)
+        return {name: at for name, at in cursors.items() if int(at)}, found
 
     # -- the rest ---------------------------------------------------------------
 
@@ -1026,10 +1222,18 @@ class L2Tier:
         except _FAILURES as exc:
             self.last_failure = classify_failure(exc)
             with contextlib.suppress(*_FAILURES):
-                await self.redis.connection_pool.disconnect()
+                await self._disconnect()
             return False
         self.last_failure = None
         return answered
+
+    async def _disconnect(self) -> None:
+        """Drop every pooled connection (a cluster client also forgets its slot map and learns it again at
+        its next call)."""
+        if isinstance(self.redis, RedisCluster):
+            await self.redis.aclose()
+        else:
+            await self.redis.connection_pool.disconnect()
 
     async def aclose(self) -> None:
         """Close the client and its connections. The tier cannot be used afterwards."""
@@ -1066,7 +1270,7 @@ class L2Tier:
             if isinstance(exc, RuntimeError):
                 # redis-py does not drop a connection on this error: drop them all, or the pool
                 # hands out the dead one again
-                await self.redis.connection_pool.disconnect()
+                await self._disconnect()
             if isinstance(exc, RedisError) or str(exc):
                 detail = f"{type(exc).__name__}: {exc}"
             else:

@@ -311,15 +311,15 @@ class DistributedLeases:
 
     def __init__(self, l2: L2Tier, owner: str, ttl: float) -> None:
         self.l2 = l2
-        self.prefix = l2.prefix + "lease:"
         self.owner = owner
         self.ttl_ms = max(1, round(ttl * 1000))
         self.held: set[str] = set()
         self._waiting: dict[str, set[asyncio.Event]] = {}
 
     def key(self, key: str) -> str:
-        """The Redis key of ``key``'s lease."""
-        return self.prefix + key
+        """The Redis key of ``key``'s lease (in the slot of its record on a cluster, see
+        :class:`~mtcache.coordinator.l2.Layout`)."""
+        return self.l2.layout.lease(key)
 
     async def take(self, key: str) -> bool:
         """Take the lease if nobody holds it (one round trip). Counted as held
