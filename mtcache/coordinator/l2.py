@@ -1185,18 +1185,19 @@ class L2Tier:
         if not isinstance(redis, RedisCluster):
             cursor, keys = await self._run("clear", redis.scan(cursor, match=self._match, count=_SCAN_COUNT))
             return int(cursor), keys
+        # redis-py's cluster SCAN answers a cursor per node: {node name: cursor}
+        cursors: dict[str, Any] = {}
+        found: list[Any] = []
         if not cursor:  # the first step scans every master
-            cursors, found = await self._run("clear", redis.scan(match=self._match, count=_SCAN_COUNT))
-        else:
-            cursors, found = {}, []
-            for name, at in cursor.items():
-                node = redis.get_node(node_name=name)
-                if node is None:  # the node left (a failover): its replica's promotion is scanned by a later clear
-                    continue
-                step, keys = await self._run("clear", redis.scan(at, match=self._match, count=_SCAN_COUNT,
-                                                                 target_nodes=node))
-                cursors[name] = step[name]
-                found.extend(keys)
+            reply: Any = await self._run("clear", redis.scan(match=self._match, count=_SCAN_COUNT))
+            cursors, found = reply
+        for name, at in cursor.items() if cursor else ():
+            node = redis.get_node(node_name=name)
+            if node is None:  # the node left (a failover): its replica's promotion is scanned by a later clear
+                continue
+            reply = await self._run("clear", redis.scan(at, match=self._match, count=_SCAN_COUNT, target_nodes=node))
+            cursors[name] = reply[0][name]
+            found.extend(reply[1])
         return {name: at for name, at in cursors.items() if int(at)}, found
 
     # -- the rest ---------------------------------------------------------------
