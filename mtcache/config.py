@@ -33,7 +33,6 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _QUERY_PASSWORD = re.compile(r"((?:^|&)(?:ssl_)?password=)[^&]*")
 _SCHEMES = ("redis", "rediss", "unix")
-_NOT_YET = ("rediss+sentinel",)
 #: the TLS options a ``rediss://`` URL may carry in its query, as redis-py names them (and passes them on to
 #: every connection it opens: the L2 tier's, the coordinator's own write and stream connections, user streams)
 TLS_QUERY_OPTIONS = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_cert_reqs",
@@ -85,11 +84,6 @@ def _validate_url(url: str) -> str:
     if not isinstance(url, str) or not url:
         raise ValueError(f"Redis URL must be a non-empty string, got {url!r}")
     parts = urlsplit(url)
-    if parts.scheme in _NOT_YET:
-        raise ValueError(
-            f"Redis URL {redact_url(url)!r}: {parts.scheme}:// is not supported yet; use redis+sentinel:// "
-            f"or one primary's redis:// or rediss:// URL (README: Deploying on Redis Cluster and Sentinel)"
-        )
     if is_cluster_url(url):
         try:
             parse_cluster_url(url)
@@ -102,11 +96,12 @@ def _validate_url(url: str) -> str:
             parse_sentinel_url(url)
         except ValueError as exc:
             raise ValueError(f"Redis URL {redact_url(url)!r}: {exc}") from None
+        _validate_tls_query(parts.scheme.split("+")[0], parts.query, url)
         return url
     if parts.scheme not in _SCHEMES:
         raise ValueError(
             f"Redis URL {redact_url(url)!r} has scheme {parts.scheme!r}; expected one of {', '.join(_SCHEMES)}, "
-            f"redis+sentinel, redis+cluster, rediss+cluster"
+            f"redis+sentinel, rediss+sentinel, redis+cluster, rediss+cluster"
         )
     try:
         parts.port  # noqa: B018 - parsing the port is the check
@@ -166,7 +161,8 @@ def resolve_redis_url(
 
     Accepts ``redis://``, ``rediss://`` and ``unix://`` URLs with user, password
     and database number, Sentinel's
-    ``redis+sentinel://[user:pass@]host:port[,host:port...]/service[/db]`` and Redis
+    ``redis+sentinel://[user:pass@]host:port[,host:port...]/service[/db]`` (``rediss+sentinel://``
+    with TLS), and Redis
     Cluster's ``redis+cluster://[user:pass@]host:port[,host:port...]`` (``rediss+cluster://``
     with TLS); a
     ``rediss://`` URL may carry redis-py's TLS options in its query

@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_SCHEMES = (SENTINEL_SCHEME, "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 DEFAULT_REDIS_PORT = 6379
@@ -38,13 +39,16 @@ DEFAULT_REDIS_PORT = 6379
 
 class SentinelTarget(NamedTuple):
     """What a ``redis+sentinel://`` URL names: the sentinels, the service (the master's name in their
-    configuration), the database, and the credentials of the data nodes (not of the sentinels)."""
+    configuration), the database, the credentials of the data nodes (not of the sentinels), and for
+    ``rediss+sentinel://`` TLS to the sentinels and the data nodes alike, with the URL's ``ssl_*`` options."""
 
     sentinels: tuple[tuple[str, int], ...]
     service: str
     db: int
     username: str | None
     password: str | None
+    tls: bool
+    tls_options: dict[str, str]
 
 
 class ClusterTarget(NamedTuple):
@@ -59,22 +63,33 @@ class ClusterTarget(NamedTuple):
 
 
 def is_sentinel_url(url: str) -> bool:
-    """True if ``url`` is a ``redis+sentinel://`` URL."""
-    return url.startswith(SENTINEL_SCHEME + "://")
+    """True if ``url`` is a ``redis+sentinel://`` or ``rediss+sentinel://`` URL."""
+    return url.startswith(tuple(scheme + "://" for scheme in SENTINEL_SCHEMES))
+
+
+def _tls_query(scheme: str, query: str) -> dict[str, str]:
+    """The ``ssl_*`` options of a sentinel or cluster URL's query (any other parameter is refused)."""
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = [name for name in options if not name.startswith("ssl_")]
+    if unknown:
+        raise ValueError(f"a {scheme}:// URL takes TLS options (ssl_*) only in its query, got {unknown[0]!r}")
+    return options
 
 
 def parse_sentinel_url(url: str) -> SentinelTarget:
     """Parse ``redis+sentinel://[user:pass@]host:port[,host:port...]/service_name[/db]`` (a port defaults
-    to 26379).
+    to 26379), or ``rediss+sentinel://`` with redis-py's ``ssl_*`` options in the query (TLS to the
+    sentinels and to the data nodes).
 
     :raises ValueError: the URL is not of that form; the message names the bad part, never the password.
     """
     parts = urlsplit(url)
-    if parts.scheme != SENTINEL_SCHEME:
+    if parts.scheme not in SENTINEL_SCHEMES:
         raise ValueError(f"not a {SENTINEL_SCHEME}:// URL (scheme {parts.scheme!r})")
     hosts, username, password = _credentials(parts.netloc)
-    if parts.query or parts.fragment:
-        raise ValueError(f"a {SENTINEL_SCHEME}:// URL takes no query or fragment")
+    if parts.fragment or (parts.query and parts.scheme == SENTINEL_SCHEME):
+        raise ValueError(f"a {SENTINEL_SCHEME}:// URL takes no query or fragment (TLS options need rediss+sentinel://)")
+    tls_options = _tls_query(parts.scheme, parts.query)
     sentinels = _hosts(hosts, "sentinel", DEFAULT_SENTINEL_PORT)
     path = [unquote(p) for p in parts.path.split("/")[1:]]
     if not path or not path[0]:
@@ -83,7 +98,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         raise ValueError(f"after the service name a {SENTINEL_SCHEME}:// URL takes a database number only, "
                          f"got {'/'.join(path[1:])!r}")
     db = int(path[1]) if len(path) == 2 else 0
-    return SentinelTarget(sentinels, path[0], db, username, password)
+    return SentinelTarget(sentinels, path[0], db, username, password, parts.scheme == "rediss+sentinel", tls_options)
 
 
 def is_cluster_url(url: str) -> bool:
@@ -127,12 +142,9 @@ def parse_cluster_url(url: str) -> ClusterTarget:
         raise ValueError(f"a Redis Cluster has database 0 only; the URL's path is {parts.path!r}")
     if parts.fragment:
         raise ValueError("a redis+cluster:// URL takes no fragment")
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    tls = parts.scheme == "rediss+cluster"
-    unknown = [name for name in query if not name.startswith("ssl_")]
-    if unknown:
-        raise ValueError(f"a {parts.scheme}:// URL takes TLS options (ssl_*) only in its query, got {unknown[0]!r}")
-    return ClusterTarget(_hosts(hosts, "node", DEFAULT_REDIS_PORT), username, password, tls, query)
+    query = _tls_query(parts.scheme, parts.query)
+    return ClusterTarget(_hosts(hosts, "node", DEFAULT_REDIS_PORT), username, password,
+                         parts.scheme == "rediss+cluster", query)
 
 
 def _cluster_options(target: ClusterTarget, options: dict[str, Any]) -> dict[str, Any]:
@@ -140,15 +152,29 @@ def _cluster_options(target: ClusterTarget, options: dict[str, Any]) -> dict[str
     cluster client takes no ``db`` and no ``retry`` of a single connection's kind)."""
     out: dict[str, Any] = {"username": target.username, "password": target.password}
     if target.tls:
-        out["ssl"] = True
-        for name, value in target.tls_options.items():
-            out[name] = value.lower() in ("1", "true", "yes", "on") if name == "ssl_check_hostname" else value
+        out.update(_tls_kwargs(target.tls_options))
     out.update({name: value for name, value in options.items() if name not in ("retry", "db")})
     return out
 
 
-def _sentinel_kwargs(connect_timeout: float | None) -> dict[str, Any]:
-    return {"socket_timeout": connect_timeout, "socket_connect_timeout": connect_timeout}
+def _tls_kwargs(tls_options: dict[str, str]) -> dict[str, Any]:
+    """redis-py's TLS arguments from a URL's ``ssl_*`` options (as ``from_url`` reads a ``rediss://`` query)."""
+    out: dict[str, Any] = {"ssl": True}
+    for name, value in tls_options.items():
+        out[name] = value.lower() in ("1", "true", "yes", "on") if name == "ssl_check_hostname" else value
+    return out
+
+
+def _sentinel_kwargs(target: SentinelTarget, connect_timeout: float | None) -> dict[str, Any]:
+    """How the sentinels are asked: without the data nodes' credentials, over TLS with the URL's options for
+    ``rediss+sentinel://``."""
+    tls = _tls_kwargs(target.tls_options) if target.tls else {}
+    return {"socket_timeout": connect_timeout, "socket_connect_timeout": connect_timeout, **tls}
+
+
+def _master_kwargs(target: SentinelTarget, options: dict[str, Any]) -> dict[str, Any]:
+    tls = _tls_kwargs(target.tls_options) if target.tls else {}
+    return {"db": target.db, "username": target.username, "password": target.password, **tls, **options}
 
 
 def async_client(url: str, **options: Any) -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:
@@ -166,9 +192,8 @@ def async_client(url: str, **options: Any) -> redis.asyncio.Redis | redis.asynci
         return redis.asyncio.Redis.from_url(url, **options)
     target = parse_sentinel_url(url)
     manager = redis.asyncio.sentinel.Sentinel(
-        list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(options.get("socket_connect_timeout")))
-    return manager.master_for(target.service, redis_class=redis.asyncio.Redis, db=target.db,
-                              username=target.username, password=target.password, **options)
+        list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target, options.get("socket_connect_timeout")))
+    return manager.master_for(target.service, redis_class=redis.asyncio.Redis, **_master_kwargs(target, options))
 
 
 def sync_client(url: str, **options: Any) -> redis.Redis | redis.cluster.RedisCluster:
@@ -185,6 +210,5 @@ def sync_client(url: str, **options: Any) -> redis.Redis | redis.cluster.RedisCl
         return redis.Redis.from_url(url, **options)
     target = parse_sentinel_url(url)
     manager = redis.sentinel.Sentinel(
-        list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(options.get("socket_connect_timeout")))
-    return manager.master_for(target.service, redis_class=redis.Redis, db=target.db,
-                              username=target.username, password=target.password, **options)
+        list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target, options.get("socket_connect_timeout")))
+    return manager.master_for(target.service, redis_class=redis.Redis, **_master_kwargs(target, options))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mtcache.config import DEFAULT_REDIS_URL, Settings, redact_url, resolve_redis_url
+from mtcache.redis_urls import parse_sentinel_url
 
 
 def write_env(directory: Path, **values: str) -> None:
@@ -351,11 +352,14 @@ def test_a_bad_tls_option_error_shows_no_password(tmp_path: Path) -> None:
     assert redact_url(url) == "rediss://app:***@h:1/0?ssl_keyfile=/k.pem&ssl_password=***"
 
 
-def test_tls_sentinel_urls_are_refused_as_not_supported_yet(tmp_path: Path) -> None:
-    url = "rediss+sentinel://app:hunter2@h1:26379,h2:26379/mymaster"
-    refused = re.escape("rediss+sentinel:// is not supported yet")
-    with pytest.raises(ValueError, match=refused) as caught:
-        Settings.load(environ={}, cwd=tmp_path, redis_url=url)
+def test_tls_sentinel_urls_carry_tls_options_to_the_sentinels_and_the_data_nodes(tmp_path: Path) -> None:
+    url = "rediss+sentinel://app:hunter2@h1:26379,h2:26379/mymaster/2?ssl_ca_certs=/ca.pem&ssl_check_hostname=no"
+    assert Settings.load(environ={}, cwd=tmp_path, redis_url=url).redis_url == url
+    target = parse_sentinel_url(url)
+    assert (target.tls, target.tls_options, target.db) == (
+        True, {"ssl_ca_certs": "/ca.pem", "ssl_check_hostname": "no"}, 2)
+    with pytest.raises(ValueError, match=re.escape("unknown TLS option 'ssl_ca_cert'")) as caught:
+        Settings.load(environ={}, cwd=tmp_path, redis_url=url.replace("ssl_ca_certs", "ssl_ca_cert"))
     assert "hunter2" not in str(caught.value)
 
 
@@ -399,7 +403,8 @@ def test_sentinel_urls_are_accepted(tmp_path: Path, url: str) -> None:
         ("redis+sentinel://s1:port/mymaster", "sentinel 's1:port' in the URL has an invalid port 'port'"),
         ("redis+sentinel://s1:26379,:26380/mymaster", "sentinel ':26380' in the URL has no host"),
         ("redis+sentinel://app:hunter2@s1/mymaster/x", "takes a database number only, got 'x'"),
-        ("redis+sentinel://s1/mymaster?ssl_ca_certs=/ca.pem", "takes no query"),
+        ("redis+sentinel://s1/mymaster?ssl_ca_certs=/ca.pem", "takes no query or fragment (TLS options need rediss"),
+        ("rediss+sentinel://s1/mymaster?db=1", "takes TLS options (ssl_*) only in its query, got 'db'"),
     ],
 )
 def test_a_bad_sentinel_url_is_a_value_error_naming_the_part(tmp_path: Path, url: str, named: str) -> None:

@@ -7,12 +7,12 @@ import contextlib
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _util import coordinator_process, redis_server_process
+from _util import Server, coordinator_process, redis_server_process
 
 from . import procmem
 from .common import MEMORY_VALUE, THREADS, WORKERS, Env, Job, Plan, exact_quantiles_us, quantiles_us
@@ -31,14 +31,18 @@ class Servers:
     pids: dict[str, int] = field(default_factory=dict)
 
 
+#: what starts a fresh Redis for a run: a redis-server by default (``bench/cluster_w2.py`` gives a cluster)
+RedisFactory = Callable[[], contextlib.AbstractContextManager[Server]]
+
+
 @contextlib.contextmanager
-def servers_for(peer: Peer) -> Iterator[Servers]:
-    """A fresh redis-server, coordinator and/or directory, as ``peer`` needs."""
+def servers_for(peer: Peer, redis_factory: RedisFactory = redis_server_process) -> Iterator[Servers]:
+    """A fresh Redis (from ``redis_factory``), coordinator and/or directory, as ``peer`` needs."""
     with contextlib.ExitStack() as stack:
         url = sock = folder = None
         pids: dict[str, int] = {}
         if peer.redis:
-            redis = stack.enter_context(redis_server_process())
+            redis = stack.enter_context(redis_factory())
             url, pids["redis-server"] = redis.address, redis.pid
         if peer.coordinator:
             coord = stack.enter_context(coordinator_process(url, **COORDINATOR_SETTINGS))
@@ -78,9 +82,10 @@ def w1(pool: Pool, peer: Peer, plan: Plan, size: int) -> dict[str, Any]:
 _W2_COUNTS = ("ops", "gets", "sets", "deletes", "misses", "wrong", "errors", "dropped")
 
 
-def w2(pool: Pool, peer: Peer, plan: Plan) -> dict[str, Any]:
-    """W2 mixed 90/9/1: ops/s, latency, and reads staler than the last acknowledged write."""
-    with servers_for(peer) as servers:
+def w2(pool: Pool, peer: Peer, plan: Plan, redis_factory: RedisFactory = redis_server_process) -> dict[str, Any]:
+    """W2 mixed 90/9/1: ops/s, latency, and reads staler than the last acknowledged write (on the Redis
+    ``redis_factory`` starts)."""
+    with servers_for(peer, redis_factory) as servers:
         job = Job("w2", peer.name, servers.env, n_keys=plan.n_keys, settle_s=plan.settle_s, warmup_s=plan.warmup_s,
                   measure_s=plan.measure_s)
         parts, _ = pool.run(job, timeout=plan.settle_s + plan.warmup_s + plan.measure_s + 180)

@@ -52,7 +52,7 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import RedisError
+from redis.exceptions import ClusterDownError, RedisError
 
 from mtcache.coordinator.l2 import PUBLISH_LUA, AnyRedis, Layout, _deadline, pack_commands
 from mtcache.redis_urls import async_client
@@ -140,6 +140,8 @@ class InvalidationStream:
         self._reader = async_client(reader_url, socket_timeout=self._read_bound, socket_connect_timeout=timeout)
         #: the blocking reads' own connection (see _xread)
         self._conn: AbstractConnection | None = None
+        #: on a cluster: learn the slot map again before the next connection (a read failed since the last)
+        self._relearn = False
         self._on_invalidate = on_invalidate
         self._on_clear = on_clear
         self._on_gap = on_gap
@@ -253,27 +255,43 @@ class InvalidationStream:
         it goes straight to a connection of its own, without redis-py's per-command machinery (which cost
         several times the round trip's own CPU). A reply that does not come within the block time plus the
         Redis timeout raises TimeoutError and closes the connection (a reply read later would be out of step).
-        On a cluster the read goes through the cluster client, to the node that holds the stream's slot now.
+        On a cluster the connection goes to the node that serves the stream's slot (redis-py's cluster client
+        would find the keys of each XREAD with a ``COMMAND GETKEYS`` round trip of its own); after any failure
+        (a node gone, a ``MOVED`` after a failover) the slot map is learnt again before the next connection.
         """
-        if isinstance(self._reader, RedisCluster):
-            async with _deadline(self._read_bound):
-                return await self._reader.xread({self.stream: self.last_id or "0-0"}, count=BATCH,
-                                                block=self.block_ms)
         conn = self._conn
-        if conn is None:
-            pool = self._reader.connection_pool
-            conn = self._conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
         try:
             async with _deadline(self._read_bound):
+                if conn is None:
+                    conn = self._conn = await self._new_conn()
                 await conn.connect()  # a Sentinel-managed connection finds the master here (see l2._Lane)
                 await conn.send_packed_command(pack_commands(
                     [("XREAD", "COUNT", BATCH, "BLOCK", self.block_ms, "STREAMS", self.stream,
                       self.last_id or "0-0")]), check_health=False)
                 # no per-read timeout: redis-py answers None for one, as Redis does for an empty block
-                return await conn.read_response(timeout=math.inf)
+                reply = await conn.read_response(timeout=math.inf)
+            self._relearn = False
+            return reply
         except BaseException:
             await self._drop_conn()
             raise
+
+    async def _new_conn(self) -> AbstractConnection:
+        """A connection of its own for the blocking reads, without a socket timeout (the deadline bounds each
+        read): one of the pool's kind, or on a cluster one to the node that serves the stream now."""
+        reader = self._reader
+        if not isinstance(reader, RedisCluster):
+            pool = reader.connection_pool
+            return pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        if self._relearn:
+            await reader.nodes_manager.initialize()
+        else:
+            await reader.initialize()
+        self._relearn = True  # until a read succeeds: the next connection learns the slot map again
+        node = reader.get_node_from_key(self.stream)
+        if node is None:
+            raise ClusterDownError(f"no node of the cluster serves the slot of {self.stream}")
+        return node.connection_class(**{**node.connection_kwargs, "socket_timeout": None})
 
     async def _drop_conn(self) -> None:
         """Close the blocking reads' connection (its next use opens a new one)."""
