@@ -195,6 +195,37 @@ async def test_a_reader_resuming_a_continuous_stream_drops_nothing(
     assert _l1(a, "kept") == b"old"
 
 
+async def test_a_own_write_a_failover_lost_is_dropped_from_l1_when_the_reader_resumes(
+    make_engine: MakeEngine, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 17: a write the old master acknowledged and did not replicate is gone from the new master
+    # with its stream entry; a writing host whose reader had not read that entry yet saw no gap, and
+    # served the lost value from L1 while every other host served the older one
+    a, b = await make_engine(), await make_engine()
+    await _warm(a, b, ["k"])
+    assert a.l2 is not None
+    rkey = a.l2.key("k")
+    with redis_server.client() as r:
+        before = r.get(rkey)
+        cut = ReaderCut(a, monkeypatch)
+        await _until(lambda: not _reader(a).connected, "A's reader to notice the cut")
+        await a.set("kept", b"mine", TTL)
+        await a.set("k", b"lost", TTL)
+        [(lost_id, fields)] = r.xrevrange(_reader(a).stream, count=1)
+        assert fields[b"key"] == b"k"
+        # the failover, as the new master has it: the older record, and the stream without the newest
+        # entry (what replication had not passed on yet is the end of what the old master took)
+        r.set(rkey, before)
+        r.xdel(_reader(a).stream, lost_id)
+    assert _l1(a, "k") == b"lost"
+    cut.heal()
+    await _until(lambda: _reader(a).counters["own_entries_lost"] == 1, "A to find its write missing")
+    assert _l1(a, "k") is None
+    assert await _read(a, "k") == await _read(b, "k") == b"old"
+    assert _l1(a, "kept") == b"mine"  # its entry is there: still vouched for
+    assert _reader(a).counters["invalidation_gaps"] == 0
+
+
 async def test_a_host_whose_reader_connects_late_does_not_keep_values_promoted_before(
     make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -95,6 +95,7 @@ class CacheEngine:
                 "on_gap": self._unvouched,
                 "on_fill": self._filled_elsewhere,
                 "on_tag": self._tag_invalidated,
+                "on_lost": self._own_write_lost,
                 "on_stamp": self._observed,
                 # the reader must hear from a healthy Redis well within the staleness bound
                 "block_ms": max(10, min(BLOCK_MS, int(settings.staleness_bound * 1000 / 3))),
@@ -290,6 +291,13 @@ class CacheEngine:
         forget the tag stamps it knew (they are read again from Redis as tags are met)."""
         self.local.clear(keep=self.backlog.holds)
         self.tag_stamps.forget()
+
+    def _own_write_lost(self, key: str, stamp: int) -> None:
+        """This host's write of ``key`` at ``stamp`` is not in the stream after a reconnect (lost with a
+        failover, or never sent): L1 no longer vouches for it, unless it waits in the backlog (its replay
+        decides, by stamp, what wins)."""
+        if not self.backlog.holds(key, stamp):
+            self.local.drop_if(key, stamp)
 
     def _tag_invalidated(self, tag: str, stamp: int) -> None:
         """``tag`` was invalidated at ``stamp`` (here or on another host): its older entries go."""

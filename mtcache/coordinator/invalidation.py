@@ -33,6 +33,13 @@ about a third of a write's CPU in the coordinator) per pause rather than per
 write. Other hosts' entries wait at most that much longer, and only while this
 host writes; a read that brings any of them is followed at once by the next.
 
+A failover may lose entries, with their writes, that the old master acknowledged and had not yet
+passed to its replica. A reader that had read such an entry sees the stream go back (a gap). For this
+host's own writes whose entries it had not read yet, the reader keeps their stamps: when it resumes
+after losing Redis, it reads on to the newest entry the stream had at that moment, and any of them
+it did not meet on the way was lost (or never sent) and is dropped from L1 unless it waits in the
+backlog to be replayed (``on_lost``); what Redis holds is then read again.
+
 The reader is supervised: a Redis failure is a disconnect (resume later); any
 other exception is logged, counted, and treated as a gap; a malformed entry
 (not written by mtcache) is skipped and counted.
@@ -47,6 +54,7 @@ import math
 import os
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -73,6 +81,10 @@ BATCH = 1000
 OWN_PAUSE = 0.002
 #: How many entries the publishing script and the resume check look through for one with a ``seq``.
 _LOOKBACK = 16
+#: The most of this host's own writes, published and not read back yet, whose stamps the reader keeps.
+_UNSEEN_MAX = 65_536
+#: The operations whose entries the reader watches for after a reconnect (see the module docstring).
+_WATCHED = ("set", "del", "fill")
 _OPS = ("set", "del", "clear", "fill", "tag")
 
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -88,6 +100,12 @@ def _seq(fields: dict[bytes, bytes]) -> int | None:
     if raw is None or not raw.isdigit():
         return None
     return int(raw)
+
+
+def _entry_key(entry_id: str | None) -> tuple[int, int]:
+    """A stream entry id as a pair that sorts as Redis orders ids (``(0, 0)`` for none or a malformed one)."""
+    head, _, tail = (entry_id or "").partition("-")
+    return (int(head), int(tail or 0)) if head.isdigit() and (not tail or tail.isdigit()) else (0, 0)
 
 
 def _entry_ms(entry_id: str) -> int:
@@ -107,6 +125,8 @@ class InvalidationStream:
     :param on_fill: ``(key)`` another host filled ``key`` (its value is in L2 now).
     :param on_stamp: ``(stamp, entry_ms)`` a stamp and a Redis time read from the stream (for the clock).
     :param on_tag: ``(tag, stamp)`` a host invalidated ``tag`` (see :mod:`mtcache.coordinator.tags`).
+    :param on_lost: ``(key, stamp)`` this host's write of ``key`` at ``stamp`` is not in the stream after a
+        reconnect: lost with a failover, or never sent (see the module docstring).
     :param block_ms: the longest blocking read (keep it well under the staleness bound).
     :param own_pause: seconds to wait after a read that brought only this host's own entries (0: none).
     """
@@ -126,6 +146,7 @@ class InvalidationStream:
         on_fill: Callable[[str], None],
         on_stamp: Callable[[int, int], None],
         on_tag: Callable[[str, int], None] | None = None,
+        on_lost: Callable[[str, int], None] | None = None,
         block_ms: int = BLOCK_MS,
         own_pause: float = OWN_PAUSE,
     ) -> None:
@@ -148,6 +169,12 @@ class InvalidationStream:
         self._on_fill = on_fill
         self._on_stamp = on_stamp
         self._on_tag = on_tag
+        self._on_lost = on_lost
+        #: this host's writes published and not read back yet: stamp -> key
+        self._unseen: OrderedDict[int, str] = OrderedDict()
+        #: after a reconnect: those of them to meet before the stream's newest entry at that moment
+        self._suspects: dict[int, str] = {}
+        self._suspect_until: tuple[int, int] = (0, 0)
         self.last_id: str | None = None
         self.last_seq = 0
         self.connected = False
@@ -162,7 +189,8 @@ class InvalidationStream:
         self.synced = asyncio.Event()
         self.counters = dict.fromkeys(
             ("invalidations_sent", "invalidations_received", "invalidations_applied", "invalidations_ignored",
-             "invalidation_gaps", "fill_notices_received", "stream_malformed", "stream_reader_errors"),
+             "invalidation_gaps", "fill_notices_received", "stream_malformed", "stream_reader_errors",
+             "own_entries_lost"),
             0,
         )
         self.lag_ms = 0.0
@@ -172,16 +200,23 @@ class InvalidationStream:
     def entry(self, op: str, key: str, stamp: int) -> tuple[str, list[Any]]:
         """The stream and the arguments of the entry telling of ``op`` on ``key`` (for a script that
         writes and publishes in one call, see :meth:`mtcache.coordinator.l2.L2Tier.queue_write`)."""
-        if op != "fill":
-            self.counters["invalidations_sent"] += 1
+        self._sent(op, key, stamp)
         return self.stream, [self.maxlen, self.origin, op, key, stamp]
 
     def publish(self, pipe: Any, op: str, key: str, stamp: int) -> None:
         """Queue the publication of ``op`` on ``key`` with the write's ``stamp`` into
         ``pipe`` (a pipeline of the writer), so it travels with the L2 write it describes."""
         pipe.eval(_PUBLISH, 1, self.stream, self.maxlen, self.origin, op, key, stamp)
+        self._sent(op, key, stamp)
+
+    def _sent(self, op: str, key: str, stamp: int) -> None:
         if op != "fill":
             self.counters["invalidations_sent"] += 1
+        if op in _WATCHED and self._on_lost is not None:
+            unseen = self._unseen
+            unseen[stamp] = key
+            if len(unseen) > _UNSEEN_MAX:
+                unseen.popitem(last=False)
 
     # -- reading --------------------------------------------------------------
 
@@ -213,7 +248,7 @@ class InvalidationStream:
         while not self._closing:
             try:
                 if not self.connected:
-                    await self._resync()
+                    await self._resume()
                     self.connected = self.ever_connected = True
                     self.last_ok = time.monotonic()
                     self.synced.set()
@@ -228,6 +263,8 @@ class InvalidationStream:
                         # a raw reply's fields are a flat list; redis-py's (on a cluster) a dict
                         fields = flat if isinstance(flat, dict) else dict(zip(flat[::2], flat[1::2], strict=True))
                         others += self._apply(entry_id.decode(), fields)
+                if self._suspects and _entry_key(self.last_id) >= self._suspect_until:
+                    self._lost()
                 if read and not others:
                     await self._after_own()
             # RuntimeError: uvloop's 'unable to perform operation on <TCPTransport closed=True>', what redis-py
@@ -300,8 +337,33 @@ class InvalidationStream:
             with contextlib.suppress(Exception):
                 await conn.disconnect(nowait=True)
 
-    async def _resync(self) -> None:
-        """On (re)connect: find where to read from, and whether entries were lost meanwhile."""
+    async def _resume(self) -> None:
+        """Resync (below); after a reconnect, note which of this host's own writes must be met before the
+        stream's newest entry, and if it is already there, report those that were not."""
+        suspects = dict(self._unseen) if self.ever_connected and self._on_lost is not None else {}
+        gaps = self.counters["invalidation_gaps"]
+        newest = await self._resync()
+        if self.counters["invalidation_gaps"] != gaps:
+            suspects = {}  # L1 was dropped (but for the backlog): nothing of it to vouch for
+        self._suspects, self._suspect_until = suspects, _entry_key(newest)
+        if suspects and _entry_key(self.last_id) >= self._suspect_until:
+            self._lost()
+
+    def _lost(self) -> None:
+        """Every suspect not met on the way to the stream's newest entry at the reconnect was lost."""
+        lost, self._suspects = self._suspects, {}
+        assert self._on_lost is not None
+        for stamp, key in lost.items():
+            self._unseen.pop(stamp, None)
+            self.counters["own_entries_lost"] += 1
+            self._on_lost(key, stamp)
+        if lost:
+            log.warning("%d of this host's writes are not in the invalidation stream after the reconnect (lost "
+                        "with a failover, or never sent): dropped from L1 unless waiting for their replay", len(lost))
+
+    async def _resync(self) -> str | None:
+        """On (re)connect: find where to read from, and whether entries were lost meanwhile; the id of the
+        stream's newest entry (None: the stream is empty)."""
         r = self._reader
         newest: Any = await r.xrevrange(self.stream, count=_LOOKBACK)
         newest_id, newest_seq = self._newest(newest)
@@ -317,11 +379,12 @@ class InvalidationStream:
             if newest_seq < self.last_seq or not self._continues(after):
                 self._gap("entries were trimmed from the invalidation stream while the reader was away")
             else:
-                return  # continuous: resume after the last entry read
+                return newest_id  # continuous: resume after the last entry read
         else:
-            return  # nothing new
+            return newest_id  # nothing new
         self.last_id = newest_id or "0-0"
         self.last_seq = newest_seq
+        return newest_id
 
     @staticmethod
     def _newest(entries: list[Entry]) -> tuple[str | None, int]:
@@ -379,6 +442,8 @@ class InvalidationStream:
         self.lag_ms = max(0.0, time.time() * 1000 - entry_ms)
         self._on_stamp(stamp, entry_ms)
         if origin == self.origin:
+            self._unseen.pop(stamp, None)
+            self._suspects.pop(stamp, None)
             return False
         if op == "fill":
             self.counters["fill_notices_received"] += 1
