@@ -31,6 +31,24 @@ def redis_binary() -> str | None:
     return shutil.which("redis-server")
 
 
+def tls_client_kwargs(tls: Mapping[str, str] | None) -> dict[str, Any]:
+    """redis-py's arguments for a client of a TLS-only server made with the files ``tls`` names (``cert``,
+    ``key`` and ``ca``, as :class:`RedisServer` takes them; the certificate is the client's too): ``{}``
+    without TLS."""
+    if not tls:
+        return {}
+    return {"ssl": True, "ssl_ca_certs": tls["ca"], "ssl_certfile": tls["cert"], "ssl_keyfile": tls["key"]}
+
+
+def tls_url_query(tls: Mapping[str, str] | None) -> str:
+    """The query of an application URL for those files, as redis-py names the options (``?ssl_ca_certs=...``):
+    ``""`` without TLS."""
+    if not tls:
+        return ""
+    return "?" + urlencode({"ssl_ca_certs": tls["ca"], "ssl_certfile": tls["cert"], "ssl_keyfile": tls["key"],
+                            "ssl_cert_reqs": "required"})
+
+
 class RedisServer:
     """One redis-server process owned by a test (or another server speaking its protocol and taking its
     options, such as ``valkey-server``, given as ``binary``).
@@ -72,20 +90,13 @@ class RedisServer:
             auth = f"{quote(self.acl_user[0], safe='')}:{quote(self.acl_user[1], safe='')}@"
         else:
             auth = f":{self.password}@" if self.password else ""
-        query = ""
-        if self.tls:
-            query = "?" + urlencode({"ssl_ca_certs": self.tls["ca"], "ssl_certfile": self.tls["cert"],
-                                     "ssl_keyfile": self.tls["key"], "ssl_cert_reqs": "required"})
-        return f"{scheme}://{auth}127.0.0.1:{self.port}/0{query}"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0{tls_url_query(self.tls)}"
 
     def client(self) -> redis.Redis:
         """A fresh synchronous client (caller closes it), with the password and the
         TLS client certificate the server asks for."""
-        tls: dict[str, Any] = {}
-        if self.tls:
-            tls = {"ssl": True, "ssl_ca_certs": self.tls["ca"], "ssl_certfile": self.tls["cert"],
-                   "ssl_keyfile": self.tls["key"]}
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2.0, password=self.password, **tls)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2.0, password=self.password,
+                           **tls_client_kwargs(self.tls))
 
     def start(self) -> None:
         """Start the server and return once it answers PING (deadline, no sleep loop
@@ -172,28 +183,39 @@ class RedisServer:
 class SentinelGroup:
     """A master, one replica of it and three sentinels (quorum 2) watching them as ``service``, all on free
     loopback ports under ``workdir``: what a ``redis+sentinel://`` URL (:attr:`url`) points at. The
-    sentinels declare a master down after ``down_after_ms`` without an answer."""
+    sentinels declare a master down after ``down_after_ms`` without an answer.
 
-    def __init__(self, workdir: Path, *, service: str = "mtc", down_after_ms: int = 1000) -> None:
+    With ``tls`` (the files ``cert``, ``key`` and ``ca``, as :class:`RedisServer` takes them) every node and
+    every sentinel is TLS-only, client certificates required; replication and the sentinels' own connections
+    go over TLS too, and :attr:`url` is a ``rediss+sentinel://`` URL."""
+
+    def __init__(self, workdir: Path, *, service: str = "mtc", down_after_ms: int = 1000,
+                 tls: Mapping[str, str] | None = None) -> None:
         self.workdir = Path(workdir)
         self.service = service
         self.down_after_ms = down_after_ms
+        #: TLS only (no plain port) on the data nodes and the sentinels: the files ``cert``, ``key`` and ``ca``
+        self.tls = dict(tls) if tls else None
+        # either data node may be the replica (after a failover): both replicate over TLS
+        tls_args = ("--tls-replication", "yes") if self.tls else ()
         # no delay before the replica's first full sync (the default waits 5 s for more replicas)
-        self.master = RedisServer(self.workdir / "master", extra_args=("--repl-diskless-sync-delay", "0"))
-        self.replica = RedisServer(self.workdir / "replica",
-                                   extra_args=("--replicaof", "127.0.0.1", str(self.master.port)))
+        self.master = RedisServer(self.workdir / "master", tls=self.tls,
+                                  extra_args=("--repl-diskless-sync-delay", "0", *tls_args))
+        self.replica = RedisServer(self.workdir / "replica", tls=self.tls,
+                                   extra_args=("--replicaof", "127.0.0.1", str(self.master.port), *tls_args))
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels: list[subprocess.Popen[bytes]] = []
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
-        return f"redis+sentinel://{hosts}/{self.service}/0"
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        return f"{scheme}://{hosts}/{self.service}/0{tls_url_query(self.tls)}"
 
     def sentinel(self, index: int = 0) -> redis.Redis:
         """A client of sentinel ``index`` (caller closes it)."""
         return redis.Redis(host="127.0.0.1", port=self.sentinel_ports[index], socket_timeout=2.0,
-                           decode_responses=True)
+                           decode_responses=True, **tls_client_kwargs(self.tls))
 
     def master_port(self) -> int | None:
         """The port of the master sentinel 0 names now (None if it does not answer)."""
@@ -218,8 +240,15 @@ class SentinelGroup:
             folder = self.workdir / f"sentinel{i}"
             folder.mkdir(parents=True, exist_ok=True)
             conf = folder / "sentinel.conf"
+            listen = [f"port {port}"]
+            if self.tls:
+                # TLS-only; tls-replication: TLS to the data nodes and the other sentinels, which it announces
+                # with its tls-port
+                listen = ["port 0", f"tls-port {port}", f"tls-cert-file {self.tls['cert']}",
+                          f"tls-key-file {self.tls['key']}", f"tls-ca-cert-file {self.tls['ca']}",
+                          "tls-replication yes"]
             conf.write_text("\n".join([
-                f"port {port}", "bind 127.0.0.1", "protected-mode no", f"dir {folder}",
+                *listen, "bind 127.0.0.1", "protected-mode no", f"dir {folder}",
                 f"logfile {folder / 'sentinel.log'}",
                 f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 2",
                 f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}",
@@ -370,12 +399,20 @@ class RedisClusterGroup:
 
     Every wait here ends on a settled cluster: each live node says ``cluster_state:ok`` with all 16384 slots
     served, they all name the same masters, each node's role is the one the others see, and each replica's
-    link to its master is up. Also a context manager: ``with`` starts it and stops it."""
+    link to its master is up. Also a context manager: ``with`` starts it and stops it.
 
-    def __init__(self, workdir: Path, *, masters: int = 3, replicas_per_master: int = 1) -> None:
+    With ``tls`` (the files ``cert``, ``key`` and ``ca``, as :class:`RedisServer` takes them) every node is
+    TLS-only, client certificates required, with the cluster bus and replication over TLS too; :attr:`url`
+    is then a ``rediss+cluster://`` URL."""
+
+    def __init__(self, workdir: Path, *, masters: int = 3, replicas_per_master: int = 1,
+                 tls: Mapping[str, str] | None = None) -> None:
         if masters < 3:
             raise ValueError("redis-cli --cluster create needs at least 3 masters")
         self.workdir = Path(workdir)
+        #: TLS only (no plain port), bus and replication included: the files ``cert``, ``key`` and ``ca``
+        self.tls = dict(tls) if tls else None
+        tls_args = ("--tls-cluster", "yes", "--tls-replication", "yes") if self.tls else ()
         self.masters = masters
         self.replicas_per_master = replicas_per_master
         taken: set[int] = set()
@@ -385,7 +422,7 @@ class RedisClusterGroup:
             port = free_cluster_port(taken)
             taken |= {port, port + CLUSTER_BUS_OFFSET}
             folder = self.workdir / f"node{i}"
-            self.servers.append(RedisServer(folder, port=port, extra_args=(
+            self.servers.append(RedisServer(folder, port=port, tls=self.tls, extra_args=(
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", str(folder / "nodes.conf"),
                 "--cluster-node-timeout", "1000",
@@ -395,14 +432,18 @@ class RedisClusterGroup:
                 "--cluster-allow-replica-migration", "no",
                 # no delay before a replica's first full sync (the default waits 5 s for more replicas)
                 "--repl-diskless-sync-delay", "0",
+                *tls_args,
             )))
         self._initial_masters: list[int] = []
 
     @property
     def url(self) -> str:
-        """``redis+cluster://`` with the masters' ports when the cluster was made."""
+        """``redis+cluster://`` with the masters' ports when the cluster was made (``rediss+cluster://`` with the
+        TLS options in the query, with ``tls``)."""
         assert self._initial_masters, "not started"
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self._initial_masters)
+        scheme = "rediss+cluster" if self.tls else "redis+cluster"
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self._initial_masters)
+        return f"{scheme}://{hosts}{tls_url_query(self.tls)}"
 
     def server_on(self, port: int) -> RedisServer:
         """The node listening on ``port``."""
@@ -420,7 +461,8 @@ class RedisClusterGroup:
         live = self.live()
         if not live:
             raise RuntimeError("no node of the cluster runs")
-        return redis.RedisCluster(host="127.0.0.1", port=live[0].port, socket_timeout=2.0)
+        return redis.RedisCluster(host="127.0.0.1", port=live[0].port, socket_timeout=2.0,
+                                  **tls_client_kwargs(self.tls))
 
     def _view(self, server: RedisServer) -> _NodeView:
         with server.client() as c:
@@ -457,6 +499,8 @@ class RedisClusterGroup:
                 server.start()
             args = [cli, "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in self.servers),
                     "--cluster-replicas", str(self.replicas_per_master), "--cluster-yes"]
+            if self.tls:
+                args += ["--tls", "--cacert", self.tls["ca"], "--cert", self.tls["cert"], "--key", self.tls["key"]]
             done = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                   timeout=CLUSTER_DEADLINE * 2)
             if done.returncode != 0:
