@@ -4,15 +4,13 @@ follow the cluster through a failover (``CLUSTER FAILOVER`` on a replica, and a 
 
 A cluster of 3 masters with a replica each runs on free loopback ports
 (:class:`tests.redis_server.RedisClusterGroup`). The cross-host tests of ``tests/test_cross_host.py`` that need
-only a URL run here on the cluster too (about a minute in all, in the default run). What a failover may lose,
-by the README: writes the old master acknowledged and had not replicated; the convergence checked is therefore
-agreement on a value some host wrote, and that writes made once the new master serves are what every host reads.
+only a URL run here on the cluster too (about a minute in all, in the default run); what convergence through a
+failover means is in :mod:`tests.failovers`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from mtcache import Client
 from mtcache.client.streams import AsyncStreams
 from mtcache.coordinator.l2 import CLUSTER_GROUPS, Layout, key_prefix
 from tests.coordinator_proc import CoordinatorProcess
+from tests.failovers import DEADLINE, converge_through, coordinator_stats, host_health, redis_ok
 from tests.redis_server import RedisClusterGroup
 
 # the cross-host tests this module also runs, on the cluster (below); their fixtures with them
@@ -36,7 +35,6 @@ from tests.test_cross_host import (  # noqa: F401 - collected and resolved here
 )
 from tests.waiting import wait_until
 
-DEADLINE = 60.0
 KEYS = [f"k{i}" for i in range(16)]
 PREFIX = key_prefix("default")
 
@@ -70,22 +68,6 @@ def test_the_keys_of_one_key_share_a_slot_and_the_groups_spread_evenly() -> None
         PREFIX + "k:k", PREFIX + "lease:k", PREFIX + "floor", PREFIX + "inval")
 
 
-def _health(host: CoordinatorProcess) -> dict:
-    with Client(host.socket_path, spawn=False) as client:
-        health = client.health()
-    return {"redis": health.redis, "mode": health.mode, **health.details}
-
-
-def _stats(host: CoordinatorProcess) -> dict:
-    with Client(host.socket_path, spawn=False, near_capacity=0) as probe:
-        return probe.stats().coordinator
-
-
-def _redis_ok(host: CoordinatorProcess) -> bool:
-    health = _health(host)
-    return health["redis"] == "ok" and health["mode"] == "ok" and health["stream_reader"] == "connected"
-
-
 @pytest.fixture
 def two_hosts(redis_cluster: RedisClusterGroup, short_tmp: Path) -> Iterator[list[CoordinatorProcess]]:
     """Two coordinators ("hosts") on the cluster's redis+cluster:// URL, their readers connected."""
@@ -93,7 +75,7 @@ def two_hosts(redis_cluster: RedisClusterGroup, short_tmp: Path) -> Iterator[lis
     try:
         for proc in procs:
             proc.start()
-        assert wait_until(lambda: all(_redis_ok(p) for p in procs), timeout=DEADLINE), [p.log() for p in procs]
+        assert wait_until(lambda: all(redis_ok(p) for p in procs), timeout=DEADLINE), [p.log() for p in procs]
         yield procs
     finally:
         for proc in procs:
@@ -139,9 +121,9 @@ def test_every_operation_works_on_a_cluster_and_writes_spread_over_the_masters(
         assert client_a.ack("jobs", "workers", job) == 1
         asyncio.run(_async_streams(url, entry_id))
         for host in (a, b):
-            stats = _stats(host)
+            stats = coordinator_stats(host)
             assert stats["stream_shards"] == CLUSTER_GROUPS and stats["invalidation_gaps"] == 0
-            health = _health(host)
+            health = host_health(host)
             assert (health["redis"], health["mode"], health["warnings"]) == ("ok", "ok", [])
 
 
@@ -152,62 +134,18 @@ async def _async_streams(url: str, entry_id: str) -> None:
         assert await streams.read_stream("events", entry_id, block_ms=100) == [(newer, {"n": "2"})]
 
 
-def _writer(host: CoordinatorProcess, name: str, stop: threading.Event, acked: dict[str, list[str]]) -> None:
-    """Write ``name-<n>`` to the keys in turn until ``stop``; every acknowledged value goes in ``acked``."""
-    n = 0
-    with Client(host.socket_path, spawn=False) as client:
-        while not stop.is_set():
-            key = KEYS[n % len(KEYS)]
-            value = f"{name}-{n}"
-            client.set(key, value)
-            acked.setdefault(key, []).append(value)
-            n += 1
-
-
 @pytest.mark.parametrize("how", ["cluster-failover", "master-sigkill"])
 def test_hosts_follow_the_cluster_through_a_failover_and_converge(
     redis_cluster: RedisClusterGroup, two_hosts: list[CoordinatorProcess], how: str
 ) -> None:
-    a, b = two_hosts
-    with Client(a.socket_path, spawn=False) as client_a, Client(b.socket_path, spawn=False) as client_b:
-        client_a.set("before", 1)
-        assert wait_until(lambda: client_b.get("before") == 1, timeout=DEADLINE)
-        stop = threading.Event()
-        acked: list[dict[str, list[str]]] = [{}, {}]
-        writers = [threading.Thread(target=_writer, args=(h, name, stop, acked[i]))
-                   for i, (h, name) in enumerate(zip(two_hosts, "ab", strict=True))]
-        for t in writers:
-            t.start()
-        try:
-            assert wait_until(lambda: len(acked[0]) == len(acked[1]) == len(KEYS), timeout=DEADLINE)
-            old = redis_cluster.master_ports()[0]
-            if how == "cluster-failover":
-                _, new = redis_cluster.failover(old)
-            else:
-                new = redis_cluster.kill_master(old)
-        finally:
-            stop.set()
-            for t in writers:
-                t.join(DEADLINE)
+    old = redis_cluster.master_ports()[0]
+
+    def fail_over() -> None:
+        new = redis_cluster.failover(old)[1] if how == "cluster-failover" else redis_cluster.kill_master(old)
         assert new != old
-        # both hosts use the cluster again
-        assert wait_until(lambda: all(_redis_ok(h) for h in two_hosts), timeout=DEADLINE), \
-            [_health(h) for h in two_hosts]
-        client_a.set("after", 2)
-        assert wait_until(lambda: client_b.get("after") == 2, timeout=DEADLINE)
-        assert client_b.get_or_compute("computed", lambda: "v") == "v"
-        written = {v for side in acked for values in side.values() for v in values}
 
-        def agreed() -> bool:
-            return all(client_a.get(k) == client_b.get(k) for k in KEYS)
-
-        # every key converges to one value on both hosts, one some host wrote
-        assert wait_until(agreed, timeout=DEADLINE), {k: (client_a.get(k), client_b.get(k)) for k in KEYS}
-        assert all(client_a.get(k) in written for k in KEYS), {k: client_a.get(k) for k in KEYS}
-        # and a write after the failover is what both hosts read, on the keys of the master that changed too
-        for k in KEYS:
-            client_b.set(k, f"final-{k}")
-        assert wait_until(lambda: all(client_a.get(k) == f"final-{k}" for k in KEYS), timeout=DEADLINE)
+    # the keys cover every master, the one that changes too
+    converge_through(two_hosts, KEYS, fail_over)
 
 
 def test_a_write_lost_by_asynchronous_replication_is_not_served_after_the_failover(
@@ -227,7 +165,7 @@ def test_a_write_lost_by_asynchronous_replication_is_not_served_after_the_failov
         with replica.client() as r:
             assert wait_until(lambda: r.execute_command("READONLY") and r.exists(layout.record("k")),
                               timeout=DEADLINE)
-        gaps = [_stats(h)["invalidation_gaps"] for h in two_hosts]
+        gaps = [coordinator_stats(h)["invalidation_gaps"] for h in two_hosts]
         replica.pause()
         try:
             with redis_cluster.server_on(old).client() as master:
@@ -238,7 +176,7 @@ def test_a_write_lost_by_asynchronous_replication_is_not_served_after_the_failov
             with redis_cluster.server_on(old).client() as master:
                 newest = master.xrevrange(layout.stream("k"), count=1)[0][0].decode()
             # both readers of k's group have read the lost write's entry
-            assert wait_until(lambda: all(_stats(h)["stream_last_ids"][layout.stream("k")] == newest
+            assert wait_until(lambda: all(coordinator_stats(h)["stream_last_ids"][layout.stream("k")] == newest
                                           for h in two_hosts), timeout=DEADLINE)
             redis_cluster.server_on(old).kill()
         finally:
@@ -247,4 +185,5 @@ def test_a_write_lost_by_asynchronous_replication_is_not_served_after_the_failov
         # each host sees that k's group's stream went back, drops its L1, and reads what the new master holds
         assert wait_until(lambda: client_a.get("k") == client_b.get("k") == "replicated", timeout=DEADLINE), \
             (client_a.get("k"), client_b.get("k"))
-        assert all(_stats(h)["invalidation_gaps"] > before for h, before in zip(two_hosts, gaps, strict=True))
+        after = [coordinator_stats(h)["invalidation_gaps"] for h in two_hosts]
+        assert all(now > before for now, before in zip(after, gaps, strict=True)), (gaps, after)
