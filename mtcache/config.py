@@ -84,16 +84,10 @@ def _validate_url(url: str) -> str:
     if not isinstance(url, str) or not url:
         raise ValueError(f"Redis URL must be a non-empty string, got {url!r}")
     parts = urlsplit(url)
-    if is_cluster_url(url):
+    parse = parse_cluster_url if is_cluster_url(url) else parse_sentinel_url if is_sentinel_url(url) else None
+    if parse is not None:  # redis+cluster://, rediss+sentinel:// ...: many hosts, TLS options as on rediss://
         try:
-            parse_cluster_url(url)
-        except ValueError as exc:
-            raise ValueError(f"Redis URL {redact_url(url)!r}: {exc}") from None
-        _validate_tls_query(parts.scheme.split("+")[0], parts.query, url)
-        return url
-    if is_sentinel_url(url):
-        try:
-            parse_sentinel_url(url)
+            parse(url)
         except ValueError as exc:
             raise ValueError(f"Redis URL {redact_url(url)!r}: {exc}") from None
         _validate_tls_query(parts.scheme.split("+")[0], parts.query, url)

@@ -20,6 +20,7 @@ from mtcache import Client
 from mtcache.coordinator.l2 import CLUSTER_GROUPS, Layout, key_prefix
 from tests.conftest import IN_CI, _need_redis, tls_files
 from tests.coordinator_proc import CoordinatorProcess
+from tests.failovers import host_health, redis_ok
 from tests.redis_server import RedisClusterGroup, SentinelGroup
 from tests.waiting import wait_until
 
@@ -53,25 +54,14 @@ def _refuses_plain(port: int) -> bool:
         return True
 
 
-def _health(host: CoordinatorProcess) -> dict:
-    with Client(host.socket_path, spawn=False) as client:
-        health = client.health()
-    return {"redis": health.redis, "mode": health.mode, **health.details}
-
-
-def _redis_ok(host: CoordinatorProcess) -> bool:
-    health = _health(host)
-    return health["redis"] == "ok" and health["mode"] == "ok" and health.get("stream_reader") == "connected"
-
-
 def _hosts(url: str, folder: Path) -> list[CoordinatorProcess]:
     """Two started coordinators ("hosts") on ``url``, their L2 and stream readers connected."""
     procs = [CoordinatorProcess(folder / f"{name}.sock", redis_url=url) for name in "ab"]
     try:
         for proc in procs:
             proc.start()
-        assert wait_until(lambda: all(_redis_ok(p) for p in procs), timeout=DEADLINE), \
-            [(_health(p), p.log()) for p in procs]
+        assert wait_until(lambda: all(redis_ok(p) for p in procs), timeout=DEADLINE), \
+            [(host_health(p), p.log()) for p in procs]
     except BaseException:
         for proc in procs:
             proc.stop()
@@ -121,7 +111,7 @@ def _share(url: str, a: CoordinatorProcess, b: CoordinatorProcess) -> None:
 
 def _after_failover(url: str, a: CoordinatorProcess, b: CoordinatorProcess, key: str = "after") -> None:
     """Both hosts use the new master: a write of ``key`` on one reaches the other, and both say ok/ok."""
-    assert wait_until(lambda: _redis_ok(a) and _redis_ok(b), timeout=DEADLINE), [_health(h) for h in (a, b)]
+    assert wait_until(lambda: redis_ok(a) and redis_ok(b), timeout=DEADLINE), [host_health(h) for h in (a, b)]
     with Client(a.socket_path, spawn=False, redis_url=url) as client_a, \
             Client(b.socket_path, spawn=False, redis_url=url) as client_b:
         assert client_b.get("k") is None
@@ -132,7 +122,7 @@ def _after_failover(url: str, a: CoordinatorProcess, b: CoordinatorProcess, key:
         newer = client_b.publish_to_stream("events", {"n": 2})
         assert [e for e, _ in client_a.read_stream_latest("events", 1)] == [newer]
     for host in (a, b):
-        health = _health(host)
+        health = host_health(host)
         assert (health["redis"], health["mode"]) == ("ok", "ok"), health
 
 
