@@ -18,6 +18,18 @@ from tests.redis_server import RedisClusterGroup, RedisServer, redis_binary
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The cross-host tests that ``tests/test_cluster.py`` imports join ``-m deployments`` there, but for
+    its ``DEFAULT_CROSS_HOST`` (before ``-m`` deselects anything)."""
+    for item in items:
+        module, function = getattr(item, "module", None), getattr(item, "function", None)
+        if (module is not None and module.__name__ == "tests.test_cluster" and function is not None
+                and function.__module__ == "tests.test_cross_host"
+                and function.__name__ != module.DEFAULT_CROSS_HOST):
+            item.add_marker(pytest.mark.deployments)
+
+
 def _need_redis() -> None:
     if redis_binary() is None:
         if IN_CI:

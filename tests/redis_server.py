@@ -603,6 +603,11 @@ class RedisClusterGroup:
         self.server_on(port).restart()
         self._wait_settled(f"node {port} to rejoin", lambda masters: True)
 
+    def kill(self) -> None:
+        """SIGKILL every node: the whole cluster is gone at once (as :meth:`RedisServer.kill` for one server)."""
+        for server in self.live():
+            server.kill()
+
     def stop(self) -> None:
         """Stop every node (SIGTERM to all of them first, then reap each)."""
         for server in self.live():

@@ -20,7 +20,7 @@ import multiprocess as mp
 import pytest
 
 from mtcache import Client
-from mtcache.coordinator.l2 import key_prefix
+from mtcache.coordinator.l2 import CLUSTER_GROUPS, Layout, key_prefix
 from tests.conftest import deployed_server
 from tests.coordinator_proc import CoordinatorProcess
 from tests.redis_server import RedisServer
@@ -32,7 +32,6 @@ OLD = {"v": "old", "n": 1}
 NEW = {"v": "new", "n": 2}
 VALUE = {"answer": 42}
 PREFIX = key_prefix("default")
-STREAM = PREFIX + "inval"
 LEASE_TTL = 3
 NEAR_MAX_AGE = 3600.0
 HOSTS = 3
@@ -44,6 +43,13 @@ T = TypeVar("T")
 def context() -> Any:
     """Worker processes are spawned: a fresh interpreter each, nothing inherited from pytest."""
     return mp.get_context("spawn")
+
+
+def layout_of(redis_server: Any) -> Layout:
+    """Where the keys of namespace ``default`` are on ``redis_server`` (a RedisServer, or a
+    RedisClusterGroup in ``tests/test_cluster.py``, whose keys form groups)."""
+    sharded = redis_server.url.split("://", 1)[0].endswith("+cluster")
+    return Layout(PREFIX, "default", CLUSTER_GROUPS if sharded else 1)
 
 
 def poll(check: Callable[[], T | None], what: str, timeout: float = DEADLINE) -> T:
@@ -298,6 +304,10 @@ def test_a_host_that_missed_trimmed_entries_drops_its_whole_l1(
 ) -> None:
     a, b = hosts(2, env={"MTCACHE_INVAL_MAXLEN": "10"})
     redis = redis_server.client()
+    # on a cluster, the stream of the group of "untouched", and writes of keys of that group only
+    layout = layout_of(redis_server)
+    stream = layout.stream("untouched")
+    writes = (key for key in (f"w{i}" for i in range(10**6)) if layout.group(key) == layout.group("untouched"))
     with Client(a.socket_path, spawn=False) as client_a, \
             Client(b.socket_path, spawn=False, near_capacity=0) as client_b, redis:
         client_a.set("untouched", VALUE)
@@ -308,16 +318,16 @@ def test_a_host_that_missed_trimmed_entries_drops_its_whole_l1(
         before = coordinator_stats(client_b)
         assert before["l1"]["size"] == 1 and before["promotions"] == 1
         assert before["invalidation_gaps"] == 0
-        seq_at_stop = int(redis.xrevrange(STREAM, count=1)[0][1][b"seq"])
+        seq_at_stop = int(redis.xrevrange(stream, count=1)[0][1][b"seq"])
         os.kill(b.pid, signal.SIGSTOP)
         try:
             # write through A until the entries after B's position are trimmed away (MAXLEN ~ trims
             # whole nodes of 100 entries, so this takes a few hundred writes)
             trimmed = False
             for i in range(5000):
-                client_a.set(f"w{i}", i)
+                client_a.set(next(writes), i)
                 if i % 100 == 99:
-                    first = redis.xrange(STREAM, count=1)
+                    first = redis.xrange(stream, count=1)
                     trimmed = bool(first) and int(first[0][1][b"seq"]) > seq_at_stop + 1
                     if trimmed:
                         break
