@@ -20,6 +20,7 @@ from mtcache.config import Settings
 from mtcache.coordinator.cache import CacheEngine
 from mtcache.coordinator.invalidation import InvalidationStream
 from mtcache.coordinator.l2 import L2Tier
+from mtcache.coordinator.stamps import HybridClock
 from mtcache.protocol import Status
 from mtcache.shm import VersionTable
 from tests.redis_server import RedisServer
@@ -224,6 +225,27 @@ async def test_a_own_write_a_failover_lost_is_dropped_from_l1_when_the_reader_re
     assert await _read(a, "k") == await _read(b, "k") == b"old"
     assert _l1(a, "kept") == b"mine"  # its entry is there: still vouched for
     assert _reader(a).counters["invalidation_gaps"] == 0
+
+
+async def test_a_fill_that_wins_over_a_concurrent_set_in_redis_drops_that_set_on_its_host(
+    make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # chaos checker, short-cluster seed 2: a fill is stamped when its lease is granted; a set made on
+    # another host while the value was computed, stamped earlier (clocks differ, or the two stamps are
+    # microseconds apart), lost to the fill in Redis; the fill's stream entry invalidated nothing, and the
+    # setting host served its set from L1 for good while every other host served the fill
+    a, b = await make_engine(), await make_engine()
+    cut = ReaderCut(b, monkeypatch)  # B hears of A's set only after its fill (a busy reader)
+    await _until(lambda: not _reader(b).connected, "B's reader to notice the cut")
+    granted = await b.lease_miss(object(), "k", WAIT)
+    assert granted[0] == Status.GRANTED
+    a.clock = HybridClock(wall_us=lambda: time.time_ns() // 1_000 - 50_000)  # A's clock is 50 ms behind B's
+    await a.set("k", b"set", TTL)
+    reply = await b.fill("k", granted[1], b"computed", TTL)
+    assert reply[0] == Status.OK and reply[2] is True  # stored in Redis: the newer stamp
+    cut.heal()
+    await _until(lambda: _l1(a, "k") != b"set", "A to drop its set, older than B's fill")
+    assert await _read(a, "k") == await _read(b, "k") == b"computed"
 
 
 async def test_a_host_whose_reader_connects_late_does_not_keep_values_promoted_before(

@@ -960,8 +960,10 @@ class CacheEngine:
             if cross_host and dist is not None:
                 dist.queue_release(pipe, key)
 
+        # published also without a Redis lease: a fill may win over another host's concurrent set, which
+        # that host must then drop (see invalidation.py)
         result = await self._write(Write(key, value, l2_ttl, stamp, stale_for=stale_for, renew=renew, tags=tags),
-                                   publish="fill" if cross_host else None, extra=release, keep=False)
+                                   publish="fill", extra=release, keep=False)
         if result is not None and result <= WriteResult.OLDER:
             # a newer write reached Redis first (another host's set, a delete, a clear)
             self.counters["fills_discarded"] += 1

@@ -6,9 +6,10 @@ key, stamp}``, in the same pipelined round trip as the L2 write. On a Redis
 Cluster each group of keys (see :class:`~mtcache.coordinator.l2.Layout`) has a
 stream of its own, in its slot, with its own reader, sequence numbers and gap
 detection (:class:`ShardedInvalidation`): a gap in one drops L1 as any gap does. Fill notices
-(``op = "fill"``: a computed value just reached L2) travel the same way but
-invalidate nothing; they wake other hosts waiting for that key's distributed
-lease.
+(``op = "fill"``: a computed value just reached L2) travel the same way: they
+wake other hosts waiting for that key's distributed lease, and drop what is older
+than the fill from their L1 like any write (a fill stamped after a concurrent set
+of another host wins over it in Redis, and that host must not keep its set).
 
 Each coordinator runs one reader task on its own connection (blocking
 ``XREAD``): it skips its own entries and, for the others', drops the key from
@@ -447,6 +448,7 @@ class InvalidationStream:
             return False
         if op == "fill":
             self.counters["fill_notices_received"] += 1
+            self._on_invalidate(key, stamp)
             self._on_fill(key)
             return True
         self.counters["invalidations_received"] += 1
