@@ -6,12 +6,16 @@ contract (README, "Consistency: what you can rely on").
     .venv/bin/python bench/chaos.py --profile short --no-faults   # the same load, no faults
     .venv/bin/python bench/chaos.py --profile short-failsafe      # get_or_compute with fail-safe on
     .venv/bin/python bench/chaos.py --minutes 30 --fail-safe 3 --fail-prob 0.25   # a fail-safe soak
+    .venv/bin/python bench/chaos.py --profile short-cluster --seed N   # on a Redis Cluster, with failovers
 
 Starts one redis-server, ``--hosts`` coordinators (each behind a fault proxy) with ``--workers``
-worker processes each, plays the fault schedule, then checks the recorded history. Writes
-``report.md`` and ``report.json`` (operations, faults by kind, violations by kind with examples,
-the longest call, coordinator RSS over time) to ``--out`` (default: a new folder under /tmp), and
-exits 1 if a violation was found. Every option of tests/chaos/runner.py's RunConfig is an option
+worker processes each, plays the fault schedule, then checks the recorded history. With ``--redis
+cluster`` (``--profile short-cluster``) it starts a Redis Cluster instead (3 masters with a replica
+each; needs redis-cli) and the hosts use its ``redis+cluster://`` URL directly, under failovers
+(``CLUSTER FAILOVER``, a master SIGKILLed). Writes ``report.md`` and ``report.json`` (operations,
+faults by kind, violations by kind with examples, the documented replication loss of a killed
+master apart, the longest call, coordinator RSS over time) to ``--out`` (default: a new folder
+under /tmp), and exits 1 if a violation was found. Every option of tests/chaos/runner.py's RunConfig is an option
 here; a failing run prints the exact command that reruns it.
 """
 

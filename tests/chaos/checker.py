@@ -19,6 +19,16 @@ Definitions (all times ``monotonic_ns``; ``tol`` absorbs clock-stamp granularity
   stale value served by fail-safe included). A read that returns None is never stale (a miss is
   always allowed; see ``lost_write``).
 - A fault is *disruptive* unless it is a ``worker_kill``.
+- A *replication loss* (the README's "What a failover can lose"): a ``master_kill`` on a Redis
+  Cluster, SIGKILLed at ``K``, may have lost the writes it acknowledged and had not yet replicated.
+  A write *may have been lost* by it if its key's record is in a slot the killed master served, its
+  call began before ``K`` (+ ``tol``) and it landed (its call ended, or its background completion)
+  no earlier than ``replication_window`` before ``K`` (or after ``K``: the master's reply may reach
+  the worker after the kill). A violation of ``stale_read_same_host``, ``stale_read_cross_host`` or
+  ``not_converged`` that such writes alone make (the write the read should have seen, or the write
+  missing from the final reads, is one of them, the kill came before the read ended, and without
+  them there is no violation) is counted as ``replication_loss`` instead: reported, not a
+  violation. Every other violation counts as before.
 
 The violation kinds are the functions below whose names end in ``_violations``; each docstring
 defines its kind exactly.
@@ -26,18 +36,26 @@ defines its kind exactly.
 
 from __future__ import annotations
 
+import functools
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.chaos.history import DATA_LOSS, INF, Fault, History, Op
+from redis.crc import key_slot
+
+from mtcache.coordinator.l2 import CLUSTER_GROUPS, Layout, key_prefix
+from tests.chaos.history import DATA_LOSS, INF, REPLICATION_LOSS, Fault, History, Op
 from tests.chaos.intervals import RangeMax, Timeline
 from tests.chaos.workload import ValueId, value_id
 
 KINDS = ("stale_read_same_host", "stale_read_cross_host", "lost_write", "unknown_value", "not_converged",
          "unexpected_exception", "duplicate_compute", "expired_value", "uncounted_stale")
+
+#: The documented asynchronous-replication loss of a master SIGKILL (see the module docstring):
+#: counted and shown apart, never a violation.
+REPLICATION_LOSS_KIND = "replication_loss"
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,11 @@ class CheckParams:
     #: the worker receives the value (its transit added), and a deadline is known only to within
     #: the coordinator's reply (see ``expired_value``)
     expiry_slack: float = 0.25
+    #: a write that landed at most this long before a master's SIGKILL may have been lost with it
+    #: (see "replication loss" in the module docstring)
+    replication_window: float = 1.0
+    #: the namespace of the run's keys: where their records live on a cluster
+    namespace: str = "chaos"
     examples: int = 5
 
 
@@ -70,10 +93,12 @@ class Violation:
 
 @dataclass
 class CheckResult:
-    """Counts per kind and the first ``examples`` violations of each, in time order."""
+    """Counts per kind and the first ``examples`` violations of each, in time order; ``documented``:
+    the count of ``replication_loss`` (its examples are in ``examples`` too), not in ``total``."""
 
     counts: dict[str, int]
     examples: dict[str, list[Violation]]
+    documented: dict[str, int] = field(default_factory=lambda: {REPLICATION_LOSS_KIND: 0})
 
     @property
     def total(self) -> int:
@@ -169,6 +194,87 @@ def _acked_index(writes: list[Write]) -> dict[tuple[str, int], _Acked]:
     return {k: _Acked(v) for k, v in groups.items()}
 
 
+@dataclass(frozen=True)
+class Loss:
+    """A master SIGKILLed at ``at`` while it served ``slots`` (inclusive ranges)."""
+
+    at: int
+    slots: tuple[tuple[int, int], ...]
+
+    def covers(self, slot: int) -> bool:
+        return any(first <= slot <= last for first, last in self.slots)
+
+
+def replication_losses(history: History) -> list[Loss]:
+    """The masters killed during the run (faults of :data:`REPLICATION_LOSS` that did kill one), by time."""
+    out = [Loss(int(f.detail["killed_at"]), tuple((int(a), int(b)) for a, b in f.detail.get("slots", [])))
+           for f in history.faults if f.kind in REPLICATION_LOSS and "killed_at" in f.detail]
+    return sorted(out, key=lambda loss: loss.at)
+
+
+@functools.lru_cache(maxsize=8)
+def _cluster_layout(namespace: str) -> Layout:
+    return Layout(key_prefix(namespace), namespace, CLUSTER_GROUPS)
+
+
+@functools.lru_cache(maxsize=4096)
+def record_slot(key: str, namespace: str) -> int:
+    """The hash slot of ``key``'s record on a Redis Cluster."""
+    return key_slot(_cluster_layout(namespace).record(key).encode())
+
+
+class _Lossy:
+    """The writes a replication loss may have taken (see the module docstring), each with the
+    earliest kill that may have."""
+
+    def __init__(self, history: History, writes: list[Write], p: CheckParams) -> None:
+        tol, window = _ns(p.tol), _ns(p.replication_window)
+        losses = replication_losses(history)
+        self._since: dict[int, int] = {}
+        for w in writes if losses else []:
+            if w.status == "skipped":
+                continue
+            for loss in losses:
+                if (w.op.start <= loss.at + tol and w.landed + tol >= loss.at - window
+                        and loss.covers(record_slot(w.op.key, p.namespace))):
+                    self._since[id(w)] = loss.at
+                    break
+        #: the kills that may have lost a write, in time order
+        self.times = sorted(set(self._since.values()))
+
+    def lost(self, w: Write, by: int = INF) -> bool:
+        """``w`` may have been lost by a kill at or before ``by``."""
+        at = self._since.get(id(w))
+        return at is not None and at <= by
+
+    def killed_before(self, t: int) -> int:
+        """How many of :attr:`times` are at or before ``t``."""
+        return bisect_right(self.times, t)
+
+
+def _stale_witness(r: Op, after: int, acked: dict[tuple[str, int], _Acked], hosts: list[int], timeline: Timeline,
+                   pb: int, heal: int) -> tuple[str, Write, int] | None:
+    """What makes read ``r`` of a value whose write ended at ``after`` (+ tol) stale, by the rules of
+    ``stale_read_violations``: ``(kind, the superseding write, its host)``, or None."""
+    same = acked.get((r.key, r.host))
+    if same is not None and (w := same.witness(0, bisect_left(same.ends, r.start), after)) is not None:
+        return "stale_read_same_host", w, r.host
+    if timeline.active(r.start):
+        return None
+    last = timeline.last_end_before(r.start)
+    if last is not None and r.start <= last + heal:
+        return None
+    for host in hosts:
+        other = acked.get((r.key, host))
+        if host == r.host or other is None:
+            continue
+        lo = 0 if last is None else bisect_right(other.ends, last)
+        w = other.witness(lo, bisect_left(other.ends, r.start - pb), after)
+        if w is not None:
+            return "stale_read_cross_host", w, host
+    return None
+
+
 def stale_read_violations(history: History, writes: list[Write], p: CheckParams) -> list[Violation]:
     """``stale_read_same_host``: a read R on host h returns the value of W' while an acknowledged
     write W by a worker of host h supersedes W' and ``W.end < R.start``. No fault excuses it.
@@ -176,11 +282,17 @@ def stale_read_violations(history: History, writes: list[Write], p: CheckParams)
     ``stale_read_cross_host``: the same with W on another host, checked only when
     ``W.end + propagation_bound < R.start``, no disruptive fault is active at ``R.start`` or during
     ``[W.end, R.start]``, and ``R.start`` is more than ``heal_bound`` after the end of the latest
-    disruptive fault."""
+    disruptive fault.
+
+    ``replication_loss`` instead of either: R ended after a master was killed, and only writes that
+    kill (or an earlier one) may have lost make R stale (without them, neither rule finds a write)."""
     tol, pb, heal = _ns(p.tol), _ns(p.propagation_bound), _ns(p.heal_bound)
     by_vid = {w.vid: w for w in writes if w.vid is not None}
-    acked = _acked_index(writes)
-    hosts = sorted({h for _, h in acked})
+    lossy = _Lossy(history, writes, p)
+    # every acknowledged write; then without those the first kill may have lost, the first two, ...
+    indexes = [_acked_index(writes)] + [_acked_index([w for w in writes if not lossy.lost(w, t)])
+                                        for t in lossy.times]
+    hosts = sorted({h for _, h in indexes[0]})
     timeline = Timeline(f for f in history.faults if f.disruptive)
     out = []
     for r in reads(history.ops):
@@ -189,27 +301,27 @@ def stale_read_violations(history: History, writes: list[Write], p: CheckParams)
         if old is None or old.order_end == INF:
             continue
         after = old.order_end + tol
-        same = acked.get((r.key, r.host))
-        if same is not None and (w := same.witness(0, bisect_left(same.ends, r.start), after)) is not None:
-            out.append(Violation("stale_read_same_host", r.start, f"returned the value of a write superseded "
-                                 f"by {w.kind} w{w.op.worker}#{w.op.index} of the same host", [r, old.op, w.op]))
+        found = _stale_witness(r, after, indexes[0], hosts, timeline, pb, heal)
+        if found is None:
             continue
-        if timeline.active(r.start):
-            continue
-        last = timeline.last_end_before(r.start)
-        if last is not None and r.start <= last + heal:
-            continue
-        for host in hosts:
-            other = acked.get((r.key, host))
-            if host == r.host or other is None:
+        kills = lossy.killed_before(r.finished)
+        if kills:
+            real = _stale_witness(r, after, indexes[kills], hosts, timeline, pb, heal)
+            if real is None:
+                kind, w, host = found
+                at = (lossy.times[kills - 1] - history.t0) / 1e9
+                out.append(Violation(REPLICATION_LOSS_KIND, r.start, f"{kind}: returned the value of a write "
+                                     f"superseded only by writes a master killed by {at:.3f}s may have lost (by "
+                                     f"{w.kind} w{w.op.worker}#{w.op.index} of host {host})", [r, old.op, w.op]))
                 continue
-            lo = 0 if last is None else bisect_right(other.ends, last)
-            w = other.witness(lo, bisect_left(other.ends, r.start - pb), after)
-            if w is not None:
-                out.append(Violation("stale_read_cross_host", r.start, f"returned the value of a write "
-                                     f"superseded {(r.start - w.order_end) / 1e9:.3f}s earlier by {w.kind} "
-                                     f"w{w.op.worker}#{w.op.index} of host {host}", [r, old.op, w.op]))
-                break
+            found = real
+        kind, w, host = found
+        if kind == "stale_read_same_host":
+            why = f"returned the value of a write superseded by {w.kind} w{w.op.worker}#{w.op.index} of the same host"
+        else:
+            why = (f"returned the value of a write superseded {(r.start - w.order_end) / 1e9:.3f}s earlier by "
+                   f"{w.kind} w{w.op.worker}#{w.op.index} of host {host}")
+        out.append(Violation(kind, r.start, why, [r, old.op, w.op]))
     return out
 
 
@@ -218,7 +330,8 @@ def lost_write_violations(history: History, writes: list[Write], p: CheckParams)
     acknowledged write of the key by host h that ended before ``R.start`` is a set W, no other write
     of any kind by any host on that key (unknown, skipped, deletes, fills; a fill counted over its
     whole call, and up to the end of its background completion) overlaps W or follows it before
-    ``R.start``, and no disruptive fault is active anywhere in ``[W.start, R.start]``."""
+    ``R.end`` (one begun while R ran, a delete, may have been applied before R read), and no
+    disruptive fault is active anywhere in ``[W.start, R.start]``."""
     tol = _ns(p.tol)
     acked = _acked_index(writes)
     timeline = Timeline(f for f in history.faults if f.disruptive)
@@ -247,7 +360,7 @@ def lost_write_violations(history: History, writes: list[Write], p: CheckParams)
         if own is None or n == 0 or own.writes[n - 1].kind != "set":
             continue
         w = own.writes[n - 1]
-        i = bisect_left(starts[r.key], r.start) - 1
+        i = bisect_left(starts[r.key], r.finished) - 1
         first, whose, second = tops[r.key][i]
         if (second if whose == id(w) else first) >= w.op.start - tol:
             continue
@@ -300,7 +413,13 @@ def convergence_violations(history: History, writes: list[Write], p: CheckParams
 
     A maximal fill with a TTL (fail-safe runs) may expire: if it may have expired before the last
     final read (its function ended at least its TTL before: its value was stored after that), None
-    is allowed too, mixed with that one value (some reads before its expiry, some after)."""
+    is allowed too, mixed with that one value (some reads before its expiry, some after).
+
+    ``replication_loss`` instead: some writes of the key may have been lost by a master's SIGKILL,
+    and every id read is allowed by the writes, or by the writes without some of those (the ones
+    that landed after one of them began: a replica misses a suffix of what its master applied).
+    Hosts may then disagree: one whose stream reader had not read a lost write's entry keeps serving
+    its own copy of it (the README's "What a failover can lose")."""
     if history.final is None:
         return []
     tol = _ns(p.tol)
@@ -310,29 +429,49 @@ def convergence_violations(history: History, writes: list[Write], p: CheckParams
         if w.status != "skipped":
             by_key[w.op.key].append(w)
     losses = [f.end for f in history.faults if f.kind in DATA_LOSS]
+    lossy = _Lossy(history, writes, p)
     keys = sorted({k for per_host in history.final.values() for k in per_host})
     out = []
     for key in keys:
         ws = by_key.get(key, [])
-        newest = max((w.start for w in ws if w.supersedes), default=-1)
-        maximal = [w for w in ws if w.order_end + tol >= newest]
-        allowed: set[Any] = {w.vid for w in maximal if w.vid is not None}
-        earliest = min((w.start for w in maximal), default=INF)
-        if not ws or any(w.kind == "delete" for w in maximal) or any(end >= earliest for end in losses):
-            allowed.add(None)
-        expiring = any(w.kind == "fill" and w.ttl is not None
-                       and (w.op.fn_end or w.start) + _ns(w.ttl) <= final_end for w in maximal)
-        if expiring:
-            allowed.add(None)
+        allowed, expiring, maximal = _allowed(ws, losses, final_end, tol)
         seen = {h: per_host.get(key, []) for h, per_host in history.final.items()}
         ids = {_final_id(v) for vs in seen.values() for v in vs}
         if ids <= allowed and (len(ids) == 1 or (expiring and len(ids - {None}) <= 1)):
             continue
         why = (f"{key}: final reads {seen} (as ids {sorted(map(str, ids))}); maximal writes allow "
                f"{sorted(map(str, allowed))}")
+        lost = [w for w in ws if lossy.lost(w)]
+        if lost:
+            explained = set(allowed)
+            for since in sorted({w.op.start for w in lost}):
+                gone = {id(w) for w in lost if w.landed >= since}
+                explained |= _allowed([w for w in ws if id(w) not in gone], losses, final_end, tol)[0]
+            if ids <= explained:
+                out.append(Violation(REPLICATION_LOSS_KIND, max((w.op.finished for w in ws), default=0),
+                                     f"not_converged: {why}; with writes a killed master may have lost "
+                                     f"gone: {sorted(map(str, explained))}", [w.op for w in lost][-4:]))
+                continue
         out.append(Violation("not_converged", max((w.op.finished for w in ws), default=0), why,
                              [w.op for w in maximal][:4]))
     return out
+
+
+def _allowed(ws: list[Write], losses: list[int], final_end: int, tol: int) -> tuple[set[Any], bool, list[Write]]:
+    """What the final reads of a key may return given its writes ``ws`` (see ``not_converged``; ``losses``:
+    the ends of the data-losing faults): the allowed ids, whether a maximal fill may have expired, and
+    the maximal writes."""
+    newest = max((w.start for w in ws if w.supersedes), default=-1)
+    maximal = [w for w in ws if w.order_end + tol >= newest]
+    allowed: set[Any] = {w.vid for w in maximal if w.vid is not None}
+    earliest = min((w.start for w in maximal), default=INF)
+    if not ws or any(w.kind == "delete" for w in maximal) or any(end >= earliest for end in losses):
+        allowed.add(None)
+    expiring = any(w.kind == "fill" and w.ttl is not None
+                   and (w.op.fn_end or w.start) + _ns(w.ttl) <= final_end for w in maximal)
+    if expiring:
+        allowed.add(None)
+    return allowed, expiring, maximal
 
 
 def _final_id(value: Any) -> Any:
@@ -552,14 +691,16 @@ CHECKS = (stale_read_violations, lost_write_violations, unknown_value_violations
 
 
 def check(history: History, params: CheckParams | None = None) -> CheckResult:
-    """Run every check; count the violations of each kind and keep the first few."""
+    """Run every check; count the violations of each kind (and the documented losses apart) and keep
+    the first few of each."""
     p = params or CheckParams()
     writes = derive_writes(history.ops)
     counts = dict.fromkeys(KINDS, 0)
-    examples: dict[str, list[Violation]] = {k: [] for k in KINDS}
+    documented = {REPLICATION_LOSS_KIND: 0}
+    examples: dict[str, list[Violation]] = {k: [] for k in (*KINDS, REPLICATION_LOSS_KIND)}
     found = [v for fn in CHECKS for v in fn(history, writes, p)]
     for v in sorted(found, key=lambda v: v.time):
-        counts[v.kind] += 1
+        (documented if v.kind in documented else counts)[v.kind] += 1
         if len(examples[v.kind]) < p.examples:
             examples[v.kind].append(v)
-    return CheckResult(counts, examples)
+    return CheckResult(counts, examples, documented)

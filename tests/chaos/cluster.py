@@ -1,6 +1,10 @@
 """The chaos topology: one redis-server, and H "hosts", each a coordinator process that reaches
 Redis through its own :class:`~tests.tcp_proxy.FaultProxy`, with W worker processes of its own.
 
+With ``redis="cluster"`` Redis is a Redis Cluster (:class:`~tests.redis_server.RedisClusterGroup`:
+3 masters with a replica each) and each coordinator gets its ``redis+cluster://`` URL directly: a
+cluster client connects to the node addresses the cluster announces, so no proxy can sit between.
+
 Everything started here is stopped by :meth:`Cluster.close` (workers SIGKILLed, coordinators
 continued if stopped and then SIGTERMed, proxies and Redis stopped, temporary folders removed),
 which is safe to call at any point and more than once.
@@ -20,15 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import redis
 
 from mtcache import Client
-from mtcache.coordinator.l2 import key_prefix
+from mtcache.coordinator.l2 import CLUSTER_GROUPS, Layout, decode_envelope, key_prefix
 from mtcache.shm import remove_orphans
 from tests.chaos.history import append_json
 from tests.chaos.workload import WorkloadSettings
 from tests.coordinator_proc import CoordinatorProcess
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisClusterGroup, RedisServer
 from tests.tcp_proxy import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +54,8 @@ class ClusterSettings:
     redis_timeout: float = 0.3
     lease_ttl: float = 3.0
     workload: WorkloadSettings = field(default_factory=WorkloadSettings)
+    #: ``"single"``: one redis-server, each host behind a proxy; ``"cluster"``: a Redis Cluster, no proxies
+    redis: str = "single"
 
     def coordinator_env(self) -> dict[str, str]:
         return {"MTCACHE_STALENESS_BOUND": f"{self.staleness_bound:g}",
@@ -68,7 +75,7 @@ class WorkerProc:
 @dataclass
 class Host:
     index: int
-    proxy: FaultProxy
+    proxy: FaultProxy | None  # None on a cluster
     coordinator: CoordinatorProcess
     workers: list[WorkerProc] = field(default_factory=list)
 
@@ -76,7 +83,16 @@ class Host:
 class Cluster:
     """Start with :meth:`start`; ``history`` is where workers and the harness record."""
 
-    def __init__(self, settings: ClusterSettings, history: Path, *, redis_server: RedisServer | None = None) -> None:
+    def __init__(self, settings: ClusterSettings, history: Path, *,
+                 redis_server: RedisServer | RedisClusterGroup | None = None) -> None:
+        """``redis_server``: a server (``redis="single"``) or a cluster (``redis="cluster"``) to use, started
+        here if it is not yet and left running by :meth:`close`; None: one of this cluster's own."""
+        if settings.redis not in ("single", "cluster"):
+            raise ValueError(f"redis must be 'single' or 'cluster', not {settings.redis!r}")
+        wanted = RedisClusterGroup if settings.redis == "cluster" else RedisServer
+        if redis_server is not None and not isinstance(redis_server, wanted):
+            raise ValueError(f"redis={settings.redis!r} runs on a {wanted.__name__}, "
+                             f"not a {type(redis_server).__name__}")
         self.settings = settings
         self.history = history
         self.hosts: list[Host] = []
@@ -84,8 +100,28 @@ class Cluster:
         self.stream = key_prefix(settings.namespace) + "inval"
         self._own_redis = redis_server is None
         self._tmp: list[Path] = []
-        self.redis = redis_server or RedisServer(self._mkdtemp("mtc-redis-"))
+        self.redis: RedisServer | RedisClusterGroup
+        if redis_server is not None:
+            self.redis = redis_server
+        elif settings.redis == "cluster":
+            self.redis = RedisClusterGroup(self._mkdtemp("mtc-cluster-"))
+        else:
+            self.redis = RedisServer(self._mkdtemp("mtc-redis-"))
         self._next_id = 1
+
+    @property
+    def server(self) -> RedisServer:
+        """The one redis-server (``redis="single"``)."""
+        if not isinstance(self.redis, RedisServer):
+            raise RuntimeError("this chaos run is on a Redis Cluster: there is no one redis-server")
+        return self.redis
+
+    @property
+    def redis_cluster(self) -> RedisClusterGroup:
+        """The Redis Cluster (``redis="cluster"``)."""
+        if not isinstance(self.redis, RedisClusterGroup):
+            raise RuntimeError("this chaos run is on one redis-server, not a Redis Cluster")
+        return self.redis
 
     def _mkdtemp(self, prefix: str) -> Path:
         path = Path(tempfile.mkdtemp(prefix=prefix))
@@ -95,16 +131,24 @@ class Cluster:
     # -- starting --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Redis, then per host a proxy and a coordinator, then every worker; returns once every
-        worker is connected (or the readiness deadline passes: RuntimeError)."""
+        """Redis, then per host a proxy (not on a cluster) and a coordinator, then every worker;
+        returns once every worker is connected (or the readiness deadline passes: RuntimeError)."""
         self.history.mkdir(parents=True, exist_ok=True)
-        if self.redis.proc is None or self.redis.proc.poll() is not None:
+        if isinstance(self.redis, RedisClusterGroup):
+            if not self.redis.live():
+                self.redis.start()
+        elif self.redis.proc is None or self.redis.proc.poll() is not None:
             self.redis.start()
         sockets = self._mkdtemp("mtc-")
         for i in range(self.settings.hosts):
-            proxy = FaultProxy("127.0.0.1", self.redis.port)
-            proxy.start()
-            coordinator = CoordinatorProcess(sockets / f"h{i}.sock", redis_url=proxy.url(),
+            proxy: FaultProxy | None = None
+            if isinstance(self.redis, RedisClusterGroup):
+                url = self.redis.url
+            else:
+                proxy = FaultProxy("127.0.0.1", self.redis.port)
+                proxy.start()
+                url = proxy.url()
+            coordinator = CoordinatorProcess(sockets / f"h{i}.sock", redis_url=url,
                                              namespace=self.settings.namespace, env=self.settings.coordinator_env())
             self.hosts.append(Host(i, proxy, coordinator))
             coordinator.start()
@@ -199,8 +243,8 @@ class Cluster:
     # -- probes ----------------------------------------------------------------------------------
 
     def admin(self) -> redis.Redis:
-        """A direct connection to Redis (not through a proxy); the caller closes it."""
-        return self.redis.client()
+        """A direct connection to the one redis-server (not through a proxy); the caller closes it."""
+        return self.server.client()
 
     def final_reads(self, keys: list[str], interval: float = 1.0) -> dict[int, dict[str, list[Any]]]:
         """Every key on every host, twice, ``interval`` apart, through fresh clients without near copies."""
@@ -218,6 +262,35 @@ class Cluster:
         finally:
             for client in clients:
                 client.close()
+
+    def redis_records(self, keys: list[str]) -> dict[str, Any]:
+        """What Redis holds for each key after the run, for diagnosis (a ``not_converged`` names no
+        tier): the record's stamp, whether it is a tombstone, and its value (msgpack-decoded if it
+        can be, else its bytes' repr); None if there is no record; ``{"error": ...}`` if Redis did
+        not answer."""
+        groups = CLUSTER_GROUPS if isinstance(self.redis, RedisClusterGroup) else 1
+        layout = Layout(key_prefix(self.settings.namespace), self.settings.namespace, groups)
+        out: dict[str, Any] = {}
+        try:
+            with self.redis.client() as r:
+                for key in keys:
+                    raw = r.get(layout.record(key))
+                    if raw is None:
+                        out[key] = None
+                        continue
+                    try:
+                        env = decode_envelope(raw)
+                    except ValueError as exc:
+                        out[key] = {"malformed": f"{exc}: {raw!r}"[:300]}
+                        continue
+                    try:
+                        value: Any = msgpack.unpackb(env.value, raw=False) if env.value else None
+                    except (ValueError, TypeError, msgpack.ExtraData):
+                        value = repr(env.value)[:200]
+                    out[key] = {"stamp": env.stamp, "tombstone": env.tombstone, "value": value}
+        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        return out
 
     def coordinator_stats(self) -> dict[int, dict[str, Any]]:
         """Each host's coordinator counters (STATS), for the report; empty if it does not answer."""
@@ -260,7 +333,8 @@ class Cluster:
             host.coordinator.stop()
             with contextlib.suppress(OSError):
                 shutil.copyfile(host.coordinator.log_path, self.history / f"coordinator-{host.index}.log")
-            host.proxy.stop()
+            if host.proxy is not None:
+                host.proxy.stop()
         if self._own_redis:
             self.redis.stop()
         for path in self._tmp:

@@ -19,6 +19,8 @@ import redis
 from tests.chaos.cluster import Cluster
 from tests.chaos.history import append_json
 from tests.chaos.schedule import Window
+from tests.redis_server import CLUSTER_DEADLINE, RedisClusterGroup
+from tests.tcp_proxy import FaultProxy
 
 #: How far above the memory Redis uses the maxmemory faults set the limit.
 MAXMEMORY_MARGIN = 32 * 1024
@@ -75,21 +77,21 @@ class FaultInjector:
     # -- Redis -------------------------------------------------------------------------------------
 
     def _redis_restart_empty(self, w: Window, detail: dict[str, Any]) -> Heal:
-        self.cluster.redis.kill()
+        self.cluster.server.kill()
 
         def start() -> dict[str, Any]:
             if not w.param:
-                self.cluster.redis.start()
+                self.cluster.server.start()
                 return {}
             # the foreign entry is in the stream before any coordinator reaches the new Redis
             for host in self.cluster.hosts:
-                host.proxy.cut()
+                self._proxy(host.index).cut()
             try:
-                self.cluster.redis.start()
+                self.cluster.server.start()
                 return {"foreign_first": self._foreign_entry()}
             finally:
                 for host in self.cluster.hosts:
-                    host.proxy.heal()
+                    self._proxy(host.index).heal()
         return start
 
     def _foreign_entry(self) -> str:
@@ -134,18 +136,24 @@ class FaultInjector:
 
     # -- links -------------------------------------------------------------------------------------
 
+    def _proxy(self, host: int) -> FaultProxy:
+        proxy = self.cluster.hosts[host].proxy
+        if proxy is None:
+            raise RuntimeError("no proxy on a Redis Cluster: the link faults need one redis-server")
+        return proxy
+
     def _link_cut(self, w: Window, detail: dict[str, Any]) -> Heal:
-        proxy = self.cluster.hosts[w.host or 0].proxy
+        proxy = self._proxy(w.host or 0)
         proxy.cut()
         return proxy.heal
 
     def _link_slow(self, w: Window, detail: dict[str, Any]) -> Heal:
-        proxy = self.cluster.hosts[w.host or 0].proxy
+        proxy = self._proxy(w.host or 0)
         proxy.delay(w.param or 0.1)
         return proxy.heal
 
     def _link_reset(self, w: Window, detail: dict[str, Any]) -> None:
-        self.cluster.hosts[w.host or 0].proxy.reset()
+        self._proxy(w.host or 0).reset()
 
     # -- processes ---------------------------------------------------------------------------------
 
@@ -164,3 +172,66 @@ class FaultInjector:
 
     def _worker_kill(self, w: Window, detail: dict[str, Any]) -> None:
         detail["killed"], detail["started"] = self.cluster.kill_worker(w.host or 0, w.slot or 0)
+
+    # -- Redis Cluster -----------------------------------------------------------------------------
+
+    def _master(self, w: Window, detail: dict[str, Any]) -> tuple[RedisClusterGroup, int, list[int]]:
+        """The master ``w.param`` names (by the order of the slots), with a live replica (a node's view
+        of which nodes replicate which may lag a settled cluster by a moment: polled, with a deadline),
+        and those replicas; the master's port, replicas and slots go in ``detail``."""
+        group = self.cluster.redis_cluster
+        deadline = time.monotonic() + CLUSTER_DEADLINE
+        while True:
+            masters = group.master_ports()
+            port = masters[int(w.param or 0) % len(masters)]
+            replicas = group.replicas_of(port)
+            if replicas:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the master on {port} has had no live replica for {CLUSTER_DEADLINE:g} s")
+            time.sleep(0.02)  # polling interval of a deadline-bounded wait
+        detail.update(master=port, replicas=replicas, slots=_slots_of(group, port))
+        return group, port, replicas
+
+    def _cluster_failover(self, w: Window, detail: dict[str, Any]) -> None:
+        """``CLUSTER FAILOVER`` on a replica of the master; returns once the cluster has settled (the
+        replica master, the old master its replica): a manual failover loses nothing."""
+        group, port, _ = self._master(w, detail)
+        detail["new_master"] = group.failover(port)[1]
+
+    def _master_kill(self, w: Window, detail: dict[str, Any]) -> Heal:
+        """SIGKILL the master; returns once a replica of it has taken its place and the cluster has
+        settled. ``killed_at``: when the SIGKILL was sent (the replication loss is counted from it). Its
+        heal restarts the node, which rejoins as a replica (empty, then fully synced)."""
+        group, port, replicas = self._master(w, detail)
+        detail["killed_at"] = time.monotonic_ns()
+        group.server_on(port).kill()
+
+        def restart() -> dict[str, Any]:
+            group.restart(port)
+            return {"restarted": port}
+        try:
+            detail["new_master"] = group.wait_replaced(port, replicas)
+        except RuntimeError as exc:  # still restarted at the window's end
+            detail["error"] = f"{type(exc).__name__}: {exc}"
+        return restart
+
+
+def _slots_of(group: RedisClusterGroup, port: int) -> list[list[int]]:
+    """The slot ranges (``[first, last]``, inclusive) the master on ``port`` serves, by ``CLUSTER NODES``
+    of a live node."""
+    errors = []
+    for server in group.live():
+        try:
+            with server.client() as c:
+                raw = c.execute_command("CLUSTER", "NODES")
+        except redis.RedisError as exc:
+            errors.append(exc)
+            continue
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) >= 8 and int(fields[1].split("@")[0].rsplit(":", 1)[1]) == port:
+                ranges = [f.split("-") for f in fields[8:] if not f.startswith("[")]
+                return [[int(r[0]), int(r[-1])] for r in ranges]
+    raise RuntimeError(f"no live node names the slots of {port}: {errors}")

@@ -18,9 +18,12 @@ from tests.chaos.cluster import Cluster, ClusterSettings
 from tests.chaos.faults import FaultInjector
 from tests.chaos.history import load_history
 from tests.chaos.report import markdown, ok, short_text, summarize
-from tests.chaos.schedule import KINDS, Window, make_schedule
+from tests.chaos.schedule import ALL_KINDS, CLUSTER_KINDS, KINDS, MIN_GAP, Window, make_schedule
 from tests.chaos.workload import WorkloadSettings
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisClusterGroup, RedisServer
+
+#: The fault kinds each Redis deployment can take (see tests/chaos/schedule.py).
+REDIS_KINDS = {"single": frozenset(KINDS), "cluster": frozenset(CLUSTER_KINDS)}
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,10 @@ class RunConfig:
     faults: int = 10
     no_faults: bool = False
     kinds: str = ",".join(KINDS)
+    #: ``"single"``: one redis-server, each host through its own fault proxy; ``"cluster"``: a Redis
+    #: Cluster of 3 masters with a replica each, the hosts on its ``redis+cluster://`` URL (no proxy;
+    #: the fault kinds of :data:`tests.chaos.schedule.CLUSTER_KINDS`)
+    redis: str = "single"
     warmup: float = 2.0
     heal_bound: float = 8.0
     propagation_bound: float = 1.0
@@ -73,12 +80,22 @@ class RunConfig:
     expiry_slack: float = 0.25
 
     def schedule(self) -> list[Window]:
-        """The fault windows: between the warm-up and ``heal_bound`` (+1 s) before the load ends."""
+        """The fault windows: between the warm-up and ``heal_bound`` (+1 s) before the load ends.
+
+        :raises ValueError: ``redis`` is neither ``single`` nor ``cluster``, or a kind does not fit it.
+        """
+        if self.redis not in REDIS_KINDS:
+            raise ValueError(f"redis must be one of {sorted(REDIS_KINDS)}, not {self.redis!r}")
+        kinds = tuple(k for k in self.kinds.split(",") if k)
+        misfits = [k for k in kinds if k in ALL_KINDS and k not in REDIS_KINDS[self.redis]]
+        if misfits:  # (an unknown kind is make_schedule's to refuse)
+            raise ValueError(f"fault kinds {misfits} do not fit redis={self.redis!r} (it takes "
+                             f"{','.join(k for k in ALL_KINDS if k in REDIS_KINDS[self.redis])})")
         if self.no_faults:
             return []
         return make_schedule(self.seed, count=self.faults, begin=self.warmup,
                              end=self.seconds - self.heal_bound - 1.0, hosts=self.hosts, workers=self.workers,
-                             kinds=tuple(k for k in self.kinds.split(",") if k))
+                             kinds=kinds)
 
     def cluster_settings(self) -> ClusterSettings:
         workload = WorkloadSettings(self.keys, self.slow_prob, self.fail_prob, self.cancel_prob, self.lease_ttl,
@@ -90,11 +107,12 @@ class RunConfig:
                                     cold_share=self.cold_share)
         return ClusterSettings(self.hosts, self.workers, self.async_workers, self.seed,
                                staleness_bound=self.staleness_bound, redis_timeout=self.redis_timeout,
-                               lease_ttl=self.lease_ttl, workload=workload)
+                               lease_ttl=self.lease_ttl, workload=workload, redis=self.redis)
 
     def check_params(self) -> CheckParams:
         return CheckParams(tol=self.tol_ms / 1000, propagation_bound=self.propagation_bound,
-                           heal_bound=self.heal_bound, dup_slack=self.dup_slack, expiry_slack=self.expiry_slack)
+                           heal_bound=self.heal_bound, dup_slack=self.dup_slack, expiry_slack=self.expiry_slack,
+                           namespace=ClusterSettings().namespace)
 
     def command(self, profile: str) -> str:
         """The command line that reruns this config (``profile`` plus what differs from it)."""
@@ -112,11 +130,15 @@ class RunConfig:
 #: ``short-failsafe``: the same with fail-safe on (0.5-3 s, throttle 1 s; TTLs of 0.2-1 s, soft and
 #: hard timeouts, a function that fails 40 % of its calls, 16 keys of which 8 are mostly computed
 #: and 2 of those rarely read, so stale values are served all the time, at every age);
+#: ``short-cluster``: the short load on a Redis Cluster (3 masters, a replica each), 12 windows of
+#: the cluster kinds (``CLUSTER FAILOVER``, a master SIGKILLed, coordinators killed and stopped,
+#: workers killed); 60 s, as a window with a failover needs ~4 s (the failover, its settling, the gap);
 #: ``soak``: 30 minutes, a fault every ~4.5 s.
 PROFILES = {
     "short": RunConfig(seed=14, seconds=50.0, faults=12),
     "short-failsafe": RunConfig(seed=14, seconds=50.0, faults=12, keys=16, fail_safe=3.0, fail_safe_min=0.5,
                                 fail_prob=0.4, soft_prob=0.3, goc_ttl_min=0.2, goc_ttl_max=1.0),
+    "short-cluster": RunConfig(seed=14, seconds=60.0, faults=12, redis="cluster", kinds=",".join(CLUSTER_KINDS)),
     "soak": RunConfig(seconds=1800.0, faults=390),
 }
 
@@ -156,6 +178,10 @@ class _Ticker:
         self.rss: list[dict[str, Any]] = []
         self._next_rss = 0.0
 
+    def now(self) -> float:
+        """Seconds since ``t0``."""
+        return (time.monotonic_ns() - self.t0) / 1e9
+
     def until(self, offset: float) -> None:
         deadline = self.t0 + int(offset * 1e9)
         while True:
@@ -169,9 +195,16 @@ class _Ticker:
             time.sleep(min(0.1, (deadline - now) / 1e9))  # the schedule is timed: sleep to the next event
 
 
-def run(config: RunConfig, out: Path, *, profile: str = "short", redis_server: RedisServer | None = None,
-        log: Callable[[str], None] = print) -> RunResult:
-    """Run ``config`` with its history in ``out``; write ``report.md`` and ``report.json`` there."""
+def run(config: RunConfig, out: Path, *, profile: str = "short",
+        redis_server: RedisServer | RedisClusterGroup | None = None, log: Callable[[str], None] = print) -> RunResult:
+    """Run ``config`` with its history in ``out``; write ``report.md`` and ``report.json`` there.
+
+    ``redis_server``: the redis-server (``config.redis == "single"``) or the started Redis Cluster
+    (``"cluster"``) to run on; None: the run starts (and stops) its own.
+
+    A window that would begin less than ``MIN_GAP`` after the previous one was over (a fault that
+    went on past its planned end: a failover settling) begins that much later, and the load goes on
+    until ``heal_bound`` after the last one at least."""
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     schedule = config.schedule()
@@ -187,18 +220,26 @@ def run(config: RunConfig, out: Path, *, profile: str = "short", redis_server: R
         log(f"chaos: seed {config.seed}, {len(schedule)} faults over {config.seconds:g}s; rerun: {command}")
         ticker = _Ticker(cluster, t0, config.rss_every)
         rss = ticker.rss
+        over = 0.0  # when the previous window was over
         for window in schedule:
-            ticker.until(window.start)
+            begin = max(window.start, over + MIN_GAP)
+            if begin > window.start:
+                log(f"chaos: window #{window.index} begins {begin - window.start:.2f}s late (the previous one "
+                    f"went on past its slot)")
+            ticker.until(begin)
             injector.apply(window)
             if window.duration:
-                ticker.until(window.start + window.duration)
+                ticker.until(begin + window.duration)
                 injector.heal()
-        ticker.until(config.seconds)
+            over = ticker.now()
+        ticker.until(max(config.seconds, over + config.heal_bound))
         cluster.stop_workers()
         final_start = time.monotonic_ns()
         final = cluster.final_reads([f"k{i}" for i in range(config.keys)])
         (out / "final-time.json").write_text(json.dumps({"start": final_start, "end": time.monotonic_ns()}))
         (out / "final.json").write_text(json.dumps(final))
+        (out / "redis-final.json").write_text(json.dumps(cluster.redis_records(list(final[0]) if final else []),
+                                                      default=repr))
         (out / "coordinators.json").write_text(json.dumps(cluster.coordinator_stats(), default=str))
     finally:
         injector.heal()

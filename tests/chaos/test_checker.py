@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.checker import CheckParams, check
+from tests.chaos.checker import CheckParams, Loss, check, record_slot, replication_losses
 from tests.chaos.history import Fault, History, Op, load_history
+from tests.chaos.report import markdown, ok, short_text, summarize
 
 MS = 1_000_000
 S = 1000 * MS
@@ -45,9 +46,10 @@ def fault(kind: str, start: int, end: int, index: int = 0) -> Fault:
 
 
 def kinds(history: History, **params: Any) -> dict[str, int]:
-    """The non-zero violation counts (a tolerance of 0.5 ms unless told: these histories tick in ms)."""
+    """The non-zero violation counts, and of the documented loss (a tolerance of 0.5 ms unless told:
+    these histories tick in ms)."""
     result = check(history, CheckParams(**{"tol": 0.0005, **params}))
-    return {k: n for k, n in result.counts.items() if n}
+    return {k: n for k, n in {**result.counts, **result.documented}.items() if n}
 
 
 # -- valid histories -------------------------------------------------------------------------------
@@ -165,9 +167,15 @@ def test_a_host_that_forgets_its_own_acknowledged_set_lost_it() -> None:
     put(3, 1, -MS, MS // 2, host=1, ack="unknown"),  # overlapping
     fill(3, 1, -5 * MS, -4 * MS, -3 * MS, 2 * MS, host=1),  # a fill whose call overlaps
     Op(3, 1, 1, "goc", "k", 2 * MS, None, outcome="killed", fn_result="unknown"),  # a SIGKILLed call
-], ids=["delete", "skipped", "overlapping-unknown", "fill", "killed"])
+    delete(3, 1, S + MS // 4, S + 2 * MS),  # begun while the read ran (it may have read after it)
+], ids=["delete", "skipped", "overlapping-unknown", "fill", "killed", "during-the-read"])
 def test_a_miss_after_any_other_write_is_not_a_lost_write(other: Op) -> None:
     assert kinds(History([put(1, 1, 0, MS), other, get(2, 1, S, S + MS, None)])).get("lost_write", 0) == 0
+
+
+def test_a_write_begun_after_the_miss_ended_does_not_excuse_it() -> None:
+    ops = [put(1, 1, 0, MS), get(2, 1, S, S + MS, None), delete(3, 1, S + 2 * MS, S + 3 * MS)]
+    assert kinds(History(ops)) == {"lost_write": 1}
 
 
 def test_a_miss_is_excused_by_a_fault_a_delete_or_a_degraded_client() -> None:
@@ -429,6 +437,125 @@ def test_an_expiring_fill_may_converge_on_a_miss() -> None:
     two = {0: {"k": [v(1, 1, 1), None]}, 1: {"k": [v(2, 2, 1), None]}}
     other = fill(2, 2, 10 * MS, 11 * MS, 12 * MS, 13 * MS, **SAFE)
     assert kinds(History([*ops, other], final=two, final_time=expired)) == {"not_converged": 1}
+
+
+# -- a master SIGKILLed on a Redis Cluster: the documented replication loss ----------------------------
+#
+# The master serving k's record slot is SIGKILLed at K = 10 s (its window: healed 3 s later); a write
+# that landed at most replication_window (1 s) before it may be gone from the replica that took over.
+
+K = 10 * S
+
+
+def master_kill(key: str = "k", *, killed: bool = True, kind: str = "master_kill") -> Fault:
+    """A master serving (only) ``key``'s record slot, SIGKILLed at K (``killed``: else the fault
+    failed before it killed anything)."""
+    slot = record_slot(key, "chaos")
+    detail: dict[str, Any] = {"master": 7000, "slots": [[slot - 1, slot]]}
+    if killed:
+        detail["killed_at"] = K
+    return Fault(0, kind, None, K - 10 * MS, K + 3 * S, detail)
+
+
+def test_a_read_made_stale_only_by_a_write_the_killed_master_may_have_lost_is_the_documented_loss() -> None:
+    old, lost = put(1, 1, 0, MS), put(2, 1, K - 500 * MS, K - 499 * MS)  # lost: acked 0.5 s before the kill
+    after = get(3, 1, K + 4 * S, K + 4 * S + MS, v(1, 1))  # the replica's value, on the writer's host
+    assert kinds(History([old, lost, after], faults=[master_kill()])) == {"replication_loss": 1}
+    result = check(History([old, lost, after], faults=[master_kill()]))
+    assert result.total == 0 and result.documented == {"replication_loss": 1}
+    assert result.examples["replication_loss"][0].ops == [after, old, lost]
+    # the same read is a violation when the master served another slot, when the write landed longer
+    # ago than replication_window, or when the read was over before the kill
+    assert kinds(History([old, lost, after], faults=[master_kill("other")])) == {"stale_read_same_host": 1}
+    early = put(2, 1, K - 2 * S, K - 2 * S + MS)
+    assert kinds(History([old, early, after], faults=[master_kill()])) == {"stale_read_same_host": 1}
+    assert kinds(History([old, early, after], faults=[master_kill()]), replication_window=3.0) == {
+        "replication_loss": 1}
+    before = get(3, 1, K - 300 * MS, K - 299 * MS, v(1, 1))
+    assert kinds(History([old, lost, before], faults=[master_kill()])) == {"stale_read_same_host": 1}
+    # nor is a write the master got after it was killed lost, nor one of a fault that kills no master:
+    # a CLUSTER FAILOVER loses nothing, and a master_kill that failed before its SIGKILL killed nothing
+    later = put(2, 1, K + MS, K + 2 * MS)
+    assert kinds(History([old, later, after], faults=[master_kill()])) == {"stale_read_same_host": 1}
+    for fault_ in (master_kill(kind="cluster_failover"), master_kill(killed=False)):
+        assert kinds(History([old, lost, after], faults=[fault_])) == {"stale_read_same_host": 1}
+
+
+def test_a_read_also_made_stale_by_a_write_that_was_not_lost_is_a_violation() -> None:
+    old, lost = put(1, 1, 0, MS), put(2, 1, K - 500 * MS, K - 499 * MS)
+    kept = put(4, 1, 5 * S, 5 * S + MS)  # replicated long before the kill
+    newer = put(4, 2, K + 3500 * MS, K + 3501 * MS)  # after the failover
+    after = get(3, 1, K + 4 * S, K + 4 * S + MS, v(1, 1))
+    for also in (kept, newer):
+        assert kinds(History([old, also, lost, after], faults=[master_kill()])) == {"stale_read_same_host": 1}
+    # reading the value the loss leaves (the newest write the replica had) is the documented loss
+    assert kinds(History([old, kept, lost, get(3, 1, K + 4 * S, K + 4 * S + MS, v(4, 1))],
+                         faults=[master_kill()])) == {"replication_loss": 1}
+
+
+def test_another_hosts_write_in_flight_through_the_kill_may_be_lost_too() -> None:
+    # its call began before the kill and ended after the failover window: read long after on host 0
+    old, lost = put(1, 1, 0, MS), put(2, 1, K - MS, K + 4 * S, host=1)
+    late = get(3, 1, K + 20 * S, K + 20 * S + MS, v(1, 1))
+    assert kinds(History([old, lost, late], faults=[master_kill()])) == {"replication_loss": 1}
+    assert kinds(History([old, lost, late], faults=[master_kill(killed=False)])) == {"stale_read_cross_host": 1}
+
+
+def test_final_reads_may_miss_the_writes_the_killed_master_may_have_lost() -> None:
+    old, lost = put(1, 1, 0, MS), put(2, 1, K - 500 * MS, K - 499 * MS, host=1)
+
+    def final(h0: Any, h1: Any) -> dict[int, dict[str, list[Any]]]:
+        return {0: {"k": [h0, h0]}, 1: {"k": [h1, h1]}}
+
+    faults = [master_kill()]
+    assert kinds(History([old, lost], faults=faults, final=final(v(2, 1), v(2, 1)))) == {}
+    assert kinds(History([old, lost], faults=faults, final=final(v(1, 1), v(1, 1)))) == {"replication_loss": 1}
+    # the writer's host kept its own copy (its reader had not read the lost entry): the hosts disagree
+    assert kinds(History([old, lost], faults=faults, final=final(v(1, 1), v(2, 1)))) == {"replication_loss": 1}
+    # but no loss makes a miss of a key whose older write was replicated, nor brings back an older write
+    assert kinds(History([old, lost], faults=faults, final=final(None, None))) == {"not_converged": 1}
+    kept = put(4, 1, 5 * S, 5 * S + MS)
+    assert kinds(History([old, kept, lost], faults=faults, final=final(v(1, 1), v(1, 1)))) == {"not_converged": 1}
+    assert kinds(History([old, kept, lost], faults=faults, final=final(v(4, 1), v(4, 1)))) == {
+        "replication_loss": 1}
+    # a key whose every write was lost may be missing
+    assert kinds(History([lost], faults=faults, final=final(None, None))) == {"replication_loss": 1}
+    # a replica misses a suffix of its master's writes: either of two lost writes may be what is left
+    second = put(5, 1, K - 300 * MS, K - 299 * MS)
+    for value in (v(2, 1), v(1, 1)):
+        assert kinds(History([old, lost, second], faults=faults, final=final(value, value))) == {
+            "replication_loss": 1}
+    # without a kill, each is a violation
+    for no_kill in ([], [master_kill(killed=False)], [master_kill("other")]):
+        assert kinds(History([old, lost], faults=no_kill, final=final(v(1, 1), v(1, 1)))) == {"not_converged": 1}
+
+
+def test_the_documented_loss_is_reported_apart_and_the_run_stays_ok() -> None:
+    history = History([put(1, 1, 0, MS), put(2, 1, K - 500 * MS, K - 499 * MS),
+                       get(3, 1, K + 4 * S, K + 4 * S + MS, v(1, 1))], faults=[master_kill()])
+    result = check(history)
+    summary = summarize(history, result, config={"seed": 1}, schedule=[], command="rerun", wall_seconds=1.0,
+                        rss=[], history_dir="here")
+    assert ok(summary)
+    assert summary["documented_loss"] == {"replication_loss": 1} and not any(summary["violations"].values())
+    assert "documented loss" in short_text(summary) and "replication_loss" in summary["examples"]
+    assert "### replication_loss (documented loss, not a violation)" in markdown(summary)
+    # any other violation still fails the run
+    broken = History([*history.ops, put(4, 1, 20 * S, 20 * S + MS), get(3, 2, 21 * S, 21 * S + MS, v(1, 1))],
+                     faults=history.faults)
+    assert not ok(summarize(broken, check(broken), config={}, schedule=[], command="", wall_seconds=0.0, rss=[],
+                            history_dir=""))
+
+
+def test_a_master_kill_is_read_back_from_the_fault_log(tmp_path: Path) -> None:
+    detail = {"master": 7000, "replicas": [7003], "slots": [[0, 5460], [10000, 10001]], "killed_at": K,
+              "new_master": 7003}
+    (tmp_path / "faults.jsonl").write_text("".join(json.dumps(x) + "\n" for x in [
+        {"i": 0, "kind": "master_kill", "target": None, "phase": "apply", "t": K - MS, "detail": detail},
+        {"i": 0, "kind": "master_kill", "target": None, "phase": "heal", "t": K + 3 * S, "detail": {}},
+        {"i": 1, "kind": "cluster_failover", "target": None, "phase": "apply", "t": K + 5 * S,
+         "detail": {"master": 7003, "slots": [[0, 5460]]}}]))
+    assert replication_losses(load_history(tmp_path)) == [Loss(K, ((0, 5460), (10000, 10001)))]
 
 
 # -- the history files -------------------------------------------------------------------------------

@@ -7,13 +7,25 @@ import argparse
 import dataclasses
 import itertools
 import shlex
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.chaos.cluster import Cluster, ClusterSettings
 from tests.chaos.runner import PROFILES, RunConfig, add_arguments, config_from_args
-from tests.chaos.schedule import INSTANT, KINDS, MIN_GAP, make_schedule
+from tests.chaos.schedule import (
+    CLUSTER_FAULTS,
+    CLUSTER_KINDS,
+    CLUSTER_MASTERS,
+    INSTANT,
+    KINDS,
+    MIN_GAP,
+    SETTLE,
+    make_schedule,
+)
 from tests.chaos.workload import TTL, WorkloadSettings, plans, value_id
+from tests.redis_server import RedisClusterGroup, RedisServer, redis_binary
 
 
 def test_the_same_seed_gives_the_same_schedule_and_another_seed_another() -> None:
@@ -36,6 +48,57 @@ def test_a_schedule_that_does_not_fit_is_refused() -> None:
         make_schedule(1, count=50, begin=0.0, end=10.0, hosts=2, workers=3)
     with pytest.raises(ValueError, match="unknown fault kinds"):
         make_schedule(1, count=1, begin=0.0, end=10.0, hosts=2, workers=3, kinds=("meteor",))
+
+
+def test_cluster_windows_pick_a_master_and_leave_time_for_the_failover_to_settle() -> None:
+    windows = make_schedule(5, count=12, begin=2.0, end=51.0, hosts=2, workers=3, kinds=CLUSTER_KINDS)
+    assert set(CLUSTER_KINDS) == {w.kind for w in windows}
+    assert make_schedule(5, count=12, begin=2.0, end=51.0, hosts=2, workers=3, kinds=CLUSTER_KINDS) == windows
+    for a, b in itertools.pairwise(windows):
+        assert a.start + a.duration + SETTLE.get(a.kind, 0.0) + MIN_GAP <= b.start + 1e-6
+    failovers = [w for w in windows if w.kind in CLUSTER_FAULTS]
+    assert all(w.host is None and w.slot is None and w.param in range(CLUSTER_MASTERS) for w in failovers)
+    assert all((w.duration == 0) == (w.kind == "cluster_failover") for w in failovers)
+    assert all(1.5 <= w.duration <= 3.0 for w in failovers if w.kind == "master_kill")
+    assert "master #" in failovers[0].describe()
+    # slots too short for a window, its settling and the gap are refused
+    with pytest.raises(ValueError, match="do not fit"):
+        make_schedule(1, count=12, begin=0.0, end=25.0, hosts=2, workers=3, kinds=CLUSTER_KINDS)
+    make_schedule(1, count=12, begin=0.0, end=25.0, hosts=2, workers=3)  # those of one Redis fit
+
+
+def test_the_cluster_profile_has_failovers_and_each_deployment_takes_its_own_kinds() -> None:
+    config = PROFILES["short-cluster"]
+    assert config.redis == "cluster" and config.cluster_settings().redis == "cluster"
+    kinds = [w.kind for w in config.schedule()]
+    assert len(kinds) == 12 and set(kinds) == set(CLUSTER_KINDS)
+    assert kinds.count("cluster_failover") >= 1 and kinds.count("master_kill") >= 1
+    assert all(w.start + w.duration + SETTLE.get(w.kind, 0.0) <= config.seconds - config.heal_bound
+               for w in config.schedule())
+    # the link, Redis restart, pause and maxmemory faults need one redis-server; failovers a cluster
+    with pytest.raises(ValueError, match="do not fit redis='cluster'"):
+        dataclasses.replace(config, kinds="master_kill,link_cut").schedule()
+    with pytest.raises(ValueError, match="do not fit redis='single'"):
+        dataclasses.replace(PROFILES["short"], kinds="cluster_failover").schedule()
+    with pytest.raises(ValueError, match="redis must be one of"):
+        dataclasses.replace(config, redis="sentinel").schedule()
+    assert PROFILES["short"].redis == "single" and set(KINDS).isdisjoint(CLUSTER_FAULTS)
+
+
+def test_a_cluster_run_takes_a_cluster_and_a_single_run_a_server(tmp_path: Path) -> None:
+    if redis_binary() is None:
+        pytest.skip("redis-server is not on PATH")
+    server = RedisServer(tmp_path / "redis")  # made, never started
+    with pytest.raises(ValueError, match="runs on a RedisClusterGroup"):
+        Cluster(ClusterSettings(redis="cluster"), tmp_path / "h1", redis_server=server)
+    group = RedisClusterGroup(tmp_path / "cluster")
+    with pytest.raises(ValueError, match="runs on a RedisServer"):
+        Cluster(ClusterSettings(), tmp_path / "h2", redis_server=group)
+    on_group = Cluster(ClusterSettings(redis="cluster"), tmp_path / "h3", redis_server=group)
+    assert on_group.redis_cluster is group
+    with pytest.raises(RuntimeError, match="no one redis-server"):
+        _ = on_group.server
+    on_group.close()  # nothing started: nothing to stop, and the cluster it was given is left alone
 
 
 def test_a_worker_replays_the_same_operations_for_the_same_seed() -> None:
@@ -85,3 +148,9 @@ def test_the_rerun_command_gives_back_the_same_config() -> None:
     argv = shlex.split(safe.command("short-failsafe"))[2:]
     assert config_from_args(parser.parse_args(argv)) == safe
     assert safe.cluster_settings().workload.fail_safe == 3.0
+    on_cluster = dataclasses.replace(PROFILES["short-cluster"], seed=5)
+    assert on_cluster.command("short-cluster").endswith("--profile short-cluster --seed 5")
+    argv = shlex.split(on_cluster.command("short-cluster"))[2:]
+    assert config_from_args(parser.parse_args(argv)) == on_cluster
+    argv = shlex.split(dataclasses.replace(PROFILES["short"], redis="cluster").command("short"))[2:]
+    assert config_from_args(parser.parse_args(argv)).redis == "cluster"
