@@ -21,12 +21,16 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The cross-host tests that ``tests/test_cluster.py`` imports join ``-m deployments`` there, but for
-    its ``DEFAULT_CROSS_HOST`` (before ``-m`` deselects anything)."""
+    its ``DEFAULT_CROSS_HOST`` with the parameters it names (before ``-m`` deselects anything)."""
     for item in items:
         module, function = getattr(item, "module", None), getattr(item, "function", None)
-        if (module is not None and module.__name__ == "tests.test_cluster" and function is not None
-                and function.__module__ == "tests.test_cross_host"
-                and function.__name__ != module.DEFAULT_CROSS_HOST):
+        if module is None or function is None or module.__name__ != "tests.test_cluster" \
+                or function.__module__ != "tests.test_cross_host":
+            continue
+        name, params = module.DEFAULT_CROSS_HOST
+        callspec = getattr(item, "callspec", None)
+        given = callspec.params if callspec is not None else {}
+        if function.__name__ != name or any(given.get(k) != v for k, v in params.items()):
             item.add_marker(pytest.mark.deployments)
 
 

@@ -40,9 +40,10 @@ from tests.test_cross_host import (  # noqa: F401 - collected and resolved here
 from tests.waiting import wait_until
 
 KEYS = [f"k{i}" for i in range(16)]
-#: the cross-host test that runs on the cluster by default (tests/conftest.py puts the others imported from
-#: tests/test_cross_host.py behind the deployments marker here, to keep the default run within CI's budget)
-DEFAULT_CROSS_HOST = "test_a_write_on_one_host_reaches_another_hosts_near_and_l1_copies"
+#: the cross-host test (and its parameters) that runs on the cluster by default (tests/conftest.py puts the
+#: others imported from tests/test_cross_host.py behind the deployments marker here, to keep the default run
+#: within CI's budget)
+DEFAULT_CROSS_HOST = ("test_a_write_on_one_host_reaches_another_hosts_near_and_l1_copies", {"op": "set"})
 PREFIX = key_prefix("default")
 
 
