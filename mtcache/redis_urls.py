@@ -27,7 +27,7 @@ import redis.sentinel
 
 __all__ = [
     "ClusterTarget", "SentinelTarget", "async_client", "is_cluster_url", "is_sentinel_url", "parse_cluster_url",
-    "parse_sentinel_url", "sync_client",
+    "parse_sentinel_url", "sentinel_connection_kwargs", "sync_client",
 ]
 
 SENTINEL_SCHEME = "redis+sentinel"
@@ -165,11 +165,17 @@ def _tls_kwargs(tls_options: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _sentinel_kwargs(target: SentinelTarget, connect_timeout: float | None) -> dict[str, Any]:
-    """How the sentinels are asked: without the data nodes' credentials, over TLS with the URL's options for
-    ``rediss+sentinel://``."""
+def sentinel_connection_kwargs(target: SentinelTarget, connect_timeout: float | None) -> dict[str, Any]:
+    """redis-py's arguments for a connection to one of ``target``'s sentinels: without the data nodes'
+    credentials, over TLS with the URL's options for ``rediss+sentinel://``; no socket timeout (a
+    subscription waits for as long as it takes)."""
     tls = _tls_kwargs(target.tls_options) if target.tls else {}
-    return {"socket_timeout": connect_timeout, "socket_connect_timeout": connect_timeout, **tls}
+    return {"socket_connect_timeout": connect_timeout, "socket_keepalive": True, **tls}
+
+
+def _sentinel_kwargs(target: SentinelTarget, connect_timeout: float | None) -> dict[str, Any]:
+    """How the sentinels are asked where the master is (each question bounded by ``connect_timeout``)."""
+    return {**sentinel_connection_kwargs(target, connect_timeout), "socket_timeout": connect_timeout}
 
 
 def _master_kwargs(target: SentinelTarget, options: dict[str, Any]) -> dict[str, Any]:

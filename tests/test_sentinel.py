@@ -73,6 +73,30 @@ def test_hosts_follow_the_new_master_and_converge(
         assert master.exists(key_prefix("default") + "k:after")
 
 
+def test_hosts_move_to_the_new_master_as_soon_as_the_sentinels_announce_it(
+    group: SentinelGroup, two_hosts: list[CoordinatorProcess]
+) -> None:
+    # chaos checker, short-sentinel profile: after SENTINEL FAILOVER the old master answers as a master
+    # until the sentinels reconfigure it (their INFO period, ~10 s); hosts whose connections stayed on it
+    # wrote there, and its demotion discarded those acknowledged writes
+    assert wait_until(lambda: all(redis_ok(h) for h in two_hosts), timeout=DEADLINE)
+    a = two_hosts[0]
+    old = group.master_port()
+    assert old is not None
+    with group.sentinel() as sentinel:
+        sentinel.execute_command("SENTINEL", "FAILOVER", group.service)
+    assert wait_until(lambda: group.master_port() not in (None, old), timeout=DEADLINE)
+    new = group.master_port()
+    assert new is not None
+    rkey = key_prefix("default") + "k:moved"
+    with Client(a.socket_path, spawn=False) as client_a, group.server_on(new).client() as new_master:
+        # within a few seconds, well before the sentinels' next look at the old master
+        assert wait_until(lambda: client_a.set("moved", 1) and new_master.exists(rkey), timeout=5.0)
+    with group.server_on(old).client() as old_master:
+        assert old_master.info("replication")["role"] == "master"  # it still took writes meanwhile
+    assert all(coordinator_stats(h)["master_switches"] >= 1 for h in two_hosts)
+
+
 def test_a_write_lost_by_asynchronous_replication_is_not_served_after_the_failover(
     group: SentinelGroup, two_hosts: list[CoordinatorProcess]
 ) -> None:

@@ -36,12 +36,14 @@ from mtcache.coordinator.l2 import (
 )
 from mtcache.coordinator.leases import DistributedLeases, Lease, LeaseRegistry
 from mtcache.coordinator.local import LocalTier
+from mtcache.coordinator.sentinel import SentinelWatch
 from mtcache.coordinator.stamps import HybridClock, stamp_ms
 from mtcache.coordinator.tags import TagStamps
 from mtcache.coordinator.writes import WriteQueue
 from mtcache.errors import L2Error
 from mtcache.mirror import MirrorWriter
 from mtcache.protocol import Status
+from mtcache.redis_urls import is_sentinel_url
 from mtcache.shm import VersionTable
 
 __all__ = ["CacheEngine"]
@@ -103,6 +105,9 @@ class CacheEngine:
             self.inval = (ShardedInvalidation(l2.redis, l2.layout, **options) if l2.layout.sharded
                           else InvalidationStream(l2.redis, l2.layout.streams()[0], **options))
             self.dist = DistributedLeases(l2, self.origin, settings.lease_ttl)
+        #: on Sentinel: follows the master's moves at once (see sentinel.py)
+        self.sentinel_watch = (SentinelWatch(settings.redis_url, settings.redis_timeout, self._master_switched)
+                               if l2 is not None and is_sentinel_url(settings.redis_url) else None)
         #: the newest clear this host knows of: entries written before it are dead
         self.floor = 0
         #: the invalidation stamps of the tags this host knows of (see tags.py), and the tag invalidations
@@ -139,7 +144,7 @@ class CacheEngine:
              "fills", "fills_discarded", "fills_late", "compute_errors", "lease_releases", "lease_timeouts",
              "cross_host_lease_waits", "redis_leases_taken", "staleness_drops", "backlog_replayed",
              "writes_superseded", "backlog_overflows", "redis_leases_lost", "fail_safe_activations", "adds",
-             "incrs", "touches", "tag_invalidations", "writes_behind"),
+             "incrs", "touches", "tag_invalidations", "writes_behind", "master_switches"),
             0,
         )
 
@@ -156,6 +161,8 @@ class CacheEngine:
             return
         assert self.inval is not None
         self.inval.start()
+        if self.sentinel_watch is not None:
+            self.sentinel_watch.start()
         if await self.l2.ping():
             self.l2_up = True
             await self._inspect_redis()
@@ -190,6 +197,8 @@ class CacheEngine:
             self._reconnect_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reconnect_task
+        if self.sentinel_watch is not None:
+            await self.sentinel_watch.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -291,6 +300,14 @@ class CacheEngine:
         forget the tag stamps it knew (they are read again from Redis as tags are met)."""
         self.local.clear(keep=self.backlog.holds)
         self.tag_stamps.forget()
+
+    async def _master_switched(self) -> None:
+        """The sentinels moved the master: every connection to the old one goes (see sentinel.py)."""
+        self.counters["master_switches"] += 1
+        if self.l2 is not None:
+            await self.l2.drop_connections()
+        if isinstance(self.inval, InvalidationStream):
+            await self.inval.drop_connections()
 
     def _own_write_lost(self, key: str, stamp: int) -> None:
         """This host's write of ``key`` at ``stamp`` is not in the stream after a reconnect (lost with a

@@ -314,6 +314,13 @@ class InvalidationStream:
             await self._drop_conn()
             raise
 
+    async def drop_connections(self) -> None:
+        """Close the reader's connections now (the master moved): the blocking read in flight fails, and the
+        reader resumes on new ones."""
+        await self._drop_conn()
+        if not isinstance(self._reader, RedisCluster):
+            await self._reader.connection_pool.disconnect()
+
     async def _new_conn(self) -> AbstractConnection:
         """A connection of its own for the blocking reads, without a socket timeout (the deadline bounds each
         read): one of the pool's kind, or on a cluster one to the node that serves the stream now."""

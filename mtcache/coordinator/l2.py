@@ -847,6 +847,10 @@ class _Reads:
                     fut.set_result([*replies[start : start + len(keys)], floor])
                 start += len(keys)
 
+    async def drop_connection(self) -> None:
+        """Close the connection (a read on it is sent again on a new one)."""
+        await self._lane.aclose()
+
     async def aclose(self) -> None:
         """Stop reading (waiting callers fail) and close the connection."""
         if self._task is not None and not self._task.done():
@@ -1227,6 +1231,13 @@ class L2Tier:
             return False
         self.last_failure = None
         return answered
+
+    async def drop_connections(self) -> None:
+        """Close every connection now, the lanes' too (a batch on one is sent again on a new one): the next
+        calls connect again, to the master the sentinels name now (see :mod:`mtcache.coordinator.sentinel`)."""
+        await self._lane.aclose()
+        await self._reads.drop_connection()
+        await self._disconnect()
 
     async def _disconnect(self) -> None:
         """Drop every pooled connection (a cluster client also forgets its slot map and learns it again at
