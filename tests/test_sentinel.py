@@ -3,7 +3,8 @@ master through a failover (``SENTINEL FAILOVER``, and the master killed with SIG
 
 A group of a master, a replica and three sentinels runs on free loopback ports
 (:class:`tests.redis_server.SentinelGroup`); what convergence through a failover means is in
-:mod:`tests.failovers`.
+:mod:`tests.failovers`. The cross-host tests of ``tests/test_cross_host.py`` that need only a URL run here
+on the group too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ from tests.conftest import _need_redis
 from tests.coordinator_proc import CoordinatorProcess
 from tests.failovers import DEADLINE, converge_through, coordinator_stats, redis_ok
 from tests.redis_server import SentinelGroup
+
+# the cross-host tests this module also runs, on the group (their Redis: the redis_server fixture below)
+from tests.test_cross_host import (  # noqa: F401 - collected and resolved here
+    hosts,
+    processes,
+    test_a_lease_waiter_never_near_caches_a_fill_older_than_another_hosts_set,
+    test_a_stampede_across_hosts_computes_once,
+    test_a_write_on_one_host_reaches_another_hosts_near_and_l1_copies,
+    test_waiters_on_other_hosts_get_a_value_when_the_lease_holder_dies,
+)
 from tests.waiting import wait_until
 
 #: ~35 s of failovers: with the other deployment suites (pytest -m deployments), not in the default run
@@ -40,16 +51,22 @@ def group(tmp_path: Path) -> Iterator[SentinelGroup]:
 
 
 @pytest.fixture
+def redis_server(group: SentinelGroup) -> SentinelGroup:
+    """The cross-host tests' Redis: here, the Sentinel group (they use its URL only)."""
+    return group
+
+
+@pytest.fixture
 def two_hosts(group: SentinelGroup, short_tmp: Path) -> Iterator[list[CoordinatorProcess]]:
     """Two coordinators ("hosts") on the group's redis+sentinel:// URL."""
-    hosts = [CoordinatorProcess(short_tmp / f"{name}.sock", redis_url=group.url) for name in "ab"]
+    procs = [CoordinatorProcess(short_tmp / f"{name}.sock", redis_url=group.url) for name in "ab"]
     try:
-        for host in hosts:
-            host.start()
-        yield hosts
+        for proc in procs:
+            proc.start()
+        yield procs
     finally:
-        for host in hosts:
-            host.stop()
+        for proc in procs:
+            proc.stop()
 
 
 @pytest.mark.parametrize("how", ["sentinel-failover", "master-sigkill"])
