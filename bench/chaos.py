@@ -7,16 +7,20 @@ contract (README, "Consistency: what you can rely on").
     .venv/bin/python bench/chaos.py --profile short-failsafe      # get_or_compute with fail-safe on
     .venv/bin/python bench/chaos.py --minutes 30 --fail-safe 3 --fail-prob 0.25   # a fail-safe soak
     .venv/bin/python bench/chaos.py --profile short-cluster --seed N   # on a Redis Cluster, with failovers
+    .venv/bin/python bench/chaos.py --profile short-sentinel --seed N  # on Redis Sentinel, with failovers
 
 Starts one redis-server, ``--hosts`` coordinators (each behind a fault proxy) with ``--workers``
 worker processes each, plays the fault schedule, then checks the recorded history. With ``--redis
 cluster`` (``--profile short-cluster``) it starts a Redis Cluster instead (3 masters with a replica
 each; needs redis-cli) and the hosts use its ``redis+cluster://`` URL directly, under failovers
-(``CLUSTER FAILOVER``, a master SIGKILLed). Writes ``report.md`` and ``report.json`` (operations,
-faults by kind, violations by kind with examples, the documented replication loss of a killed
-master apart, the longest call, coordinator RSS over time) to ``--out`` (default: a new folder
-under /tmp), and exits 1 if a violation was found. Every option of tests/chaos/runner.py's RunConfig is an option
-here; a failing run prints the exact command that reruns it.
+(``CLUSTER FAILOVER``, a master SIGKILLed). With ``--redis sentinel`` (``--profile short-sentinel``) it
+starts a master, its replica and three sentinels, and the hosts use their ``redis+sentinel://`` URL
+(``SENTINEL FAILOVER``, the master SIGKILLed and brought back as a replica). Writes ``report.md`` and
+``report.json`` (operations, faults by kind, violations by kind with examples, the documented
+replication loss of a killed master apart, the longest call, coordinator RSS over time) to ``--out``
+(default: a new folder under /tmp), and exits 1 if a violation was found. Every option of
+tests/chaos/runner.py's RunConfig is an option here; a failing run prints the exact command that
+reruns it.
 """
 
 from __future__ import annotations

@@ -190,7 +190,10 @@ class SentinelGroup:
     go over TLS too, and :attr:`url` is a ``rediss+sentinel://`` URL."""
 
     def __init__(self, workdir: Path, *, service: str = "mtc", down_after_ms: int = 1000,
-                 tls: Mapping[str, str] | None = None) -> None:
+                 tls: Mapping[str, str] | None = None, min_replicas_to_write: int = 0) -> None:
+        """``min_replicas_to_write``: the data nodes' ``min-replicas-to-write`` (a master without that many
+        replicas refuses writes: after a manual failover, the old master refuses instead of taking writes its
+        demotion discards)."""
         self.workdir = Path(workdir)
         self.service = service
         self.down_after_ms = down_after_ms
@@ -198,11 +201,15 @@ class SentinelGroup:
         self.tls = dict(tls) if tls else None
         # either data node may be the replica (after a failover): both replicate over TLS
         tls_args = ("--tls-replication", "yes") if self.tls else ()
-        # no delay before the replica's first full sync (the default waits 5 s for more replicas)
+        if min_replicas_to_write:
+            tls_args = (*tls_args, "--min-replicas-to-write", str(min_replicas_to_write))
+        # no delay before the replica's first full sync (the default waits 5 s for more replicas); on either
+        # node, which may be the master after a failover
         self.master = RedisServer(self.workdir / "master", tls=self.tls,
                                   extra_args=("--repl-diskless-sync-delay", "0", *tls_args))
         self.replica = RedisServer(self.workdir / "replica", tls=self.tls,
-                                   extra_args=("--replicaof", "127.0.0.1", str(self.master.port), *tls_args))
+                                   extra_args=("--replicaof", "127.0.0.1", str(self.master.port),
+                                               "--repl-diskless-sync-delay", "0", *tls_args))
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels: list[subprocess.Popen[bytes]] = []
 
@@ -229,6 +236,19 @@ class SentinelGroup:
     def server_on(self, port: int) -> RedisServer:
         """The server (master or replica) listening on ``port``."""
         return self.master if port == self.master.port else self.replica
+
+    def other(self, port: int) -> RedisServer:
+        """The data node not listening on ``port``."""
+        return self.replica if port == self.master.port else self.master
+
+    def client(self) -> redis.Redis:
+        """A fresh client (caller closes it) of the master sentinel 0 names now.
+
+        :raises redis.ConnectionError: sentinel 0 does not answer."""
+        port = self.master_port()
+        if port is None:
+            raise redis.ConnectionError("sentinel 0 does not answer: no master to connect to")
+        return self.server_on(port).client()
 
     def start(self) -> None:
         """Start them all; return once every sentinel knows the master, the replica and the two other
@@ -308,6 +328,88 @@ class SentinelGroup:
                 raise RuntimeError("no new master within 60 s")
             time.sleep(0.05)  # polling interval of a deadline-bounded wait
 
+    def settled(self) -> tuple[int | None, str]:
+        """The master's port once the group has settled (else None), and what is not settled yet: every
+        sentinel names the same master, neither suspects it down nor is failing it over, and it answers as
+        a master; the other node runs as its replica with its
+        link up (synced), and every sentinel lists it among that master's replicas, neither down nor
+        disconnected: the sentinels could promote it. (What a sentinel says of a replica's role and link
+        is as of its last INFO to it, up to 10 s old: the node's own INFO is what is checked.)"""
+        masters: set[int] = set()
+        standing: list[dict[str, str]] = []
+        try:
+            for i in range(len(self.sentinel_ports)):
+                with self.sentinel(i) as s:
+                    addr = s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+                    if not addr:
+                        return None, f"sentinel {i} names no master"
+                    masters.add(int(addr[1]))
+                    flags = _pairs(s.execute_command("SENTINEL", "MASTER", self.service)).get("flags", "")
+                    if flags != "master":
+                        return None, f"sentinel {i}: master {addr[1]} flagged {flags}"
+                    standing += [_pairs(r) for r in s.execute_command("SENTINEL", "REPLICAS", self.service)]
+        except (redis.RedisError, ValueError) as exc:
+            return None, f"a sentinel does not answer: {exc}"
+        if len(masters) != 1:
+            return None, f"the sentinels name different masters: {sorted(masters)}"
+        port = masters.pop()
+        replica = self.other(port)
+        try:
+            with self.server_on(port).client() as c:
+                if c.info("replication")["role"] != "master":
+                    return None, f"{port}, which the sentinels name, is not a master yet"
+            with replica.client() as c:
+                info = c.info("replication")
+        except redis.RedisError as exc:
+            return None, f"a data node does not answer: {exc}"
+        if info["role"] != "slave" or int(info.get("master_port", 0)) != port \
+                or info.get("master_link_status") != "up":
+            return None, f"{replica.port}: {info['role']} of {info.get('master_port')}, link " \
+                         f"{info.get('master_link_status')}"
+        mine = [r for r in standing if int(r.get("port", 0)) == replica.port]
+        good = [r for r in mine if not set(r.get("flags", "").split(",")) & {"s_down", "o_down", "disconnected"}]
+        if len(good) != len(self.sentinel_ports):
+            return None, f"not every sentinel lists {replica.port} as a live replica of {port}: {mine}"
+        return port, ""
+
+    def wait_settled(self, what: str = "the group to settle", deadline: float = 60.0) -> int:
+        """Wait (``deadline``) until :meth:`settled`; the master's port."""
+        end = time.monotonic() + deadline
+        while True:
+            port, why = self.settled()
+            if port is not None:
+                return port
+            if time.monotonic() > end:
+                raise RuntimeError(f"timed out after {deadline:g} s waiting for {what}: {why}")
+            time.sleep(0.05)  # polling interval of a deadline-bounded wait
+
+    def restart(self, port: int, *, as_replica: bool = True, deadline: float = 60.0) -> int:
+        """Start the data node on ``port`` again (killing it first if it runs; no persistence, but it loads what
+        its last full sync as a replica left on disk) and wait (``deadline``) until the group has settled with
+        it as the master's replica, fully synced; the master's port.
+
+        ``as_replica``: it starts as a replica of the master the sentinels name, as an orchestrator that
+        asks them brings a node back. Otherwise it starts as its command line has it (the first master as
+        a master): a master with old data or none until the sentinels turn it into a replica, which they
+        do only once it has been back 8 s (four of their hello periods) and they have read its role again
+        (every 10 s): ~10 s on loopback, against ~0.1-1 s as a replica."""
+        server = self.server_on(port)
+        server.kill()
+        if as_replica:
+            master = self.master_port()
+            if master is None or master == port:
+                raise RuntimeError(f"the sentinels name no master other than {port}: {master}")
+            base = server.extra_args
+            at = base.index("--replicaof") if "--replicaof" in base else len(base)
+            server.extra_args = (*base[:at], *base[at + 3:], "--replicaof", "127.0.0.1", str(master))
+            try:
+                server.start()
+            finally:
+                server.extra_args = base
+        else:
+            server.start()
+        return self.wait_settled(f"{port} to come back as a replica", deadline)
+
     @staticmethod
     def _demoted(server: RedisServer) -> bool:
         if server.proc is None or server.proc.poll() is not None:
@@ -327,6 +429,15 @@ class SentinelGroup:
                     proc.wait(timeout=10)
         self.replica.stop()
         self.master.stop()
+
+
+def _pairs(reply: object) -> dict[str, str]:
+    """A sentinel's description of an instance (a flat list of names and values, or a dict) as a dict."""
+    if isinstance(reply, dict):
+        return {_text(k): _text(v) for k, v in reply.items()}
+    if isinstance(reply, list):
+        return {_text(k): _text(v) for k, v in zip(reply[::2], reply[1::2], strict=True)}
+    raise ValueError(f"not an instance description: {reply!r}")
 
 
 #: a cluster node's bus listens on its client port plus this (redis-server's default ``cluster-port``)

@@ -20,8 +20,9 @@ Definitions (all times ``monotonic_ns``; ``tol`` absorbs clock-stamp granularity
   always allowed; see ``lost_write``).
 - A fault is *disruptive* unless it is a ``worker_kill``.
 - A *replication loss* (the README's "What a failover can lose"): a ``master_kill`` on a Redis
-  Cluster, SIGKILLed at ``K``, may have lost the writes it acknowledged and had not yet replicated.
-  A write *may have been lost* by it if its key's record is in a slot the killed master served, its
+  Cluster or on Sentinel, SIGKILLed at ``K``, may have lost the writes it acknowledged and had not yet
+  replicated. A write *may have been lost* by it if its key's record is in a slot the killed master
+  served (on Sentinel it served them all), its
   call began before ``K`` (+ ``tol``) and it landed (its call ended, or its background completion)
   no earlier than ``replication_window`` before ``K`` (or after ``K``: the master's reply may reach
   the worker after the kill). A violation of ``stale_read_same_host``, ``stale_read_cross_host`` or

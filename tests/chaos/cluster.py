@@ -4,6 +4,9 @@ Redis through its own :class:`~tests.tcp_proxy.FaultProxy`, with W worker proces
 With ``redis="cluster"`` Redis is a Redis Cluster (:class:`~tests.redis_server.RedisClusterGroup`:
 3 masters with a replica each) and each coordinator gets its ``redis+cluster://`` URL directly: a
 cluster client connects to the node addresses the cluster announces, so no proxy can sit between.
+With ``redis="sentinel"`` Redis is a master, its replica and three sentinels
+(:class:`~tests.redis_server.SentinelGroup`) and each coordinator gets its ``redis+sentinel://`` URL
+directly: the sentinels name the data nodes' own addresses, so no proxy there either.
 
 Everything started here is stopped by :meth:`Cluster.close` (workers SIGKILLed, coordinators
 continued if stopped and then SIGTERMed, proxies and Redis stopped, temporary folders removed),
@@ -33,12 +36,32 @@ from mtcache.shm import remove_orphans
 from tests.chaos.history import append_json
 from tests.chaos.workload import WorkloadSettings
 from tests.coordinator_proc import CoordinatorProcess
-from tests.redis_server import RedisClusterGroup, RedisServer
+from tests.redis_server import RedisClusterGroup, RedisServer, SentinelGroup
 from tests.tcp_proxy import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_DEADLINE = 30.0
 STOP_DEADLINE = 20.0
+
+#: How long the sentinels of a chaos run wait for a master's answer before they call it down (ms).
+#: Not SentinelGroup's 1000: a sentinel pings every second, and right after a failover it can take a
+#: second to hear the new master (its link to it is new), so with 1000 the sentinels now and then call
+#: a master they have just promoted down and fail over again, unplanned (seen in seeds 4 of
+#: short-sentinel: a second failover 1 s after the planned one, the first new master left a master for
+#: the 10 s until the sentinels turned it into a replica, with writes made on it lost).
+SENTINEL_DOWN_AFTER_MS = 2000
+
+#: The Redis each deployment runs on.
+REDIS_TYPES: dict[str, type] = {"single": RedisServer, "cluster": RedisClusterGroup, "sentinel": SentinelGroup}
+
+Redis = RedisServer | RedisClusterGroup | SentinelGroup
+
+
+def sentinel_group(workdir: Path) -> SentinelGroup:
+    """A Sentinel group as a chaos run uses it (see :data:`SENTINEL_DOWN_AFTER_MS`), not started."""
+    # as the README advises: a master left without its replica (the old one, once SENTINEL FAILOVER promoted
+    # the replica) refuses writes, which mtcache keeps in its backlog and replays on the new master
+    return SentinelGroup(workdir, down_after_ms=SENTINEL_DOWN_AFTER_MS, min_replicas_to_write=1)
 
 
 @dataclass(frozen=True)
@@ -54,7 +77,8 @@ class ClusterSettings:
     redis_timeout: float = 0.3
     lease_ttl: float = 3.0
     workload: WorkloadSettings = field(default_factory=WorkloadSettings)
-    #: ``"single"``: one redis-server, each host behind a proxy; ``"cluster"``: a Redis Cluster, no proxies
+    #: ``"single"``: one redis-server, each host behind a proxy; ``"cluster"``: a Redis Cluster, no proxies;
+    #: ``"sentinel"``: a master, a replica and three sentinels, no proxies
     redis: str = "single"
 
     def coordinator_env(self) -> dict[str, str]:
@@ -75,7 +99,7 @@ class WorkerProc:
 @dataclass
 class Host:
     index: int
-    proxy: FaultProxy | None  # None on a cluster
+    proxy: FaultProxy | None  # None on a cluster or Sentinel
     coordinator: CoordinatorProcess
     workers: list[WorkerProc] = field(default_factory=list)
 
@@ -83,13 +107,13 @@ class Host:
 class Cluster:
     """Start with :meth:`start`; ``history`` is where workers and the harness record."""
 
-    def __init__(self, settings: ClusterSettings, history: Path, *,
-                 redis_server: RedisServer | RedisClusterGroup | None = None) -> None:
-        """``redis_server``: a server (``redis="single"``) or a cluster (``redis="cluster"``) to use, started
-        here if it is not yet and left running by :meth:`close`; None: one of this cluster's own."""
-        if settings.redis not in ("single", "cluster"):
-            raise ValueError(f"redis must be 'single' or 'cluster', not {settings.redis!r}")
-        wanted = RedisClusterGroup if settings.redis == "cluster" else RedisServer
+    def __init__(self, settings: ClusterSettings, history: Path, *, redis_server: Redis | None = None) -> None:
+        """``redis_server``: a server (``redis="single"``), a cluster (``redis="cluster"``) or a Sentinel
+        group (``redis="sentinel"``) to use, started here if it is not yet and left running by
+        :meth:`close`; None: one of this cluster's own."""
+        if settings.redis not in REDIS_TYPES:
+            raise ValueError(f"redis must be one of {sorted(REDIS_TYPES)}, not {settings.redis!r}")
+        wanted = REDIS_TYPES[settings.redis]
         if redis_server is not None and not isinstance(redis_server, wanted):
             raise ValueError(f"redis={settings.redis!r} runs on a {wanted.__name__}, "
                              f"not a {type(redis_server).__name__}")
@@ -100,11 +124,13 @@ class Cluster:
         self.stream = key_prefix(settings.namespace) + "inval"
         self._own_redis = redis_server is None
         self._tmp: list[Path] = []
-        self.redis: RedisServer | RedisClusterGroup
+        self.redis: Redis
         if redis_server is not None:
             self.redis = redis_server
         elif settings.redis == "cluster":
             self.redis = RedisClusterGroup(self._mkdtemp("mtc-cluster-"))
+        elif settings.redis == "sentinel":
+            self.redis = sentinel_group(self._mkdtemp("mtc-sentinel-"))
         else:
             self.redis = RedisServer(self._mkdtemp("mtc-redis-"))
         self._next_id = 1
@@ -113,14 +139,21 @@ class Cluster:
     def server(self) -> RedisServer:
         """The one redis-server (``redis="single"``)."""
         if not isinstance(self.redis, RedisServer):
-            raise RuntimeError("this chaos run is on a Redis Cluster: there is no one redis-server")
+            raise RuntimeError(f"this chaos run is on a {type(self.redis).__name__}: there is no one redis-server")
         return self.redis
 
     @property
     def redis_cluster(self) -> RedisClusterGroup:
         """The Redis Cluster (``redis="cluster"``)."""
         if not isinstance(self.redis, RedisClusterGroup):
-            raise RuntimeError("this chaos run is on one redis-server, not a Redis Cluster")
+            raise RuntimeError(f"this chaos run is on a {type(self.redis).__name__}, not a Redis Cluster")
+        return self.redis
+
+    @property
+    def sentinel_group(self) -> SentinelGroup:
+        """The Sentinel group (``redis="sentinel"``)."""
+        if not isinstance(self.redis, SentinelGroup):
+            raise RuntimeError(f"this chaos run is on a {type(self.redis).__name__}, not Redis Sentinel")
         return self.redis
 
     def _mkdtemp(self, prefix: str) -> Path:
@@ -131,18 +164,21 @@ class Cluster:
     # -- starting --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Redis, then per host a proxy (not on a cluster) and a coordinator, then every worker;
+        """Redis, then per host a proxy (only on one redis-server) and a coordinator, then every worker;
         returns once every worker is connected (or the readiness deadline passes: RuntimeError)."""
         self.history.mkdir(parents=True, exist_ok=True)
         if isinstance(self.redis, RedisClusterGroup):
             if not self.redis.live():
+                self.redis.start()
+        elif isinstance(self.redis, SentinelGroup):
+            if not self.redis.sentinels:
                 self.redis.start()
         elif self.redis.proc is None or self.redis.proc.poll() is not None:
             self.redis.start()
         sockets = self._mkdtemp("mtc-")
         for i in range(self.settings.hosts):
             proxy: FaultProxy | None = None
-            if isinstance(self.redis, RedisClusterGroup):
+            if isinstance(self.redis, RedisClusterGroup | SentinelGroup):
                 url = self.redis.url
             else:
                 proxy = FaultProxy("127.0.0.1", self.redis.port)
@@ -288,7 +324,7 @@ class Cluster:
                     except (ValueError, TypeError, msgpack.ExtraData):
                         value = repr(env.value)[:200]
                     out[key] = {"stamp": env.stamp, "tombstone": env.tombstone, "value": value}
-        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError, RuntimeError) as exc:
             return {"error": f"{type(exc).__name__}: {exc}"}
         return out
 
@@ -317,6 +353,15 @@ class Cluster:
 
     # -- teardown --------------------------------------------------------------------------------
 
+    def _keep_redis_logs(self) -> None:
+        """Copy the Redis and sentinel logs (what the sentinels did and when, for diagnosing a failover)
+        to ``redis-logs/`` in the history (idempotent; a missing file is skipped)."""
+        for log in sorted(self.redis.workdir.glob("**/*.log")):
+            name = "-".join(log.relative_to(self.redis.workdir).parts)
+            with contextlib.suppress(OSError):
+                (self.history / "redis-logs").mkdir(exist_ok=True)
+                shutil.copyfile(log, self.history / "redis-logs" / name)
+
     def close(self) -> None:
         """Stop everything this cluster started and remove its temporary folders (idempotent)."""
         for host in self.hosts:
@@ -337,6 +382,7 @@ class Cluster:
                 host.proxy.stop()
         if self._own_redis:
             self.redis.stop()
+        self._keep_redis_logs()
         for path in self._tmp:
             shutil.rmtree(path, ignore_errors=True)
         self._tmp = []

@@ -7,6 +7,7 @@ window covers everything the fault did.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -19,7 +20,7 @@ import redis
 from tests.chaos.cluster import Cluster
 from tests.chaos.history import append_json
 from tests.chaos.schedule import Window
-from tests.redis_server import CLUSTER_DEADLINE, RedisClusterGroup
+from tests.redis_server import CLUSTER_DEADLINE, CLUSTER_SLOTS, RedisClusterGroup, SentinelGroup
 from tests.tcp_proxy import FaultProxy
 
 #: How far above the memory Redis uses the maxmemory faults set the limit.
@@ -139,7 +140,7 @@ class FaultInjector:
     def _proxy(self, host: int) -> FaultProxy:
         proxy = self.cluster.hosts[host].proxy
         if proxy is None:
-            raise RuntimeError("no proxy on a Redis Cluster: the link faults need one redis-server")
+            raise RuntimeError("no proxy on a Redis Cluster or Sentinel: the link faults need one redis-server")
         return proxy
 
     def _link_cut(self, w: Window, detail: dict[str, Any]) -> Heal:
@@ -200,21 +201,61 @@ class FaultInjector:
         detail["new_master"] = group.failover(port)[1]
 
     def _master_kill(self, w: Window, detail: dict[str, Any]) -> Heal:
-        """SIGKILL the master; returns once a replica of it has taken its place and the cluster has
-        settled. ``killed_at``: when the SIGKILL was sent (the replication loss is counted from it). Its
-        heal restarts the node, which rejoins as a replica (empty, then fully synced)."""
-        group, port, replicas = self._master(w, detail)
+        """SIGKILL the master (on a cluster, the one ``w.param`` names; on Sentinel, the one the
+        sentinels name, once the group has settled); returns once a replica of it has taken its place
+        (the cluster has settled; the sentinels name the promoted replica, which answers as master).
+        ``killed_at``: when the SIGKILL was sent (the replication loss is counted from it), ``slots``:
+        what the master served (on Sentinel every slot: the loss record covers every key). Its heal
+        restarts the node, which comes back as the new master's replica (empty, then fully synced): on
+        a cluster by its ``nodes.conf``, on Sentinel started as a replica of the master the sentinels
+        name (see :meth:`tests.redis_server.SentinelGroup.restart`)."""
+        deployment = self.cluster.redis
+        replaced: Callable[[], int]
+        if isinstance(deployment, SentinelGroup):
+            group = deployment
+            port = group.wait_settled("the group to settle before the kill")
+            detail.update(master=port, replicas=[group.other(port).port], slots=[[0, CLUSTER_SLOTS - 1]])
+            replaced = functools.partial(group.wait_new_master, port)
+            rejoin: Callable[[int], object] = group.restart
+        else:
+            cluster, port, replicas = self._master(w, detail)
+            replaced = functools.partial(cluster.wait_replaced, port, replicas)
+            rejoin = cluster.restart
         detail["killed_at"] = time.monotonic_ns()
-        group.server_on(port).kill()
+        deployment.server_on(port).kill()
 
         def restart() -> dict[str, Any]:
-            group.restart(port)
+            rejoin(port)
             return {"restarted": port}
         try:
-            detail["new_master"] = group.wait_replaced(port, replicas)
+            detail["new_master"] = replaced()
+            detail["replaced_after"] = round((time.monotonic_ns() - detail["killed_at"]) / 1e9, 3)
         except RuntimeError as exc:  # still restarted at the window's end
             detail["error"] = f"{type(exc).__name__}: {exc}"
         return restart
+
+    # -- Redis Sentinel ----------------------------------------------------------------------------
+
+    def _sentinel_failover(self, w: Window, detail: dict[str, Any]) -> None:
+        """``SENTINEL FAILOVER`` once the group has settled; returns once the sentinels name the replica
+        master, it answers as one, and the old master is its replica (no data loss), with its link up.
+        Seconds after the command: ``promoted_after`` (sentinel 0 names the new master),
+        ``demoted_after`` (the old master is a replica: until then it is a master too, and takes the
+        writes of whoever is still connected to it), ``settled_after``."""
+        group = self.cluster.sentinel_group
+        old = detail["master"] = group.wait_settled("the group to settle before the failover")
+        t = time.monotonic()
+        with group.sentinel() as s:
+            s.execute_command("SENTINEL", "FAILOVER", group.service)
+        while group.master_port() in (None, old):
+            if time.monotonic() - t > CLUSTER_DEADLINE:
+                raise RuntimeError(f"the sentinels still name {old} {CLUSTER_DEADLINE:g} s after SENTINEL FAILOVER")
+            time.sleep(0.02)  # polling interval of a deadline-bounded wait
+        detail["promoted_after"] = round(time.monotonic() - t, 3)
+        detail["new_master"] = group.wait_new_master(old)
+        detail["demoted_after"] = round(time.monotonic() - t, 3)
+        group.wait_settled("the old master to be the new one's synced replica")
+        detail["settled_after"] = round(time.monotonic() - t, 3)
 
 
 def _slots_of(group: RedisClusterGroup, port: int) -> list[list[int]]:

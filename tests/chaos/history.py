@@ -9,12 +9,15 @@ on Linux):
   get_or_compute that left its computation to the background (past its soft timeout) is followed,
   when that ends, by a ``{"bg": 1, "i", "t", "fn", "fn_end", "stale", "act"}`` line.
 - ``faults.jsonl``: ``{"i", "kind", "target", "phase": "apply" | "heal", "t", "detail"}`` (a
-  ``master_kill``'s apply detail: ``master``, ``slots``, ``killed_at``, ``new_master``).
+  ``master_kill``'s apply detail: ``master``, ``slots``, ``killed_at``, ``new_master``; every slot
+  on Sentinel).
 - ``workers.jsonl``: ``{"event": "start" | "killed" | "exited", "w", "host", "slot", "t", ...}``.
 - ``final.json``: ``{"<host>": {"<key>": [first read, second read]}}`` after the run;
   ``final-time.json``: ``{"start", "end"}`` of those reads; ``redis-final.json``: what Redis held
   for each key then (stamp, tombstone, value: for diagnosis, the checker does not read it).
 - ``run.json``: the run's configuration, seed, schedule and ``t0``.
+- ``redis-logs/``: the logs of the Redis servers (and sentinels) the run used, copied at its end, for
+  diagnosis (the checker does not read them).
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ INF = 2**63
 #: Faults after which Redis may have lost data (mtcache's own keys included).
 DATA_LOSS = frozenset({"redis_restart_empty", "maxmemory_allkeys_lru"})
 
-#: Faults after which a Redis Cluster may have lost the writes its killed master acknowledged and
-#: had not yet replicated, in the slots it served (the README's "What a failover can lose"): their
-#: ``detail`` holds ``killed_at`` (when the SIGKILL was sent) and ``slots`` (``[[first, last], ...]``).
+#: Faults after which a Redis Cluster (or Sentinel) may have lost the writes its killed master
+#: acknowledged and had not yet replicated, in the slots it served (the README's "What a failover can
+#: lose"): their ``detail`` holds ``killed_at`` (when the SIGKILL was sent) and ``slots``
+#: (``[[first, last], ...]``; on Sentinel, whose one master holds every key, ``[[0, 16383]]``).
 REPLICATION_LOSS = frozenset({"master_kill"})
 
 

@@ -14,16 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from tests.chaos.checker import CheckParams, check
-from tests.chaos.cluster import Cluster, ClusterSettings
+from tests.chaos.cluster import Cluster, ClusterSettings, Redis
 from tests.chaos.faults import FaultInjector
 from tests.chaos.history import load_history
 from tests.chaos.report import markdown, ok, short_text, summarize
-from tests.chaos.schedule import ALL_KINDS, CLUSTER_KINDS, KINDS, MIN_GAP, Window, make_schedule
+from tests.chaos.schedule import ALL_KINDS, CLUSTER_KINDS, KINDS, MIN_GAP, SENTINEL_KINDS, Window, make_schedule
 from tests.chaos.workload import WorkloadSettings
-from tests.redis_server import RedisClusterGroup, RedisServer
 
 #: The fault kinds each Redis deployment can take (see tests/chaos/schedule.py).
-REDIS_KINDS = {"single": frozenset(KINDS), "cluster": frozenset(CLUSTER_KINDS)}
+REDIS_KINDS = {"single": frozenset(KINDS), "cluster": frozenset(CLUSTER_KINDS), "sentinel": frozenset(SENTINEL_KINDS)}
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,9 @@ class RunConfig:
     kinds: str = ",".join(KINDS)
     #: ``"single"``: one redis-server, each host through its own fault proxy; ``"cluster"``: a Redis
     #: Cluster of 3 masters with a replica each, the hosts on its ``redis+cluster://`` URL (no proxy;
-    #: the fault kinds of :data:`tests.chaos.schedule.CLUSTER_KINDS`)
+    #: the fault kinds of :data:`tests.chaos.schedule.CLUSTER_KINDS`); ``"sentinel"``: a master, its
+    #: replica and three sentinels, the hosts on its ``redis+sentinel://`` URL (no proxy; the fault
+    #: kinds of :data:`tests.chaos.schedule.SENTINEL_KINDS`)
     redis: str = "single"
     warmup: float = 2.0
     heal_bound: float = 8.0
@@ -82,7 +83,7 @@ class RunConfig:
     def schedule(self) -> list[Window]:
         """The fault windows: between the warm-up and ``heal_bound`` (+1 s) before the load ends.
 
-        :raises ValueError: ``redis`` is neither ``single`` nor ``cluster``, or a kind does not fit it.
+        :raises ValueError: ``redis`` is not ``single``, ``cluster`` or ``sentinel``, or a kind does not fit it.
         """
         if self.redis not in REDIS_KINDS:
             raise ValueError(f"redis must be one of {sorted(REDIS_KINDS)}, not {self.redis!r}")
@@ -95,7 +96,7 @@ class RunConfig:
             return []
         return make_schedule(self.seed, count=self.faults, begin=self.warmup,
                              end=self.seconds - self.heal_bound - 1.0, hosts=self.hosts, workers=self.workers,
-                             kinds=kinds)
+                             kinds=kinds, redis=self.redis)
 
     def cluster_settings(self) -> ClusterSettings:
         workload = WorkloadSettings(self.keys, self.slow_prob, self.fail_prob, self.cancel_prob, self.lease_ttl,
@@ -126,6 +127,12 @@ class RunConfig:
         return ".venv/bin/python bench/chaos.py " + " ".join(args)
 
 
+#: How long ``short-sentinel``'s load lasts: its 12 windows need 68-85.5 s, depending on what the seed
+#: deals (see :func:`tests.chaos.schedule.make_schedule`), after the 2 s warm-up and before the last
+#: ``heal_bound`` (+1 s).
+SENTINEL_SECONDS = 97.0
+
+
 #: ``short``: the pytest profile (~60 s in all; 12 windows, so every fault kind once);
 #: ``short-failsafe``: the same with fail-safe on (0.5-3 s, throttle 1 s; TTLs of 0.2-1 s, soft and
 #: hard timeouts, a function that fails 40 % of its calls, 16 keys of which 8 are mostly computed
@@ -133,12 +140,19 @@ class RunConfig:
 #: ``short-cluster``: the short load on a Redis Cluster (3 masters, a replica each), 12 windows of
 #: the cluster kinds (``CLUSTER FAILOVER``, a master SIGKILLed, coordinators killed and stopped,
 #: workers killed); 60 s, as a window with a failover needs ~4 s (the failover, its settling, the gap);
+#: ``short-sentinel``: the short load on Redis Sentinel (a master, a replica, three sentinels), 12
+#: windows of the Sentinel kinds (``SENTINEL FAILOVER``, the master SIGKILLed, coordinators killed and
+#: stopped, workers killed); 97 s, as a ``SENTINEL FAILOVER`` is over only once the sentinels have
+#: turned the old master into a replica, 11-12.5 s after it (see
+#: :data:`tests.chaos.schedule.SENTINEL_SETTLE`);
 #: ``soak``: 30 minutes, a fault every ~4.5 s.
 PROFILES = {
     "short": RunConfig(seed=14, seconds=50.0, faults=12),
     "short-failsafe": RunConfig(seed=14, seconds=50.0, faults=12, keys=16, fail_safe=3.0, fail_safe_min=0.5,
                                 fail_prob=0.4, soft_prob=0.3, goc_ttl_min=0.2, goc_ttl_max=1.0),
     "short-cluster": RunConfig(seed=14, seconds=60.0, faults=12, redis="cluster", kinds=",".join(CLUSTER_KINDS)),
+    "short-sentinel": RunConfig(seed=14, seconds=SENTINEL_SECONDS, faults=12, redis="sentinel",
+                                kinds=",".join(SENTINEL_KINDS)),
     "soak": RunConfig(seconds=1800.0, faults=390),
 }
 
@@ -196,11 +210,11 @@ class _Ticker:
 
 
 def run(config: RunConfig, out: Path, *, profile: str = "short",
-        redis_server: RedisServer | RedisClusterGroup | None = None, log: Callable[[str], None] = print) -> RunResult:
+        redis_server: Redis | None = None, log: Callable[[str], None] = print) -> RunResult:
     """Run ``config`` with its history in ``out``; write ``report.md`` and ``report.json`` there.
 
-    ``redis_server``: the redis-server (``config.redis == "single"``) or the started Redis Cluster
-    (``"cluster"``) to run on; None: the run starts (and stops) its own.
+    ``redis_server``: the redis-server (``config.redis == "single"``), the Redis Cluster (``"cluster"``)
+    or the Sentinel group (``"sentinel"``) to run on; None: the run starts (and stops) its own.
 
     A window that would begin less than ``MIN_GAP`` after the previous one was over (a fault that
     went on past its planned end: a failover settling) begins that much later, and the load goes on

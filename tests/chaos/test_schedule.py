@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import itertools
+import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,15 @@ from tests.chaos.schedule import (
     INSTANT,
     KINDS,
     MIN_GAP,
+    SENTINEL_DURATIONS,
+    SENTINEL_FAULTS,
+    SENTINEL_KINDS,
+    SENTINEL_SETTLE,
     SETTLE,
     make_schedule,
 )
 from tests.chaos.workload import TTL, WorkloadSettings, plans, value_id
-from tests.redis_server import RedisClusterGroup, RedisServer, redis_binary
+from tests.redis_server import RedisClusterGroup, RedisServer, SentinelGroup, redis_binary
 
 
 def test_the_same_seed_gives_the_same_schedule_and_another_seed_another() -> None:
@@ -81,8 +87,102 @@ def test_the_cluster_profile_has_failovers_and_each_deployment_takes_its_own_kin
     with pytest.raises(ValueError, match="do not fit redis='single'"):
         dataclasses.replace(PROFILES["short"], kinds="cluster_failover").schedule()
     with pytest.raises(ValueError, match="redis must be one of"):
-        dataclasses.replace(config, redis="sentinel").schedule()
+        dataclasses.replace(config, redis="valkey").schedule()
     assert PROFILES["short"].redis == "single" and set(KINDS).isdisjoint(CLUSTER_FAULTS)
+
+
+#: sha256 (first 16 hex digits) of each existing profile's schedule, as JSON: adding a deployment must
+#: not move a window of theirs (their runs, and the seeds reported against them, stay reproducible)
+SCHEDULE_DIGESTS = {"short": "5d5d2b4b552d2e56", "short-failsafe": "5d5d2b4b552d2e56",
+                    "short-cluster": "52a9a1e672c6a965", "soak": "89b2395ec8428d6e"}
+
+
+@pytest.mark.parametrize("profile", sorted(SCHEDULE_DIGESTS))
+def test_the_existing_profiles_keep_their_schedules(profile: str) -> None:
+    schedule = [w.as_dict() for w in PROFILES[profile].schedule()]
+    digest = hashlib.sha256(json.dumps(schedule, sort_keys=True).encode()).hexdigest()[:16]
+    assert digest == SCHEDULE_DIGESTS[profile]
+
+
+def _sentinel_schedule(seed: int, end: float = 88.0) -> list:
+    return make_schedule(seed, count=12, begin=2.0, end=end, hosts=2, workers=3, kinds=SENTINEL_KINDS,
+                         redis="sentinel")
+
+
+def test_sentinel_windows_leave_each_kind_the_time_it_needs() -> None:
+    settle = {**SETTLE, **SENTINEL_SETTLE}
+    for seed in range(1, 101):
+        windows = _sentinel_schedule(seed)
+        assert windows == _sentinel_schedule(seed)
+        kinds = [w.kind for w in windows]
+        # two full decks and two more: each kind twice at least
+        assert set(kinds) == set(SENTINEL_KINDS) and all(kinds.count(k) >= 2 for k in SENTINEL_KINDS)
+        for a, b in itertools.pairwise(windows):
+            assert a.start + a.duration + settle.get(a.kind, 0.0) + MIN_GAP <= b.start + 1e-6, (seed, a, b)
+        last = windows[-1]
+        assert last.start + last.duration + settle.get(last.kind, 0.0) + MIN_GAP <= 88.0 + 1e-6
+        assert windows[0].start >= 2.0
+        failovers = [w for w in windows if w.kind in SENTINEL_FAULTS]
+        # one master: a failover names none
+        assert all(w.host is None and w.slot is None and w.param is None for w in failovers)
+        assert all((w.duration == 0) == (w.kind == "sentinel_failover") for w in failovers)
+        low, high = SENTINEL_DURATIONS["master_kill"]
+        assert all(low <= w.duration <= high for w in failovers if w.kind == "master_kill")
+        assert "master #" not in " ".join(w.describe() for w in failovers)
+    # the slots follow the kinds: what follows a worker kill comes sooner than a SENTINEL FAILOVER's settling
+    after_worker_kill = [b.start - a.start for seed in range(1, 101)
+                         for a, b in itertools.pairwise(_sentinel_schedule(seed)) if a.kind == "worker_kill"]
+    assert max(after_worker_kill) < SENTINEL_SETTLE["sentinel_failover"]
+    # too short for what a seed may deal is refused whatever the seed deals
+    for seed in (1, 2, 3):
+        with pytest.raises(ValueError, match="do not fit"):
+            _sentinel_schedule(seed, end=80.0)
+    with pytest.raises(ValueError, match="unknown Redis deployment"):
+        make_schedule(1, count=3, begin=0.0, end=30.0, hosts=2, workers=3, redis="valkey")
+
+
+def test_the_sentinel_profile_has_failovers_and_takes_the_sentinel_kinds() -> None:
+    config = PROFILES["short-sentinel"]
+    assert config.redis == "sentinel" and config.cluster_settings().redis == "sentinel"
+    settle = {**SETTLE, **SENTINEL_SETTLE}
+    for seed in range(1, 101):
+        windows = dataclasses.replace(config, seed=seed).schedule()
+        kinds = [w.kind for w in windows]
+        assert len(kinds) == 12 and set(kinds) == set(SENTINEL_KINDS)
+        assert kinds.count("sentinel_failover") >= 1 and kinds.count("master_kill") >= 1
+        assert all(w.start + w.duration + settle.get(w.kind, 0.0) <= config.seconds - config.heal_bound
+                   for w in windows)
+    # the link, Redis restart, pause and maxmemory faults need one redis-server; a CLUSTER FAILOVER a
+    # cluster; a SENTINEL FAILOVER the sentinels. A master SIGKILL fits both.
+    with pytest.raises(ValueError, match="do not fit redis='sentinel'"):
+        dataclasses.replace(config, kinds="master_kill,link_cut").schedule()
+    with pytest.raises(ValueError, match="do not fit redis='sentinel'"):
+        dataclasses.replace(config, kinds="cluster_failover").schedule()
+    with pytest.raises(ValueError, match="do not fit redis='cluster'"):
+        dataclasses.replace(PROFILES["short-cluster"], kinds="sentinel_failover").schedule()
+    with pytest.raises(ValueError, match="do not fit redis='single'"):
+        dataclasses.replace(PROFILES["short"], kinds="sentinel_failover").schedule()
+    assert set(KINDS).isdisjoint(SENTINEL_FAULTS)
+    assert dataclasses.replace(PROFILES["short-cluster"], kinds="master_kill").schedule()
+
+
+def test_a_sentinel_run_takes_a_sentinel_group(tmp_path: Path) -> None:
+    if redis_binary() is None:
+        pytest.skip("redis-server is not on PATH")
+    group = SentinelGroup(tmp_path / "sentinel")  # made, never started
+    with pytest.raises(ValueError, match="runs on a SentinelGroup"):
+        Cluster(ClusterSettings(redis="sentinel"), tmp_path / "h1", redis_server=RedisServer(tmp_path / "redis"))
+    with pytest.raises(ValueError, match="runs on a RedisServer"):
+        Cluster(ClusterSettings(), tmp_path / "h2", redis_server=group)
+    with pytest.raises(ValueError, match="redis must be one of"):
+        Cluster(ClusterSettings(redis="valkey"), tmp_path / "h3")
+    on_group = Cluster(ClusterSettings(redis="sentinel"), tmp_path / "h4", redis_server=group)
+    assert on_group.sentinel_group is group
+    with pytest.raises(RuntimeError, match="not a Redis Cluster"):
+        _ = on_group.redis_cluster
+    with pytest.raises(RuntimeError, match="no one redis-server"):
+        _ = on_group.server
+    on_group.close()  # nothing started: nothing to stop, and the group it was given is left alone
 
 
 def test_a_cluster_run_takes_a_cluster_and_a_single_run_a_server(tmp_path: Path) -> None:
@@ -154,3 +254,7 @@ def test_the_rerun_command_gives_back_the_same_config() -> None:
     assert config_from_args(parser.parse_args(argv)) == on_cluster
     argv = shlex.split(dataclasses.replace(PROFILES["short"], redis="cluster").command("short"))[2:]
     assert config_from_args(parser.parse_args(argv)).redis == "cluster"
+    on_sentinel = dataclasses.replace(PROFILES["short-sentinel"], seed=3)
+    assert on_sentinel.command("short-sentinel").endswith("--profile short-sentinel --seed 3")
+    argv = shlex.split(on_sentinel.command("short-sentinel"))[2:]
+    assert config_from_args(parser.parse_args(argv)) == on_sentinel
