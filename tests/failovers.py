@@ -8,8 +8,10 @@ for the writes made once the new master serves, that they are the ones every hos
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 from mtcache import Client
 from tests.coordinator_proc import CoordinatorProcess
@@ -35,6 +37,22 @@ def coordinator_stats(host: CoordinatorProcess) -> dict:
     """``host``'s raw counters."""
     with Client(host.socket_path, spawn=False, near_capacity=0) as probe:
         return probe.stats().coordinator
+
+
+@contextlib.contextmanager
+def two_hosts_on(url: str, folder: Path) -> Iterator[list[CoordinatorProcess]]:
+    """Two coordinators ("hosts") on ``url`` with their sockets in ``folder``, started, with Redis in use and
+    their stream readers connected; stopped at the end."""
+    procs = [CoordinatorProcess(folder / f"{name}.sock", redis_url=url) for name in "ab"]
+    try:
+        for proc in procs:
+            proc.start()
+        assert wait_until(lambda: all(redis_ok(p) for p in procs), timeout=DEADLINE), \
+            [(host_health(p), p.log()) for p in procs]
+        yield procs
+    finally:
+        for proc in procs:
+            proc.stop()
 
 
 def _writer(host: CoordinatorProcess, keys: Sequence[str], name: str, stop: threading.Event,

@@ -23,7 +23,7 @@ from mtcache import Client
 from mtcache.client.streams import AsyncStreams
 from mtcache.coordinator.l2 import CLUSTER_GROUPS, Layout, key_prefix
 from tests.coordinator_proc import CoordinatorProcess
-from tests.failovers import DEADLINE, converge_through, coordinator_stats, host_health, redis_ok
+from tests.failovers import DEADLINE, converge_through, coordinator_stats, host_health, two_hosts_on
 from tests.redis_server import RedisClusterGroup
 
 # the cross-host tests this module also runs, on the cluster (below); their fixtures with them
@@ -79,15 +79,8 @@ def test_the_keys_of_one_key_share_a_slot_and_the_groups_spread_evenly() -> None
 @pytest.fixture
 def two_hosts(redis_cluster: RedisClusterGroup, short_tmp: Path) -> Iterator[list[CoordinatorProcess]]:
     """Two coordinators ("hosts") on the cluster's redis+cluster:// URL, their readers connected."""
-    procs = [CoordinatorProcess(short_tmp / f"{name}.sock", redis_url=redis_cluster.url) for name in "ab"]
-    try:
-        for proc in procs:
-            proc.start()
-        assert wait_until(lambda: all(redis_ok(p) for p in procs), timeout=DEADLINE), [p.log() for p in procs]
+    with two_hosts_on(redis_cluster.url, short_tmp) as procs:
         yield procs
-    finally:
-        for proc in procs:
-            proc.stop()
 
 
 def test_every_operation_works_on_a_cluster_and_writes_spread_over_the_masters(

@@ -18,7 +18,7 @@ from mtcache import Client
 from mtcache.coordinator.l2 import key_prefix
 from tests.conftest import _need_redis
 from tests.coordinator_proc import CoordinatorProcess
-from tests.failovers import DEADLINE, converge_through, coordinator_stats, redis_ok
+from tests.failovers import DEADLINE, converge_through, coordinator_stats, redis_ok, two_hosts_on
 from tests.redis_server import SentinelGroup
 
 # the cross-host tests this module also runs, on the group (their Redis: the redis_server fixture below)
@@ -58,15 +58,9 @@ def redis_server(group: SentinelGroup) -> SentinelGroup:
 
 @pytest.fixture
 def two_hosts(group: SentinelGroup, short_tmp: Path) -> Iterator[list[CoordinatorProcess]]:
-    """Two coordinators ("hosts") on the group's redis+sentinel:// URL."""
-    procs = [CoordinatorProcess(short_tmp / f"{name}.sock", redis_url=group.url) for name in "ab"]
-    try:
-        for proc in procs:
-            proc.start()
+    """Two coordinators ("hosts") on the group's redis+sentinel:// URL, their readers connected."""
+    with two_hosts_on(group.url, short_tmp) as procs:
         yield procs
-    finally:
-        for proc in procs:
-            proc.stop()
 
 
 @pytest.mark.parametrize("how", ["sentinel-failover", "master-sigkill"])

@@ -20,7 +20,7 @@ from mtcache import Client
 from mtcache.coordinator.l2 import CLUSTER_GROUPS, Layout, key_prefix
 from tests.conftest import IN_CI, _need_redis, tls_files
 from tests.coordinator_proc import CoordinatorProcess
-from tests.failovers import host_health, redis_ok
+from tests.failovers import host_health, redis_ok, two_hosts_on
 from tests.redis_server import RedisClusterGroup, SentinelGroup
 from tests.waiting import wait_until
 
@@ -52,21 +52,6 @@ def _refuses_plain(port: int) -> bool:
             return not plain.recv(64).startswith(b"+PONG")
     except OSError:  # reset, or no answer in time
         return True
-
-
-def _hosts(url: str, folder: Path) -> list[CoordinatorProcess]:
-    """Two started coordinators ("hosts") on ``url``, their L2 and stream readers connected."""
-    procs = [CoordinatorProcess(folder / f"{name}.sock", redis_url=url) for name in "ab"]
-    try:
-        for proc in procs:
-            proc.start()
-        assert wait_until(lambda: all(redis_ok(p) for p in procs), timeout=DEADLINE), \
-            [(host_health(p), p.log()) for p in procs]
-    except BaseException:
-        for proc in procs:
-            proc.stop()
-        raise
-    return procs
 
 
 @pytest.fixture
@@ -132,8 +117,7 @@ def test_two_hosts_on_a_tls_sentinel_group_through_a_failover(tls_sentinel: Sent
     assert url.startswith("rediss+sentinel://") and "ssl_ca_certs=" in url
     # TLS-only, sentinels and data nodes alike: mtcache could not have used a plain connection
     assert all(_refuses_plain(port) for port in (*group.sentinel_ports, group.master.port, group.replica.port))
-    a, b = hosts = _hosts(url, short_tmp)
-    try:
+    with two_hosts_on(url, short_tmp) as (a, b):
         _share(url, a, b)
         old = group.master_port()
         with group.server_on(old).client() as master:
@@ -143,9 +127,6 @@ def test_two_hosts_on_a_tls_sentinel_group_through_a_failover(tls_sentinel: Sent
         _after_failover(url, a, b)
         with group.server_on(new).client() as master:
             assert master.get(PREFIX + "k:after") is not None  # written on the new master, over TLS
-    finally:
-        for host in hosts:
-            host.stop()
 
 
 def test_two_hosts_on_a_tls_cluster_through_a_failover(tls_cluster: RedisClusterGroup, short_tmp: Path) -> None:
@@ -153,8 +134,7 @@ def test_two_hosts_on_a_tls_cluster_through_a_failover(tls_cluster: RedisCluster
     url = cluster.url
     assert url.startswith("rediss+cluster://") and "ssl_ca_certs=" in url
     assert all(_refuses_plain(server.port) for server in cluster.servers)  # TLS-only, every node
-    a, b = hosts = _hosts(url, short_tmp)
-    try:
+    with two_hosts_on(url, short_tmp) as (a, b):
         _share(url, a, b)
         old, new = cluster.failover()  # the first master's replica takes over
         assert new != old and new in cluster.master_ports()
@@ -166,6 +146,3 @@ def test_two_hosts_on_a_tls_cluster_through_a_failover(tls_cluster: RedisCluster
         _after_failover(url, a, b, key)
         with cluster.server_on(new).client() as master:
             assert master.get(layout.record(key)) is not None  # written on the new master, over TLS
-    finally:
-        for host in hosts:
-            host.stop()
