@@ -17,6 +17,7 @@ Worker processes are started with the ``spawn`` context, which imports this file
 from __future__ import annotations
 
 import contextlib
+import statistics
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,12 +44,6 @@ def _cluster() -> Iterator[object]:
         yield Server(cluster.url, first.pid)
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def _render(results: dict, command: str, meta: dict) -> str:
     lines = [
         "# W2 on a Redis Cluster (`bench/cluster_w2.py`)",
@@ -66,7 +61,7 @@ def _render(results: dict, command: str, meta: dict) -> str:
     for (peer, kind), rounds in results.items():
         def med(name: str, rounds: list = rounds) -> str:
             values = [r[name] for r in rounds if name in r]
-            return f"{_median(values):,.0f}" if values else "—"
+            return f"{statistics.median(values):,.0f}" if values else "—"
         ops = ", ".join(f"{r.get('ops_per_s', 0):,.0f}" for r in rounds)
         stale = sum(r.get("stale", 0) for r in rounds)
         errors = sum(r.get("errors", 0) for r in rounds)

@@ -148,19 +148,21 @@ def parse_cluster_url(url: str) -> ClusterTarget:
 
 
 def _cluster_options(target: ClusterTarget, options: dict[str, Any]) -> dict[str, Any]:
-    """redis-py's RedisCluster arguments: the URL's credentials and TLS options, then ``options`` (a
-    cluster client takes no ``db`` and no ``retry`` of a single connection's kind)."""
-    out: dict[str, Any] = {"username": target.username, "password": target.password}
-    if target.tls:
-        out.update(_tls_kwargs(target.tls_options))
-    out.update({name: value for name, value in options.items() if name not in ("retry", "db")})
-    return out
+    """redis-py's RedisCluster arguments: the URL's credentials and TLS options, then ``options`` but for
+    ``db`` (a cluster has database 0 only) and ``retry``: a single connection's retry policy does not fit a
+    cluster client, which retries on its own (it follows ``MOVED`` and learns the slot map again), each
+    call within its caller's deadline."""
+    return {"username": target.username, "password": target.password, **_tls_kwargs(target),
+            **{name: value for name, value in options.items() if name not in ("retry", "db")}}
 
 
-def _tls_kwargs(tls_options: dict[str, str]) -> dict[str, Any]:
-    """redis-py's TLS arguments from a URL's ``ssl_*`` options (as ``from_url`` reads a ``rediss://`` query)."""
+def _tls_kwargs(target: SentinelTarget | ClusterTarget) -> dict[str, Any]:
+    """redis-py's TLS arguments from the URL's ``ssl_*`` options (as ``from_url`` reads a ``rediss://`` query);
+    none for a URL without TLS."""
+    if not target.tls:
+        return {}
     out: dict[str, Any] = {"ssl": True}
-    for name, value in tls_options.items():
+    for name, value in target.tls_options.items():
         out[name] = value.lower() in ("1", "true", "yes", "on") if name == "ssl_check_hostname" else value
     return out
 
@@ -169,8 +171,7 @@ def sentinel_connection_kwargs(target: SentinelTarget, connect_timeout: float | 
     """redis-py's arguments for a connection to one of ``target``'s sentinels: without the data nodes'
     credentials, over TLS with the URL's options for ``rediss+sentinel://``; no socket timeout (a
     subscription waits for as long as it takes)."""
-    tls = _tls_kwargs(target.tls_options) if target.tls else {}
-    return {"socket_connect_timeout": connect_timeout, "socket_keepalive": True, **tls}
+    return {"socket_connect_timeout": connect_timeout, "socket_keepalive": True, **_tls_kwargs(target)}
 
 
 def _sentinel_kwargs(target: SentinelTarget, connect_timeout: float | None) -> dict[str, Any]:
@@ -179,8 +180,8 @@ def _sentinel_kwargs(target: SentinelTarget, connect_timeout: float | None) -> d
 
 
 def _master_kwargs(target: SentinelTarget, options: dict[str, Any]) -> dict[str, Any]:
-    tls = _tls_kwargs(target.tls_options) if target.tls else {}
-    return {"db": target.db, "username": target.username, "password": target.password, **tls, **options}
+    return {"db": target.db, "username": target.username, "password": target.password, **_tls_kwargs(target),
+            **options}
 
 
 def async_client(url: str, **options: Any) -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:

@@ -430,6 +430,18 @@ class SentinelGroup:
         self.replica.stop()
         self.master.stop()
 
+    def __enter__(self) -> SentinelGroup:
+        """Start the group (stopped again if it does not come up); ``with`` stops it at the end."""
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def _pairs(reply: object) -> dict[str, str]:
     """A sentinel's description of an instance (a flat list of names and values, or a dict) as a dict."""

@@ -21,6 +21,7 @@ import pytest
 
 from mtcache import Client
 from mtcache.coordinator.l2 import CLUSTER_GROUPS, Layout, key_prefix
+from mtcache.redis_urls import is_cluster_url
 from tests.conftest import deployed_server
 from tests.coordinator_proc import CoordinatorProcess
 from tests.redis_server import RedisServer
@@ -48,8 +49,7 @@ def context() -> Any:
 def layout_of(redis_server: Any) -> Layout:
     """Where the keys of namespace ``default`` are on ``redis_server`` (a RedisServer, or a
     RedisClusterGroup in ``tests/test_cluster.py``, whose keys form groups)."""
-    sharded = redis_server.url.split("://", 1)[0].endswith("+cluster")
-    return Layout(PREFIX, "default", CLUSTER_GROUPS if sharded else 1)
+    return Layout(PREFIX, "default", CLUSTER_GROUPS if is_cluster_url(redis_server.url) else 1)
 
 
 def poll(check: Callable[[], T | None], what: str, timeout: float = DEADLINE) -> T:

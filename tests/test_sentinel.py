@@ -42,12 +42,8 @@ KEYS = [f"k{i}" for i in range(8)]
 def group(tmp_path: Path) -> Iterator[SentinelGroup]:
     """A master, its replica and three sentinels."""
     _need_redis()
-    group = SentinelGroup(tmp_path / "sentinel")
-    group.start()
-    try:
+    with SentinelGroup(tmp_path / "sentinel") as group:
         yield group
-    finally:
-        group.stop()
 
 
 @pytest.fixture

@@ -10,9 +10,11 @@ a failover too.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -30,11 +32,13 @@ pytestmark = pytest.mark.deployments
 
 DEADLINE = 60.0
 PREFIX = key_prefix("default")
+_Group = TypeVar("_Group", SentinelGroup, RedisClusterGroup)
 
 
-def _start_or_skip(group: SentinelGroup | RedisClusterGroup) -> None:
-    """Start ``group``; skip when this redis-server build does not serve TLS (fail in CI, which installs one
-    that does), as :func:`tests.conftest.start_tls_server` does."""
+@contextlib.contextmanager
+def _running_or_skip(group: _Group) -> Iterator[_Group]:
+    """``group`` started, and stopped at the end; skip when this redis-server build does not serve TLS (fail
+    in CI, which installs one that does), as :func:`tests.conftest.start_tls_server` does."""
     try:
         group.start()
     except (RuntimeError, FileNotFoundError) as exc:
@@ -42,6 +46,10 @@ def _start_or_skip(group: SentinelGroup | RedisClusterGroup) -> None:
         if ("tls" in str(exc).lower() or "ssl" in str(exc).lower()) and not IN_CI:
             pytest.skip(f"this redis-server build does not serve TLS: {exc}")
         raise
+    try:
+        yield group
+    finally:
+        group.stop()
 
 
 def _refuses_plain(port: int) -> bool:
@@ -58,24 +66,16 @@ def _refuses_plain(port: int) -> bool:
 def tls_sentinel(tmp_path: Path) -> Iterator[SentinelGroup]:
     """A TLS-only master, its replica and three TLS-only sentinels."""
     _need_redis()
-    group = SentinelGroup(tmp_path / "sentinel", tls=tls_files(tmp_path / "tls"))
-    _start_or_skip(group)
-    try:
+    with _running_or_skip(SentinelGroup(tmp_path / "sentinel", tls=tls_files(tmp_path / "tls"))) as group:
         yield group
-    finally:
-        group.stop()
 
 
 @pytest.fixture
 def tls_cluster(tmp_path: Path) -> Iterator[RedisClusterGroup]:
     """A TLS-only Redis Cluster (bus and replication over TLS): three masters with a replica each."""
     _need_redis()
-    cluster = RedisClusterGroup(tmp_path / "cluster", tls=tls_files(tmp_path / "tls"))
-    _start_or_skip(cluster)
-    try:
+    with _running_or_skip(RedisClusterGroup(tmp_path / "cluster", tls=tls_files(tmp_path / "tls"))) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def _share(url: str, a: CoordinatorProcess, b: CoordinatorProcess) -> None:

@@ -47,7 +47,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from mtcache.config import redact_url
 from mtcache.coordinator.stamps import format_stamp, parse_stamp
 from mtcache.errors import L2Error
-from mtcache.redis_urls import async_client, is_cluster_url
+from mtcache.redis_urls import async_client
 
 if sys.version_info >= (3, 11, 3):
     from asyncio import timeout as _deadline
@@ -909,12 +909,13 @@ class L2Tier:
         except ValueError:
             raise ValueError("the Redis URL is malformed (not shown: it may hold a password)") from None
         if client is None:
-            # a cluster client retries on its own (it follows MOVED and relearns the slot map), within the
-            # deadline around each call
-            retry = {} if is_cluster_url(url) else {
-                "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))}
             try:
-                client = async_client(url, socket_timeout=timeout, socket_connect_timeout=timeout, **retry)
+                client = async_client(
+                    url,
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                    retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                )
             except ValueError as exc:
                 # redis-py's reason names the bad part of the URL; never let it carry the password
                 password = urlsplit(url).password

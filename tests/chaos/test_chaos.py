@@ -38,12 +38,8 @@ from tests.redis_server import RedisClusterGroup, RedisServer, SentinelGroup
 def sentinel(tmp_path: Path) -> Iterator[SentinelGroup]:
     """A master, its replica and three sentinels, as a chaos run makes them (started)."""
     _need_redis()
-    group = sentinel_group(tmp_path / "sentinel")
-    group.start()
-    try:
+    with sentinel_group(tmp_path / "sentinel") as group:
         yield group
-    finally:
-        group.stop()
 
 
 def test_chaos_short_profile(redis_server: RedisServer, tmp_path: Path) -> None:
