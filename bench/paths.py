@@ -15,6 +15,13 @@ coordinator). One process:
 Then ``--procs`` processes at once for ``--seconds``: aggregate ``set`` ops/s (distinct keys per process)
 and aggregate L2-hit ``get`` ops/s, mtcache against redis-py (one connection per process).
 Each p50 is the median of the per-round p50s over ``--rounds`` alternated rounds.
+
+Where the time goes: for every row, the CPU time (user + system, from ``/proc/<pid>/stat`` and
+``os.times``) that each process spent per operation — the calling processes, the coordinator and
+redis-server — and Redis's CPU per write, pipelined, for mtcache's conditional write script with its
+stream entry against a plain ``SET`` + ``XADD``; so the cost of the second hop is measured, not guessed:
+on a machine with as few cores as this one, an aggregate rate is bounded by the CPU all of them need
+per operation.
 """
 
 from __future__ import annotations
@@ -23,20 +30,23 @@ import argparse
 import itertools
 import json
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import coordinator, machine, measure, redis_server
+from _util import coordinator_process, machine, measure, redis_server_process
 
 from mtcache import Client
+from mtcache.coordinator.l2 import Batch, L2Tier
 from mtcache.protocol import Op
 
 VALUE = {"symbol": "ACME", "price": 123.45, "bid": 123.40, "ask": 123.50, "volume": 1_234_567,
@@ -45,12 +55,47 @@ VALUE = {"symbol": "ACME", "price": 123.45, "bid": 123.40, "ask": 123.50, "volum
 PACKED = msgpack.packb(VALUE)
 
 
-def one_process(url: str, n: int) -> dict[str, float]:
-    """p50 µs of every single-process row."""
-    out: dict[str, float] = {}
+WARMUP = 200  # calls measure() makes before it times any
 
-    def add(name: str, fn: Callable[[], object]) -> None:
-        out[name] = measure(fn, n=n)["p50"]
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU time (user + system) this process has used so far, in seconds."""
+    times = os.times()
+    return times.user + times.system
+
+
+class CpuMeter:
+    """CPU µs per operation of this process and of the server processes ``pids`` (name: pid), over a span."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start: dict[str, float] = {}
+
+    def begin(self) -> None:
+        self.start = {"caller": own_cpu_seconds(), **{name: cpu_seconds(pid) for name, pid in self.pids.items()}}
+
+    def per_op(self, ops: int) -> dict[str, float]:
+        now = {"caller": own_cpu_seconds(), **{name: cpu_seconds(pid) for name, pid in self.pids.items()}}
+        return {name: (now[name] - self.start[name]) * 1e6 / ops for name in now}
+
+
+def one_process(url: str, redis_pid: int, n: int) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """p50 µs of every single-process row, and CPU µs per call of each process for each row."""
+    out: dict[str, float] = {}
+    cpu: dict[str, dict[str, float]] = {}
+    redis_only = {"redis-server": redis_pid}
+
+    def add(name: str, fn: Callable[[], object], pids: dict[str, int] = redis_only) -> None:
+        meter = CpuMeter(pids)
+        meter.begin()
+        out[name] = measure(fn, n=n, warmup=WARMUP)["p50"]
+        cpu[name] = meter.per_op(n + WARMUP)
 
     with redis.Redis.from_url(url) as raw:
         counter = itertools.count()
@@ -65,22 +110,24 @@ def one_process(url: str, n: int) -> dict[str, float]:
             pipe.execute()
 
         add("redis-py pipelined SET+XADD", set_and_xadd)
-    with coordinator(url) as sock, Client(sock, spawn=False, near_capacity=0) as c:
+    with coordinator_process(url) as co, Client(co.address, spawn=False, near_capacity=0) as c:
+        pids = {"coordinator": co.pid, "redis-server": redis_pid}
         c.set("warm", VALUE)
-        add("coordinator round trip (PING)", lambda: c._request(Op.PING))
+        add("coordinator round trip (PING)", lambda: c._request(Op.PING), pids)
         keys = itertools.cycle([f"k{i}" for i in range(1000)])
-        add("mtcache set", lambda: c.set(next(keys), VALUE))
-        add("mtcache delete", lambda: c.delete(next(keys)))
-    with coordinator(url, l1_capacity=1, l1_shm_bytes=0) as sock, \
-            Client(sock, spawn=False, near_capacity=0) as c:
+        add("mtcache set", lambda: c.set(next(keys), VALUE), pids)
+        add("mtcache delete", lambda: c.delete(next(keys)), pids)
+    with coordinator_process(url, l1_capacity=1, l1_shm_bytes=0) as co, \
+            Client(co.address, spawn=False, near_capacity=0) as c:
+        pids = {"coordinator": co.pid, "redis-server": redis_pid}
         c.set("a", VALUE)
         c.set("b", VALUE)
         ab = itertools.cycle(["a", "b"])
-        add("mtcache get, L2 hit", lambda: c.get(next(ab)))
+        add("mtcache get, L2 hit", lambda: c.get(next(ab)), pids)
     out["floor: set/delete (PING + SET+XADD)"] = out["coordinator round trip (PING)"] + out[
         "redis-py pipelined SET+XADD"]
     out["floor: L2 hit (PING + GET)"] = out["coordinator round trip (PING)"] + out["redis-py GET"]
-    return out
+    return out, cpu
 
 
 def _worker(kind: str, target: str, seconds: float, index: int, start: mp.Event, counts: mp.Queue) -> None:
@@ -104,40 +151,95 @@ def _worker(kind: str, target: str, seconds: float, index: int, start: mp.Event,
             op = lambda: r.get("raw:a")  # noqa: E731
     op()
     start.wait()
+    cpu = own_cpu_seconds()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         for _ in range(20):
             op()
         done += 20
-    counts.put(done)
+    counts.put((done, own_cpu_seconds() - cpu))
 
 
-def many_processes(kind: str, target: str, procs: int, seconds: float) -> float:
-    """Aggregate ops/s of ``procs`` processes doing ``kind`` for ``seconds``."""
+def redis_cpu_per_write(url: str, redis_pid: int, n: int = 20_000, per: int = 200) -> dict[str, float]:
+    """redis-server's CPU µs per write, ``per`` writes to a pipeline: mtcache's conditional write and its stream
+    entry in one script call, as the coordinator sends it, against a plain ``SET`` + ``XADD``."""
+    tier = L2Tier(url, "paths", timeout=5.0)
+    stamp = time.time_ns() << 16
+    batch = Batch()
+    for i in range(n):
+        tier.queue_write(batch, f"k{i % 1000}", PACKED, 60.0, stamp + i,
+                         entry=("mtcache:paths:stream", [1000, "paths", "set", f"k{i % 1000}", stamp + i]))
+    plain = [c for i in range(n) for c in (("SET", f"raw:{i % 1000}", PACKED, "PX", 60_000),
+                                             ("XADD", "raw:stream", "MAXLEN", "~", 1000, "*", "op", "set",
+                                              "key", f"k{i % 1000}", "stamp", stamp + i))]
+    out = {}
+    with redis.Redis.from_url(url) as raw:
+        sha = raw.script_load(batch.commands[0][0])
+        scripted: list[tuple[Any, ...]] = [("EVALSHA", sha, numkeys, *args) for _, numkeys, args in batch.commands]
+        for name, commands, step in (("mtcache write script (EVALSHA)", scripted, per),
+                                     ("SET + XADD", plain, 2 * per)):
+            before = cpu_seconds(redis_pid)
+            for start in range(0, len(commands), step):
+                pipe = raw.pipeline(transaction=False)
+                for command in commands[start:start + step]:
+                    pipe.execute_command(*command)
+                pipe.execute()
+            out[name] = (cpu_seconds(redis_pid) - before) * 1e6 / n
+    return out
+
+
+def many_processes(
+    kind: str, target: str, procs: int, seconds: float, pids: dict[str, int]
+) -> tuple[float, dict[str, float]]:
+    """Aggregate ops/s of ``procs`` processes doing ``kind`` for ``seconds``, and the CPU µs per operation
+    of the callers together and of each server in ``pids`` (name: pid)."""
     ctx = mp.get_context("fork")
     start, counts = ctx.Event(), ctx.Queue()
     workers = [ctx.Process(target=_worker, args=(kind, target, seconds, i, start, counts)) for i in range(procs)]
     for w in workers:
         w.start()
     time.sleep(0.5)  # let every process connect before the clock starts
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     start.set()
-    total = sum(counts.get(timeout=seconds + 60) for _ in workers)
+    results = [counts.get(timeout=seconds + 60) for _ in workers]
+    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
     for w in workers:
         w.join()
-    return total / seconds
+    total = sum(done for done, _ in results)
+    cpu = {"callers": sum(used for _, used in results) * 1e6 / total,
+           **{name: (after[name] - before[name]) * 1e6 / total for name in pids}}
+    return total / seconds, cpu
 
 
-def aggregate(url: str, procs: int, seconds: float) -> dict[str, float]:
+def aggregate(
+    url: str, redis_pid: int, procs: int, seconds: float
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Aggregate ops/s of each multi-process row, and CPU µs per operation of each process for each row."""
     out: dict[str, float] = {}
-    with coordinator(url) as sock:
-        out["mtcache set"] = many_processes("mtcache set", sock, procs, seconds)
-    with coordinator(url, l1_capacity=1, l1_shm_bytes=0) as sock:
-        with Client(sock, spawn=False, near_capacity=0) as c:
+    cpu: dict[str, dict[str, float]] = {}
+    with coordinator_process(url) as co:
+        pids = {"coordinator": co.pid, "redis-server": redis_pid}
+        out["mtcache set"], cpu["mtcache set"] = many_processes("mtcache set", co.address, procs, seconds, pids)
+    with coordinator_process(url, l1_capacity=1, l1_shm_bytes=0) as co:
+        with Client(co.address, spawn=False, near_capacity=0) as c:
             c.set("b", VALUE)
-        out["mtcache get, L2 hit"] = many_processes("mtcache get", sock, procs, seconds)
-    out["redis-py SET"] = many_processes("redis-py SET", url, procs, seconds)
-    out["redis-py GET"] = many_processes("redis-py GET", url, procs, seconds)
-    return out
+        pids = {"coordinator": co.pid, "redis-server": redis_pid}
+        out["mtcache get, L2 hit"], cpu["mtcache get, L2 hit"] = many_processes(
+            "mtcache get", co.address, procs, seconds, pids)
+    for kind in ("redis-py SET", "redis-py GET"):
+        out[kind], cpu[kind] = many_processes(kind, url, procs, seconds, {"redis-server": redis_pid})
+    return out, cpu
+
+
+def _median_cpu(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    return {row: {proc: statistics.median(r[row][proc] for r in rounds) for proc in rounds[0][row]}
+            for row in rounds[0]}
+
+
+def _print_cpu(cpu: dict[str, dict[str, float]]) -> None:
+    for row, procs in cpu.items():
+        parts = ", ".join(f"{proc} {us:.0f}" for proc, us in procs.items())
+        print(f"    {row:<38} {parts}; total {sum(procs.values()):.0f}")
 
 
 def main() -> None:
@@ -150,12 +252,20 @@ def main() -> None:
     args = p.parse_args()
     singles: list[dict[str, float]] = []
     aggregates: list[dict[str, float]] = []
-    with redis_server() as url:
+    single_cpus: list[dict[str, dict[str, float]]] = []
+    multi_cpus: list[dict[str, dict[str, float]]] = []
+    with redis_server_process() as redis_proc:
         for _ in range(args.rounds):
-            singles.append(one_process(url, args.n))
-            aggregates.append(aggregate(url, args.procs, args.seconds))
+            times, cpu = one_process(redis_proc.address, redis_proc.pid, args.n)
+            singles.append(times)
+            single_cpus.append(cpu)
+            rates, cpu = aggregate(redis_proc.address, redis_proc.pid, args.procs, args.seconds)
+            aggregates.append(rates)
+            multi_cpus.append(cpu)
+        script_cpu = redis_cpu_per_write(redis_proc.address, redis_proc.pid)
     single = {k: statistics.median(r[k] for r in singles) for k in singles[0]}
     multi = {k: statistics.median(r[k] for r in aggregates) for k in aggregates[0]}
+    single_cpu, multi_cpu = _median_cpu(single_cpus), _median_cpu(multi_cpus)
     print(machine())
     print(f"\none process, p50 µs (median of {args.rounds} rounds, {args.n} calls each)")
     for name, value in single.items():
@@ -165,14 +275,24 @@ def main() -> None:
     print(f"  set / floor {single['mtcache set'] / set_floor:.2f}x, "
           f"delete / floor {single['mtcache delete'] / set_floor:.2f}x, "
           f"L2 hit / floor {single['mtcache get, L2 hit'] / get_floor:.2f}x")
+    print("  CPU µs per call (user + system) of each process:")
+    _print_cpu(single_cpu)
     print(f"\n{args.procs} processes, aggregate ops/s (median of {args.rounds} runs of {args.seconds:g} s)")
     for name, value in multi.items():
         print(f"  {name:<40} {value:>9.0f}")
     print(f"  set: mtcache / redis-py {multi['mtcache set'] / multi['redis-py SET']:.2f}x, "
           f"L2 hit get: mtcache / redis-py {multi['mtcache get, L2 hit'] / multi['redis-py GET']:.2f}x")
+    print(f"  CPU µs per operation (user + system; callers: the {args.procs} processes together):")
+    _print_cpu(multi_cpu)
+    print("\nredis-server CPU µs per write, 200 writes per pipeline")
+    for name, value in script_cpu.items():
+        print(f"  {name:<40} {value:>9.1f}")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "one_process_p50_us": single,
-                                         "aggregate_ops_per_s": multi, "args": vars(args) | {"json": str(args.json)}},
+                                         "one_process_cpu_us_per_call": single_cpu,
+                                         "aggregate_ops_per_s": multi, "aggregate_cpu_us_per_op": multi_cpu,
+                                         "redis_cpu_us_per_write": script_cpu,
+                                         "args": vars(args) | {"json": str(args.json)}},
                                         indent=2) + "\n")
 
 
