@@ -31,6 +31,7 @@ from mtcache.coordinator.l2 import (
     decode_envelope,
     encode_envelope,
     key_prefix,
+    pack_commands,
 )
 from mtcache.coordinator.stamps import HybridClock, format_stamp
 from mtcache.errors import L2Error
@@ -608,6 +609,43 @@ def test_record_layout_is_a_header_then_a_five_item_msgpack_array(tombstone: boo
     assert HEADER_BYTES == 27
     assert data[:HEADER_BYTES] == kind + b"1700000000123456" + b"0000000042"
     assert msgpack.unpackb(data[HEADER_BYTES:]) == [FORMAT_VERSION, 1234, b"v", ["a", "b"], 0]
+
+
+@pytest.mark.parametrize(("value", "ttl", "tags", "stale_for"), [
+    (b"v", 60.0, (), 0.0), (None, 30.0, (), 0.0), (b"x" * 300, math.inf, ("a", "b"), 0.0), (b"v", 5.0, ("t",), 20.0),
+])
+def test_a_write_s_record_is_the_envelope_of_its_fields(
+    value: bytes | None, ttl: float, tags: tuple[str, ...], stale_for: float
+) -> None:
+    """The write path packs its records itself, without an Envelope: they must be the bytes encode_envelope makes."""
+    tier = L2Tier("redis://127.0.0.1:1/0", "t")
+    stamp = _stamp(HLC, node=9)
+
+    data, _ = tier.record(value, ttl, stamp, tags, stale_for)
+
+    env = decode_envelope(data)
+    assert (env.value, env.tags, env.stamp, env.tombstone) == (value or b"", tags, stamp, value is None)
+    assert encode_envelope(env) == data
+
+
+@pytest.mark.parametrize("bad", [True, None, [1], 1j])
+def test_a_write_s_record_refuses_a_stamp_that_is_not_an_int_and_a_command_argument_of_another_type(
+    bad: object,
+) -> None:
+    tier = L2Tier("redis://127.0.0.1:1/0", "t")
+
+    with pytest.raises(TypeError, match="stamp must be an int"):
+        tier.record(b"v", 1.0, bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=f"not {type(bad).__name__}"):
+        pack_commands([("SET", "k", "v"), ("SET", "k", bad)])
+
+
+def test_commands_are_packed_as_redis_py_packs_them() -> None:
+    commands = [("EVALSHA", "a" * 40, 3, "k\u00e9y", b"\x00\xff", 1.5, -7, 2**70, ""), ["GET", "k"]]
+
+    expected = b"".join(b"".join(redis.asyncio.Redis().connection_pool.connection_class().pack_command(*command))
+                        for command in commands)
+    assert pack_commands(commands) == expected
 
 
 @pytest.mark.parametrize(

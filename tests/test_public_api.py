@@ -19,6 +19,7 @@ INTERNAL_ON_PURPOSE = {
     "bench/mirror_bench.py": "measures the shared-memory mirror's reader and writer alone",
     "bench/eviction.py": "replays traces through the coordinator's L1 store itself, beside simulated policies",
     "bench/metrics_cost.py": "measures the statistics' own parts (hot keys, histograms, report parsing) alone",
+    "bench/write_path.py": "times the coordinator's own write path, in process, and each of its steps alone",
     "bench/paths.py": "times the coordinator's bare round trip (PING), the floor every call is held against, "
                       "and Redis's CPU for the L2 tier's own write script",
 }
