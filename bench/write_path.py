@@ -11,6 +11,8 @@ checkout, as ``bench/micro.py --near-only``):
   with 1 worker (every write a batch of its own) and with 8 (writes batched), medians of ``--rounds``
   alternated runs. No worker process competes for the CPU, so this moves with the coordinator's own
   code, where ``bench/paths.py`` on a 2-core machine moves with everything.
+* **Calls**: the Python function calls (builtins included) the coordinator makes per ``set`` with 8
+  workers, counted by cProfile: the one figure here that does not move with the machine's noise.
 * **Hot steps**: each step of a ``set`` timed alone in a loop (its code and data in the CPU's
   caches): decoding and checking the request, the L1 put (store, mirror, version table), the L2
   record, the script call queued, and the Redis protocol bytes of the call. A step's share of a real
@@ -23,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
+import pstats
 import statistics
 import sys
 import tempfile
@@ -111,7 +115,7 @@ async def _drive(coordinator: Coordinator, workers: int, per_worker: int, tag: i
     await finished.wait()
 
 
-async def _in_process(url: str, workers: int, n: int) -> dict[str, float]:
+async def _in_process(url: str, workers: int, n: int, *, count_calls: bool = False) -> dict[str, float]:
     folder = tempfile.mkdtemp(prefix="mtcache-write-path-")
     settings = Settings.load(redis_url=url, socket_path=f"{folder}/c.sock", namespace="writepath")
     coordinator = Coordinator(settings)
@@ -119,8 +123,13 @@ async def _in_process(url: str, workers: int, n: int) -> dict[str, float]:
     try:
         await _drive(coordinator, workers, 200, 0)  # warm-up
         before_stats = coordinator.engine.stats()
+        profile = cProfile.Profile() if count_calls else None
         cpu, wall = _cpu(), time.perf_counter()
+        if profile is not None:
+            profile.enable()
         await _drive(coordinator, workers, n // workers, 1)
+        if profile is not None:
+            profile.disable()
         cpu, wall = _cpu() - cpu, time.perf_counter() - wall
         stats = coordinator.engine.stats()
         batches = stats["l2_write_batches"] - before_stats["l2_write_batches"]
@@ -128,6 +137,9 @@ async def _in_process(url: str, workers: int, n: int) -> dict[str, float]:
     finally:
         await coordinator.stop()
     done = n // workers * workers
+    if profile is not None:
+        calls = sum(stat[1] for stat in pstats.Stats(profile).stats.values())  # type: ignore[attr-defined]
+        return {"calls_per_set": calls / done}
     return {"cpu_us_per_set": cpu * 1e6 / done, "sets_per_s": done / wall, "writes_per_batch": writes / max(1, batches)}
 
 
@@ -194,6 +206,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for workers in counts:
                 runs[workers].append(uvloop.run(_in_process(url, workers, args.n)))
+        calls = uvloop.run(_in_process(url, 8, args.n, count_calls=True))["calls_per_set"]
     in_process = {f"{w} worker{'s' if w > 1 else ''}": {k: statistics.median(r[k] for r in rs) for k in rs[0]}
                   for w, rs in runs.items()}
     steps = hot_steps(20_000)
@@ -202,11 +215,13 @@ def main() -> None:
     for name, row in in_process.items():
         print(f"  {name:<12} {row['cpu_us_per_set']:>7.1f} µs CPU per set, {row['sets_per_s']:>7.0f} sets/s, "
               f"{row['writes_per_batch']:.1f} writes per Redis batch")
+    print(f"  Python function calls per set, 8 workers (cProfile): {calls:.1f}")
     print("\nhot steps of a set, µs per call")
     for name, value in steps.items():
         print(f"  {name:<40} {value:>7.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "in_process": in_process, "hot_steps_us": steps,
+        args.json.write_text(json.dumps({"machine": machine(), "in_process": in_process, "calls_per_set": calls,
+                                         "hot_steps_us": steps,
                                          "args": vars(args) | {"json": str(args.json)}}, indent=2) + "\n")
 
 

@@ -302,7 +302,8 @@ class InvalidationStream:
             async with _deadline(self._read_bound):
                 if conn is None:
                     conn = self._conn = await self._new_conn()
-                await conn.connect()  # a Sentinel-managed connection finds the master here (see l2._Lane)
+                if not conn.is_connected:
+                    await conn.connect()  # a Sentinel-managed connection finds the master here (see l2._Lane)
                 await conn.send_packed_command(pack_commands(
                     [("XREAD", "COUNT", BATCH, "BLOCK", self.block_ms, "STREAMS", self.stream,
                       self.last_id or "0-0")]), check_health=False)

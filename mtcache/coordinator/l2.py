@@ -704,8 +704,10 @@ class _Lane:
             conn = self._conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
         try:
             # connect() itself, not the send's implicit connect: a Sentinel-managed connection asks the
-            # sentinels for the master only there
-            await conn.connect()
+            # sentinels for the master only there; and only when not connected (connect() on a connected
+            # connection goes through redis-py's retry wrapper only to find it connected, on every batch)
+            if not conn.is_connected:
+                await conn.connect()
             replies = await self._send(conn, [args if s is None else ("EVALSHA", _sha(s), n, *args)
                                               for s, n, args in batch.commands])
             missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
