@@ -11,8 +11,8 @@ checkout, as ``bench/micro.py --near-only``):
   with 1 worker (every write a batch of its own) and with 8 (writes batched), medians of ``--rounds``
   alternated runs. No worker process competes for the CPU, so this moves with the coordinator's own
   code, where ``bench/paths.py`` on a 2-core machine moves with everything.
-* **Calls**: the Python function calls (builtins included) the coordinator makes per ``set`` with 8
-  workers, counted by cProfile: the one figure here that does not move with the machine's noise.
+* **Calls**: the Python function calls (builtins included) the coordinator makes per ``set`` in each
+  row, counted by cProfile: the one figure here that does not move with the machine's noise.
 * **Hot steps**: each step of a ``set`` timed alone in a loop (its code and data in the CPU's
   caches): decoding and checking the request, the L1 put (store, mirror, version table), the L2
   record, the script call queued, and the Redis protocol bytes of the call. A step's share of a real
@@ -206,22 +206,22 @@ def main() -> None:
         for _ in range(args.rounds):
             for workers in counts:
                 runs[workers].append(uvloop.run(_in_process(url, workers, args.n)))
-        calls = uvloop.run(_in_process(url, 8, args.n, count_calls=True))["calls_per_set"]
-    in_process = {f"{w} worker{'s' if w > 1 else ''}": {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        calls = {w: uvloop.run(_in_process(url, w, args.n, count_calls=True))["calls_per_set"] for w in counts}
+    in_process = {f"{w} worker{'s' if w > 1 else ''}": {**{k: statistics.median(r[k] for r in rs) for k in rs[0]},
+                                                         "calls_per_set": calls[w]}
                   for w, rs in runs.items()}
     steps = hot_steps(20_000)
     print(machine())
     print(f"\nin process, coordinator CPU per set (median of {args.rounds} runs of {args.n} sets)")
     for name, row in in_process.items():
         print(f"  {name:<12} {row['cpu_us_per_set']:>7.1f} µs CPU per set, {row['sets_per_s']:>7.0f} sets/s, "
-              f"{row['writes_per_batch']:.1f} writes per Redis batch")
-    print(f"  Python function calls per set, 8 workers (cProfile): {calls:.1f}")
+              f"{row['writes_per_batch']:.1f} writes per Redis batch, {row['calls_per_set']:.1f} function calls "
+              "per set (cProfile)")
     print("\nhot steps of a set, µs per call")
     for name, value in steps.items():
         print(f"  {name:<40} {value:>7.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "in_process": in_process, "calls_per_set": calls,
-                                         "hot_steps_us": steps,
+        args.json.write_text(json.dumps({"machine": machine(), "in_process": in_process, "hot_steps_us": steps,
                                          "args": vars(args) | {"json": str(args.json)}}, indent=2) + "\n")
 
 
