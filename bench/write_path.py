@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import json
 import os
@@ -99,9 +100,15 @@ class _FakeWorker:
         pass
 
 
-async def _drive(coordinator: Coordinator, workers: int, per_worker: int, tag: int) -> None:
+def _frames(workers: int, per_worker: int, tag: int) -> list[list[bytes]]:
+    """Each fake worker's requests: ``per_worker`` sets of its own keys (1,000 of them, in turn)."""
+    return [[encode_frame([Op.SET, 2 + i, f"w{tag}:{w}:{i % 1000}", VALUE, None, []]) for i in range(per_worker)]
+            for w in range(workers)]
+
+
+async def _drive(coordinator: Coordinator, frames: list[list[bytes]]) -> None:
     finished = asyncio.Event()
-    left = workers
+    left = len(frames)
 
     def done() -> None:
         nonlocal left
@@ -109,33 +116,33 @@ async def _drive(coordinator: Coordinator, workers: int, per_worker: int, tag: i
         if not left:
             finished.set()
 
-    for w in range(workers):  # the reply to its hello sends each one's first request
-        _FakeWorker(coordinator, [encode_frame([Op.SET, 2 + i, f"w{tag}:{w}:{i % 1000}", VALUE, None, []])
-                                  for i in range(per_worker)], done)
+    for own in frames:  # the reply to its hello sends each one's first request
+        _FakeWorker(coordinator, own, done)
     await finished.wait()
 
 
 async def _in_process(url: str, workers: int, n: int, *, count_calls: bool = False) -> dict[str, float]:
-    folder = tempfile.mkdtemp(prefix="mtcache-write-path-")
-    settings = Settings.load(redis_url=url, socket_path=f"{folder}/c.sock", namespace="writepath")
-    coordinator = Coordinator(settings)
-    await coordinator.start()
-    try:
-        await _drive(coordinator, workers, 200, 0)  # warm-up
-        before_stats = coordinator.engine.stats()
-        profile = cProfile.Profile() if count_calls else None
-        cpu, wall = _cpu(), time.perf_counter()
-        if profile is not None:
-            profile.enable()
-        await _drive(coordinator, workers, n // workers, 1)
-        if profile is not None:
-            profile.disable()
-        cpu, wall = _cpu() - cpu, time.perf_counter() - wall
-        stats = coordinator.engine.stats()
-        batches = stats["l2_write_batches"] - before_stats["l2_write_batches"]
-        writes = stats["l2_writes"] - before_stats["l2_writes"]
-    finally:
-        await coordinator.stop()
+    with tempfile.TemporaryDirectory(prefix="mtcache-write-path-") as folder:
+        settings = Settings.load(redis_url=url, socket_path=f"{folder}/c.sock", namespace="writepath")
+        coordinator = Coordinator(settings)
+        await coordinator.start()
+        try:
+            await _drive(coordinator, _frames(workers, 200, 0))  # warm-up
+            frames = _frames(workers, n // workers, 1)  # made before the clock starts
+            before_stats = coordinator.engine.stats()
+            profile = cProfile.Profile() if count_calls else None
+            cpu, wall = _cpu(), time.perf_counter()
+            if profile is not None:
+                profile.enable()
+            await _drive(coordinator, frames)
+            if profile is not None:
+                profile.disable()
+            cpu, wall = _cpu() - cpu, time.perf_counter() - wall
+            stats = coordinator.engine.stats()
+            batches = stats["l2_write_batches"] - before_stats["l2_write_batches"]
+            writes = stats["l2_writes"] - before_stats["l2_writes"]
+        finally:
+            await coordinator.stop()
     done = n // workers * workers
     if profile is not None:
         calls = sum(stat[1] for stat in pstats.Stats(profile).stats.values())  # type: ignore[attr-defined]
@@ -165,29 +172,32 @@ def hot_steps(n: int) -> dict[str, float]:
     out: dict[str, float] = {}
     steps: dict[str, Callable[[], object]] = {
         "request: decode and check": decode_and_check,
-        "L2 record (envelope)": lambda: tier.record(VALUE, 60.0, stamp),
+        "L2 record": lambda: tier.record(VALUE, 60.0, stamp),
         "L2 write queued (record included)": queue_write,
         "Redis protocol bytes of the call": lambda: pack_commands(commands),
     }
-    local = _local_tier()
-    if local is not None:
-        steps["L1 put (store, mirror, version table)"] = lambda: local.put("quote:ACME", VALUE, 60.0, stamp)
-    for name, step in steps.items():
-        step()
-        out[name] = min(timeit.repeat(step, number=n, repeat=5)) / n * 1e6
+    with contextlib.ExitStack() as cleanup:
+        local = _local_tier(cleanup)
+        if local is not None:
+            steps["L1 put (store, mirror, version table)"] = lambda: local.put("quote:ACME", VALUE, 60.0, stamp)
+        for name, step in steps.items():
+            step()
+            out[name] = min(timeit.repeat(step, number=n, repeat=5)) / n * 1e6
     return out
 
 
-def _local_tier() -> Any:
-    """A LocalTier with its own version table and mirror, as a coordinator makes them (None where the mirror
-    cannot be made)."""
+def _local_tier(cleanup: contextlib.ExitStack) -> Any:
+    """A LocalTier with its own version table and mirror, as a coordinator makes them, both closed and removed
+    by ``cleanup`` (None where the mirror cannot be made)."""
     from mtcache.coordinator.local import LocalTier
     from mtcache.mirror import MirrorWriter
     from mtcache.shm import VersionTable
 
     try:
         table = VersionTable.create(prefix="mtcache-writepath")
+        cleanup.callback(table.close)
         mirror = MirrorWriter.create(16 * 1024 * 1024, sets=1024, prefix="mtcache-writepath")
+        cleanup.callback(mirror.close)
     except (OSError, ValueError):
         return None
     return LocalTier(table, mirror, capacity=10_000, max_bytes=64 * 1024 * 1024, default_ttl=60.0)

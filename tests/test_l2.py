@@ -640,6 +640,23 @@ def test_a_write_s_record_refuses_a_stamp_that_is_not_an_int_and_a_command_argum
         pack_commands([("SET", "k", "v"), ("SET", "k", bad)])
 
 
+def test_a_record_is_refused_when_the_clock_puts_its_expiry_before_1970(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Such a record could not be read back (a negative expiry is malformed): the write fails instead."""
+    tier = L2Tier("redis://127.0.0.1:1/0", "t")
+    monkeypatch.setattr(time, "time_ns", lambda: -10**21)
+
+    with pytest.raises(ValueError, match="before 1970"):
+        tier.record(b"v", 60.0, _stamp(HLC))
+
+
+def test_a_bad_command_argument_is_named_even_after_one_hiredis_takes() -> None:
+    class Name(str):
+        pass
+
+    with pytest.raises(TypeError, match="not NoneType"):
+        pack_commands([("SET", Name("k"), None)])
+
+
 def test_commands_are_packed_as_redis_py_packs_them() -> None:
     commands = [("EVALSHA", "a" * 40, 3, "k\u00e9y", b"\x00\xff", 1.5, -7, 2**70, ""), ["GET", "k"]]
 

@@ -225,15 +225,14 @@ def encode_envelope(env: Envelope) -> bytes:
                         env.stale_until_ms)
 
 
-def _pack_record(tombstone: bool, digits: bytes, expiry_ms: int, value: bytes, tags: Sequence[str],
-                 stale_until_ms: int) -> bytes:
+def _pack_record(
+    tombstone: bool, digits: bytes, expiry_ms: int, value: bytes, tags: Sequence[str], stale_until_ms: int
+) -> bytes:
     """The bytes of a record whose fields are already checked (see :func:`encode_envelope`); ``digits``:
-    its stamp as :func:`format_stamp` writes it."""
-    return (b"T" if tombstone else b"V") + digits + _RECORD_PACKER.pack(
-        [FORMAT_VERSION, expiry_ms, value, list(tags), stale_until_ms])
-
-
-_RECORD_PACKER = msgpack.Packer(use_bin_type=True)
+    its stamp as :func:`format_stamp` writes it. (A Packer kept for every call would be a little faster,
+    but keeps the buffer of the largest record it ever packed.)"""
+    return (b"T" if tombstone else b"V") + digits + msgpack.packb(
+        [FORMAT_VERSION, expiry_ms, value, list(tags), stale_until_ms], use_bin_type=True)
 
 
 def decode_envelope(data: bytes) -> Envelope:
@@ -617,9 +616,10 @@ return 1
 
 def pack_commands(commands: Sequence[Sequence[Any]]) -> bytes:
     """``commands`` in the Redis protocol (RESP arrays of bulk strings), for a connection's
-    ``send_packed_command``. Arguments are ``bytes``, ``str`` (UTF-8), ``int`` or ``float``, as
-    redis-py's encoder writes them. Packed by hiredis (C; redis-py's hiredis extra, a dependency),
-    on the path of every write: a third of what a packer in Python cost.
+    ``send_packed_command``. Arguments are ``bytes``, ``str`` (UTF-8), ``int`` or ``float``, written as
+    redis-py's encoder writes them. Packed by hiredis (C; redis-py's hiredis extra, a dependency), on the
+    path of every write: half of what a packer in Python cost. hiredis also takes subclasses of str, bytes
+    and float (a float subclass as its own ``repr``) and memoryview; every caller here passes plain values.
 
     :raises TypeError: an argument of another type (a bool included, as redis-py refuses it).
     """
@@ -628,13 +628,15 @@ def pack_commands(commands: Sequence[Sequence[Any]]) -> bytes:
     except TypeError:
         for command in commands:
             for arg in command:
-                if type(arg) not in _PACKABLE:
+                if not _packable(arg):
                     raise TypeError("a Redis command argument must be bytes, str, int or float, "
                                     f"not {type(arg).__name__}") from None
         raise
 
 
-_PACKABLE = (bytes, str, int, float)
+def _packable(arg: object) -> bool:
+    """Whether hiredis packs ``arg`` (an int must be exactly an int: it refuses bool and IntEnum)."""
+    return type(arg) is int or isinstance(arg, (bytes, str, float, memoryview))
 
 
 @functools.cache
@@ -1051,6 +1053,8 @@ class L2Tier:
         expiry_ms = time.time_ns() // 1_000_000 + ttl_ms
         if expiry_ms + stale_ms >= _MAX_EXPIRY_MS:
             raise ValueError(f"ttl {ttl!r} s is too long")
+        if expiry_ms < 0:
+            raise ValueError(f"the expiry of ttl {ttl!r} s falls before 1970: this host's clock is wrong")
         return (_pack_record(value is None, digits, expiry_ms, value or b"", _check_tags(tags),
                              expiry_ms + stale_ms if stale_ms else 0), ttl_ms + stale_ms)
 
