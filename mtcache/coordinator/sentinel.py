@@ -47,8 +47,6 @@ class SentinelWatch:
         self._kwargs = sentinel_connection_kwargs(self._target, timeout)
         self._on_switch = on_switch
         self._task: asyncio.Task[None] | None = None
-        #: master switches heard for this service
-        self.switches = 0
 
     def start(self) -> None:
         """Start watching (a task of the running loop)."""
@@ -80,7 +78,6 @@ class SentinelWatch:
             await pubsub.subscribe("+switch-master")
             async for message in pubsub.listen():
                 if message.get("type") == "message" and self._is_ours(message.get("data")):
-                    self.switches += 1
                     log.warning("Sentinel announces a new master for %r: dropping every connection to the old one",
                                 self._target.service)
                     await self._on_switch()
