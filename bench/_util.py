@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import shutil
 import socket
@@ -146,6 +147,18 @@ def measure(fn: Callable[[], object], *, n: int, batch: int = 1, warmup: int = 2
         "max": samples[-1],
         "ops": (len(samples) * batch) / total,
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU time (user + system) this process has used so far, in seconds."""
+    times = os.times()
+    return times.user + times.system
 
 
 def machine() -> str:

@@ -30,7 +30,6 @@ import argparse
 import itertools
 import json
 import multiprocessing as mp
-import os
 import statistics
 import sys
 import time
@@ -43,7 +42,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import coordinator_process, machine, measure, redis_server_process
+from _util import coordinator_process, cpu_seconds, machine, measure, own_cpu_seconds, redis_server_process
 
 from mtcache import Client
 from mtcache.coordinator.l2 import Batch, L2Tier
@@ -58,31 +57,14 @@ PACKED = msgpack.packb(VALUE)
 WARMUP = 200  # calls measure() makes before it times any
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) process ``pid`` has used so far, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_now(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each process of ``pids`` (name: pid)."""
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
 
-def own_cpu_seconds() -> float:
-    """CPU time (user + system) this process has used so far, in seconds."""
-    times = os.times()
-    return times.user + times.system
-
-
-class CpuMeter:
-    """CPU µs per operation of this process and of the server processes ``pids`` (name: pid), over a span."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.start: dict[str, float] = {}
-
-    def begin(self) -> None:
-        self.start = {"caller": own_cpu_seconds(), **{name: cpu_seconds(pid) for name, pid in self.pids.items()}}
-
-    def per_op(self, ops: int) -> dict[str, float]:
-        now = {"caller": own_cpu_seconds(), **{name: cpu_seconds(pid) for name, pid in self.pids.items()}}
-        return {name: (now[name] - self.start[name]) * 1e6 / ops for name in now}
+def cpu_per_op(before: dict[str, float], after: dict[str, float], ops: int) -> dict[str, float]:
+    """CPU µs per operation of each process between two :func:`cpu_now` snapshots."""
+    return {name: (after[name] - before[name]) * 1e6 / ops for name in before}
 
 
 def one_process(url: str, redis_pid: int, n: int) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
@@ -92,10 +74,9 @@ def one_process(url: str, redis_pid: int, n: int) -> tuple[dict[str, float], dic
     redis_only = {"redis-server": redis_pid}
 
     def add(name: str, fn: Callable[[], object], pids: dict[str, int] = redis_only) -> None:
-        meter = CpuMeter(pids)
-        meter.begin()
+        before = {"caller": own_cpu_seconds(), **cpu_now(pids)}
         out[name] = measure(fn, n=n, warmup=WARMUP)["p50"]
-        cpu[name] = meter.per_op(n + WARMUP)
+        cpu[name] = cpu_per_op(before, {"caller": own_cpu_seconds(), **cpu_now(pids)}, n + WARMUP)
 
     with redis.Redis.from_url(url) as raw:
         counter = itertools.count()
@@ -199,16 +180,15 @@ def many_processes(
     for w in workers:
         w.start()
     time.sleep(0.5)  # let every process connect before the clock starts
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    before = cpu_now(pids)
     start.set()
     results = [counts.get(timeout=seconds + 60) for _ in workers]
-    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    after = cpu_now(pids)
     for w in workers:
         w.join()
     total = sum(done for done, _ in results)
-    cpu = {"callers": sum(used for _, used in results) * 1e6 / total,
-           **{name: (after[name] - before[name]) * 1e6 / total for name in pids}}
-    return total / seconds, cpu
+    return total / seconds, {"callers": sum(used for _, used in results) * 1e6 / total,
+                             **cpu_per_op(before, after, total)}
 
 
 def aggregate(

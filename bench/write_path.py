@@ -37,28 +37,25 @@ import time
 import timeit
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import msgpack
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import machine, redis_server
+from _util import machine, own_cpu_seconds, redis_server
 
 from mtcache.config import Settings
 from mtcache.coordinator.l2 import Batch, L2Tier, _sha, pack_commands
+from mtcache.coordinator.local import LocalTier
 from mtcache.coordinator.server import Coordinator, _Connection
+from mtcache.mirror import MirrorWriter
 from mtcache.protocol import PROTOCOL_VERSION, FrameDecoder, Op, encode_frame, validate_request
+from mtcache.shm import VersionTable
 
 VALUE = msgpack.packb({"symbol": "ACME", "price": 123.45, "bid": 123.40, "ask": 123.50, "volume": 1_234_567,
                        "exchange": "XNYS", "currency": "USD", "history": [120.1, 121.3, 122.8, 123.0, 123.45],
                        "updated": "2026-11-27T10:00:00Z", "note": "x" * 40})
-
-
-def _cpu() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 class _FakeWorker:
@@ -131,13 +128,13 @@ async def _in_process(url: str, workers: int, n: int, *, count_calls: bool = Fal
             frames = _frames(workers, n // workers, 1)  # made before the clock starts
             before_stats = coordinator.engine.stats()
             profile = cProfile.Profile() if count_calls else None
-            cpu, wall = _cpu(), time.perf_counter()
+            cpu, wall = own_cpu_seconds(), time.perf_counter()
             if profile is not None:
                 profile.enable()
             await _drive(coordinator, frames)
             if profile is not None:
                 profile.disable()
-            cpu, wall = _cpu() - cpu, time.perf_counter() - wall
+            cpu, wall = own_cpu_seconds() - cpu, time.perf_counter() - wall
             stats = coordinator.engine.stats()
             batches = stats["l2_write_batches"] - before_stats["l2_write_batches"]
             writes = stats["l2_writes"] - before_stats["l2_writes"]
@@ -186,13 +183,9 @@ def hot_steps(n: int) -> dict[str, float]:
     return out
 
 
-def _local_tier(cleanup: contextlib.ExitStack) -> Any:
+def _local_tier(cleanup: contextlib.ExitStack) -> LocalTier | None:
     """A LocalTier with its own version table and mirror, as a coordinator makes them, both closed and removed
     by ``cleanup`` (None where the mirror cannot be made)."""
-    from mtcache.coordinator.local import LocalTier
-    from mtcache.mirror import MirrorWriter
-    from mtcache.shm import VersionTable
-
     try:
         table = VersionTable.create(prefix="mtcache-writepath")
         cleanup.callback(table.close)
