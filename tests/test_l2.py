@@ -614,14 +614,13 @@ def test_record_layout_is_a_header_then_a_five_item_msgpack_array(tombstone: boo
 @pytest.mark.parametrize(("value", "ttl", "tags", "stale_for"), [
     (b"v", 60.0, (), 0.0), (None, 30.0, (), 0.0), (b"x" * 300, math.inf, ("a", "b"), 0.0), (b"v", 5.0, ("t",), 20.0),
 ])
-def test_a_write_s_record_is_the_envelope_of_its_fields(
-    value: bytes | None, ttl: float, tags: tuple[str, ...], stale_for: float
+async def test_a_write_s_record_is_the_envelope_of_its_fields(
+    fake_tier: L2Tier, value: bytes | None, ttl: float, tags: tuple[str, ...], stale_for: float
 ) -> None:
     """The write path packs its records itself, without an Envelope: they must be the bytes encode_envelope makes."""
-    tier = L2Tier("redis://127.0.0.1:1/0", "t")
     stamp = _stamp(HLC, node=9)
 
-    data, _ = tier.record(value, ttl, stamp, tags, stale_for)
+    data, _ = fake_tier.record(value, ttl, stamp, tags, stale_for)
 
     env = decode_envelope(data)
     assert (env.value, env.tags, env.stamp, env.tombstone) == (value or b"", tags, stamp, value is None)
@@ -629,24 +628,23 @@ def test_a_write_s_record_is_the_envelope_of_its_fields(
 
 
 @pytest.mark.parametrize("bad", [True, None, [1], 1j])
-def test_a_write_s_record_refuses_a_stamp_that_is_not_an_int_and_a_command_argument_of_another_type(
-    bad: object,
+async def test_a_write_s_record_refuses_a_stamp_that_is_not_an_int_and_a_command_argument_of_another_type(
+    fake_tier: L2Tier, bad: object,
 ) -> None:
-    tier = L2Tier("redis://127.0.0.1:1/0", "t")
-
     with pytest.raises(TypeError, match="stamp must be an int"):
-        tier.record(b"v", 1.0, bad)  # type: ignore[arg-type]
+        fake_tier.record(b"v", 1.0, bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=f"not {type(bad).__name__}"):
         pack_commands([("SET", "k", "v"), ("SET", "k", bad)])
 
 
-def test_a_record_is_refused_when_the_clock_puts_its_expiry_before_1970(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_record_is_refused_when_the_clock_puts_its_expiry_before_1970(
+    fake_tier: L2Tier, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Such a record could not be read back (a negative expiry is malformed): the write fails instead."""
-    tier = L2Tier("redis://127.0.0.1:1/0", "t")
     monkeypatch.setattr(time, "time_ns", lambda: -10**21)
 
     with pytest.raises(ValueError, match="before 1970"):
-        tier.record(b"v", 60.0, _stamp(HLC))
+        fake_tier.record(b"v", 60.0, _stamp(HLC))
 
 
 def test_a_bad_command_argument_is_named_even_after_one_hiredis_takes() -> None:
