@@ -6,7 +6,8 @@ Starts its own redis-server and coordinators. For a ~200-byte dict and a
 ~10 KiB value (a list of 44 dicts), one row per way of reading it:
 
 * dict get: the floor;
-* near hit: the worker's own copy (and of a value with two tags: a hit never looks a tag up);
+* near hit: the worker's own copy (and of a value with two tags: a hit never looks a tag up), by ``get``
+  and by ``get_or_compute`` (with and without an eager refresh to check for);
 * mirror hit: the coordinator's L1 read from shared memory (near cache off),
   decoded;
 * L1 hit via socket: near cache off, coordinator started without the mirror;
@@ -71,6 +72,9 @@ def rows_for(value: object, url: str | None, n: int, near_only: bool = False) ->
             near.set("tagged", value, tags=["prices", "tenant:7"])
             near.get("tagged")
             add("near hit, tagged value", lambda: near.get("tagged"), fast, 100)
+            add("near hit, get_or_compute", lambda: near.get_or_compute("k", lambda: value), fast, 100)
+            add("near hit, get_or_compute(eager_refresh=0.8)",
+                lambda: near.get_or_compute("k", lambda: value, eager_refresh=0.8), fast, 100)
         if near_only:
             return out
         with Client(sock, spawn=False, near_capacity=0) as c:
