@@ -1,12 +1,18 @@
 """bench/http.py's apps serve what the benchmark assumes: every variant answers the
 quote's JSON, and through mtcache a cold symbol asked by many callers at once costs one
-call of the price service (no wrk, no timings: the app factories, called in-process)."""
+call of the price service (no wrk, no timings: the app factories, called in-process).
+Its driver sums a server's CPU over its process group, takes the CPU ratio within each
+round, and reports it (synthetic rows; a real process group)."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,6 +20,7 @@ from typing import Any
 import pytest
 
 from bench.httpbench.apps import ASYNC_ONLY, CONSTANT_QUOTE, VARIANTS, make_asgi, make_wsgi
+from bench.httpbench.run import cpu_used, group_pids, report, summarize
 from tests.coordinator_proc import CoordinatorProcess
 
 CALLERS = 8
@@ -142,3 +149,98 @@ def test_bad_variants_are_refused() -> None:
         make_wsgi("mtcache")
     with pytest.raises(ValueError, match="needs a Redis URL"):
         make_asgi("redis_py")
+
+
+def _row(round_no: int, variant: str, cpu: dict[str, float] | None) -> dict[str, Any]:
+    """A measure_one row with made-up figures; ``cpu``: its CPU µs per request by part (None: a row
+    from before the CPU was measured, without the fields)."""
+    row: dict[str, Any] = {
+        "round": round_no, "server": "uvicorn", "variant": variant, "rps": 1000.0, "requests": 15_000,
+        "p50_ms": 2.0, "p75_ms": 3.0, "p90_ms": 4.0, "p99_ms": 8.0, "max_ms": 20.0, "errors": {"timeout": 0},
+        "source_calls": 0, "keys_computed": 0, "hit_rate": None, "calls_per_key_per_ttl": None,
+        "load_1min": [1.0, 1.5], "wrk_output": "",
+    }
+    if cpu is not None:
+        row["cpu_us_per_request"] = cpu
+        row["cpu_us_per_request_total"] = sum(v for k, v in cpu.items() if k != "wrk")
+    return row
+
+
+#: two rounds in which mtcache costs 1.2x and 1.5x the ceiling's CPU per request: within each round
+#: the mean ratio is 1.35x; the ratio of the means over rounds (105 / 75) would be 1.4x
+CPU_RUNS = [
+    _row(1, "constant", {"server": 45.0, "redis-server": 5.0, "wrk": 20.0}),
+    _row(1, "mtcache", {"server": 50.0, "coordinator": 2.0, "redis-server": 8.0, "wrk": 30.0}),
+    _row(2, "mtcache", {"server": 130.0, "coordinator": 4.0, "redis-server": 16.0, "wrk": 50.0}),
+    _row(2, "constant", {"server": 90.0, "redis-server": 10.0, "wrk": 40.0}),
+]
+
+
+def _results(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "date": "2026-12-01 12:00 UTC", "machine": "x86_64, 2 CPUs", "cpus": 2, "command": "python bench/http.py",
+        "versions": {"Python": "3.11.7"},
+        "config": {"seconds": 15.0, "rounds": 2, "connections": 32, "threads": 2, "symbols": 200, "zipf": 1.0,
+                   "ttl": 10.0, "service_ms": 20.0, "workers": 4, "eager_refresh": 0.8},
+        "load": {"min": 1.0, "max": 1.5}, "runs": runs, "summary": summarize(runs),
+    }
+
+
+def test_summary_takes_the_cpu_ratio_within_each_round() -> None:
+    summary = summarize(CPU_RUNS)["uvicorn"]
+    mtcache, constant = summary["mtcache"], summary["constant"]
+    assert mtcache["cpu_us_per_request"] == pytest.approx(
+        {"server": 90.0, "coordinator": 3.0, "redis-server": 12.0, "wrk": 40.0})
+    assert mtcache["cpu_us_per_request_total"] == pytest.approx(105.0)
+    assert mtcache["ratios"]["cpu_vs_ceiling"] == pytest.approx({"mean": 1.35, "min": 1.2, "max": 1.5})
+    assert constant["cpu_us_per_request"] == pytest.approx({"server": 67.5, "redis-server": 7.5, "wrk": 30.0})
+    assert constant["ratios"]["cpu_vs_ceiling"] == pytest.approx({"mean": 1.0, "min": 1.0, "max": 1.0})
+
+
+def test_report_has_a_cpu_table_when_the_rows_have_cpu() -> None:
+    text = report(_results(CPU_RUNS))
+    assert "### CPU per request" in text
+    assert "| mtcache `get_or_compute` | 90.0 | 3.0 | 12.0 | 105.0 | 1.35x (1.20-1.50) | 40.0 |" in text
+    assert "| constant quote (the server's ceiling) | 67.5 | - | 7.5 | 75.0 | 1.00x | 30.0 |" in text
+    assert "| 2 | uvicorn | mtcache | 1,000 | 2.00 | 8.00 | 20.0 | 0 | 150.0 | 1.0 → 1.5 |" in text
+
+
+def test_report_without_cpu_figures_leaves_the_cpu_table_out() -> None:
+    text = report(_results([_row(1, "constant", None), _row(1, "mtcache", None)]))
+    assert "## uvicorn" in text
+    assert "CPU per request" in text  # defined, for the "Every run" column
+    assert "### CPU per request" not in text
+    assert "| 1 | uvicorn | mtcache | 1,000 | 2.00 | 8.00 | 20.0 | 0 | - | 1.0 → 1.5 |" in text
+
+
+def test_cpu_used_counts_only_processes_in_both_snapshots() -> None:
+    parts = {"server": [10, 11, 12], "redis-server": [20]}
+    before = {10: 1.0, 11: 2.0, 20: 5.0}  # 12 started after the first snapshot
+    after = {10: 1.5, 12: 9.0, 20: 5.25}  # 11 exited before the second
+    assert cpu_used(parts, before, after) == {"server": 0.5, "redis-server": 0.25}
+
+
+# the parent prints its child's pid once it has started it, then both wait for their stdin to close
+PARENT = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+print(child.pid, flush=True)
+sys.stdin.read()
+child.stdin.close()
+child.wait()
+"""
+
+
+def test_group_pids_finds_every_process_of_a_session() -> None:
+    with subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                          start_new_session=True) as parent:
+        try:
+            assert parent.stdout is not None and parent.stdin is not None
+            child = int(parent.stdout.readline())
+            assert group_pids(parent.pid) == sorted([parent.pid, child])
+            parent.stdin.close()
+            assert parent.wait(30) == 0
+            assert group_pids(parent.pid) == []
+        finally:
+            if parent.poll() is None:
+                os.killpg(parent.pid, signal.SIGKILL)

@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -15,14 +16,14 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
-from bench._util import coordinator_process, free_port, machine, redis_server_process, versions
+from bench._util import Server, coordinator_process, cpu_seconds, free_port, machine, redis_server_process, versions
 from bench.httpbench.apps import ASYNC_ONLY, EAGER_REFRESH, SERVICE_SECONDS, TTL, VARIANTS
 
 HERE = Path(__file__).resolve().parent
@@ -84,10 +85,18 @@ def _get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
         conn.close()
 
 
+class RunningServer(NamedTuple):
+    """A server :func:`running_server` started: the port it answers on, and its master's pid, which
+    is also the process group (and session) of every process of the server."""
+
+    port: int
+    pid: int
+
+
 @contextlib.contextmanager
-def running_server(server: str, variant: str, env: dict[str, str], log_path: Path) -> Iterator[int]:
-    """``server`` serving ``variant`` in a session of its own; yields its port once it answers,
-    stops it (and every worker) at the end."""
+def running_server(server: str, variant: str, env: dict[str, str], log_path: Path) -> Iterator[RunningServer]:
+    """``server`` serving ``variant`` in a session of its own; yields its port and master's pid once
+    it answers, stops it (and every worker) at the end."""
     port = free_port()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(server_command(server, port), cwd=ROOT, env={**os.environ, **env},
@@ -107,7 +116,7 @@ def running_server(server: str, variant: str, env: dict[str, str], log_path: Pat
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{server} ({variant}) did not answer in 90 s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.1)
-        yield port
+        yield RunningServer(port, proc.pid)
     finally:
         proc.terminate()
         try:
@@ -178,26 +187,77 @@ def calls_per_key_per_period(calls: list[tuple[str, float]], ttl: float) -> floa
     return len(calls) / periods if periods else None
 
 
-def measure_one(wrk: str, server: str, variant: str, redis_url: str, folder: Path, args: argparse.Namespace,
+def group_pids(pgid: int) -> list[int]:
+    """The pids of the processes in process group ``pgid`` (read from /proc/<pid>/stat), sorted;
+    a process that exits while they are read is left out."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid:  # state, ppid, pgrp
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def cpu_by_pid(pids: Iterable[int]) -> dict[int, float]:
+    """CPU seconds (user + system) each of ``pids`` has used so far; a process that no longer exists
+    is left out."""
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            out[pid] = cpu_seconds(pid)
+    return out
+
+
+def cpu_used(parts: dict[str, list[int]], before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+    """CPU seconds each part (name: its pids) used between two :func:`cpu_by_pid` snapshots, counting
+    only the processes present in both."""
+    return {name: sum(after[pid] - before[pid] for pid in pids if pid in before and pid in after)
+            for name, pids in parts.items()}
+
+
+def children_cpu_seconds() -> float:
+    """CPU time (user + system) of this process's reaped children so far, in seconds."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure_one(wrk: str, server: str, variant: str, redis_srv: Server, folder: Path, args: argparse.Namespace,
                 round_no: int) -> dict[str, Any]:
-    """One variant on one server: fresh caches, warm-up, wrk, counting."""
+    """One variant on one server: fresh caches, warm-up, wrk, counting, and the CPU each process
+    (the server's, the coordinator, redis-server, wrk) used during wrk's run."""
+    redis_url = redis_srv.address
     with redis.Redis.from_url(redis_url) as r:
         r.flushall()
     call_log = folder / f"calls-{server}-{variant}-{round_no}.log"
     with contextlib.ExitStack() as stack:
         env = {"HTTPBENCH_VARIANT": variant, "HTTPBENCH_REDIS_URL": redis_url, "HTTPBENCH_CALL_LOG": str(call_log)}
-        if variant.startswith("mtcache"):
-            env["HTTPBENCH_SOCKET"] = stack.enter_context(coordinator_process(redis_url)).address
-        port = stack.enter_context(running_server(server, variant, env, folder / f"{server}.log"))
-        warm_up(port, args.symbols)
+        coordinator = stack.enter_context(coordinator_process(redis_url)) if variant.startswith("mtcache") else None
+        if coordinator is not None:
+            env["HTTPBENCH_SOCKET"] = coordinator.address
+        served = stack.enter_context(running_server(server, variant, env, folder / f"{server}.log"))
+        warm_up(served.port, args.symbols)
+        parts = {"server": group_pids(served.pid)}
+        if coordinator is not None:
+            parts["coordinator"] = [coordinator.pid]
+        parts["redis-server"] = [redis_srv.pid]
+        pids = [pid for part in parts.values() for pid in part]
         load_before = os.getloadavg()[0]
         start = time.time()
-        result = run_wrk(wrk, port, seconds=args.seconds, threads=args.threads, connections=args.connections,
-                         symbols=args.symbols, zipf=args.zipf)
+        cpu_before, wrk_before = cpu_by_pid(pids), children_cpu_seconds()
+        result = run_wrk(wrk, served.port, seconds=args.seconds, threads=args.threads,
+                         connections=args.connections, symbols=args.symbols, zipf=args.zipf)
+        wrk_cpu, cpu_after = children_cpu_seconds() - wrk_before, cpu_by_pid(pids)
         end = time.time()
     calls = source_calls(call_log, start, end)
     requests = result["requests"]
     rps = requests / (result["duration_us"] / 1e6)
+    used = {**cpu_used(parts, cpu_before, cpu_after), "wrk": wrk_cpu}
+    cpu = {name: seconds * 1e6 / requests for name, seconds in used.items()} if requests else None
     row = {
         "round": round_no, "server": server, "variant": variant, "rps": rps, "requests": requests,
         "p50_ms": result["p50_us"] / 1000, "p75_ms": result["p75_us"] / 1000, "p90_ms": result["p90_us"] / 1000,
@@ -205,17 +265,20 @@ def measure_one(wrk: str, server: str, variant: str, redis_url: str, folder: Pat
         "source_calls": len(calls), "keys_computed": len({s for s, _ in calls}),
         "hit_rate": None if variant == "constant" else max(0.0, 1 - len(calls) / requests) if requests else None,
         "calls_per_key_per_ttl": calls_per_key_per_period(calls, TTL),
+        "cpu_us_per_request": cpu,
+        "cpu_us_per_request_total": None if cpu is None else sum(v for k, v in cpu.items() if k != "wrk"),
         "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)], "wrk_output": result["text"],
     }
     print(f"  round {round_no} {server:8} {variant:13} {rps:9,.0f} RPS  p50 {row['p50_ms']:6.2f} ms  "
           f"p99 {row['p99_ms']:7.2f} ms  calls {len(calls):6}  errors {sum(result['errors'].values())}  "
-          f"load {row['load_1min']}", flush=True)
+          f"CPU {_us(row['cpu_us_per_request_total'])} µs/request  load {row['load_1min']}", flush=True)
     return row
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per server and variant: the means over rounds, and the ratios the issue's targets use,
-    each taken within a round (against that round's ceiling and redis-py on the same server)."""
+    """Per server and variant: the means over rounds (the CPU per request of each part and in
+    total, when the rows have it), and the ratios (the issue's targets' and CPU vs ceiling), each
+    taken within a round (against that round's ceiling and redis-py on the same server)."""
     by = {(r["round"], r["server"], r["variant"]): r for r in runs}
     out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for server in dict.fromkeys(r["server"] for r in runs):
@@ -226,6 +289,14 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
                 values = [r[field] for r in rows if r[field] is not None]
                 summary[field] = statistics.fmean(values) if values else None
             summary["errors"] = sum(sum(r["errors"].values()) for r in rows)
+            cpu_rows = [r for r in rows if r.get("cpu_us_per_request")]
+            if cpu_rows:
+                parts = dict.fromkeys(part for r in cpu_rows for part in r["cpu_us_per_request"])
+                summary["cpu_us_per_request"] = {
+                    part: statistics.fmean(r["cpu_us_per_request"][part] for r in cpu_rows
+                                           if part in r["cpu_us_per_request"]) for part in parts}
+                summary["cpu_us_per_request_total"] = statistics.fmean(r["cpu_us_per_request_total"]
+                                                                       for r in cpu_rows)
             ratios: dict[str, list[float]] = defaultdict(list)
             for r in rows:
                 ceiling = by.get((r["round"], server, "constant"))
@@ -234,6 +305,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
                     ratios["rps_vs_ceiling"].append(r["rps"] / ceiling["rps"])
                     ratios["p50_vs_ceiling"].append(r["p50_ms"] / ceiling["p50_ms"])
                     ratios["p99_vs_ceiling"].append(r["p99_ms"] / ceiling["p99_ms"])
+                    cpu, ceiling_cpu = r.get("cpu_us_per_request_total"), ceiling.get("cpu_us_per_request_total")
+                    if cpu is not None and ceiling_cpu:
+                        ratios["cpu_vs_ceiling"].append(cpu / ceiling_cpu)
                 if peer:
                     ratios["rps_vs_redis_py"].append(r["rps"] / peer["rps"])
             summary["ratios"] = {k: {"mean": statistics.fmean(v), "min": min(v), "max": max(v)}
@@ -246,12 +320,39 @@ def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
 
 
+def _us(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
 def _ratio(summary: dict[str, Any], name: str) -> str:
     r = summary["ratios"].get(name)
     if r is None:
         return "-"
     return f"{r['mean']:.2f}x" if len(set((round(r["min"], 2), round(r["max"], 2)))) == 1 \
         else f"{r['mean']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
+
+
+def _cpu_table(variants: dict[str, dict[str, Any]]) -> list[str]:
+    """The Markdown lines of one server's "CPU per request" section (a blank line last), or none
+    when its summaries have no CPU figures (an http.json from before they were measured)."""
+    if not any("cpu_us_per_request" in s for s in variants.values()):
+        return []
+    lines = [
+        "### CPU per request",
+        "",
+        "| variant | server workers µs | coordinator µs | redis-server µs | total µs (without wrk) | vs ceiling | "
+        "wrk µs |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for variant in VARIANTS:
+        s = variants.get(variant)
+        if s is None or "cpu_us_per_request" not in s:
+            continue
+        cpu = s["cpu_us_per_request"]
+        lines.append(f"| {LABELS[variant]} | {_us(cpu.get('server'))} | {_us(cpu.get('coordinator'))} | "
+                     f"{_us(cpu.get('redis-server'))} | {_us(s['cpu_us_per_request_total'])} | "
+                     f"{_ratio(s, 'cpu_vs_ceiling')} | {_us(cpu.get('wrk'))} |")
+    return [*lines, ""]
 
 
 def report(results: dict[str, Any]) -> str:
@@ -309,6 +410,7 @@ def report(results: dict[str, Any]) -> str:
             lines += ["", "In multi-tier-cache's form (16,829 RPS, p50 5.2 ms, 95 % hits): " + "; ".join(headline)
                       + "."]
         lines.append("")
+        lines += _cpu_table(variants)
     lines += ["## The issue's targets", "", "| server | variant | target | measured | met |", "|---|---|---|---:|---|"]
     for server, variants in summary.items():
         for name, bound, kind, applies in TARGETS:
@@ -335,6 +437,12 @@ def report(results: dict[str, Any]) -> str:
         "more: callers computed the same key at once (no cache: one call per request). \"-\": no call in "
         "the measured time (a run shorter than the TTL).",
         "- **errors**: wrk's connect/read/write/timeout errors and non-2xx answers, over all rounds.",
+        "- **CPU per request**: the CPU time (user + system, from `/proc/<pid>/stat`) each process spent "
+        "during wrk's run, divided by the requests wrk completed: the server's master and workers (its "
+        "process group), the coordinator (mtcache only), redis-server, and wrk (from `getrusage`). **total** "
+        "leaves out wrk, the load generator; **vs ceiling** is the total over the same round's constant app's. "
+        "On a machine whose cores are all busy, RPS is bounded by the CPU all the processes need per request, "
+        "so the CPU ratio is the steadier measure of what a cache costs the server.",
         "- cashews has no synchronous API; on gunicorn's sync workers it would need an event loop per "
         "worker thread and is not something a sync app would use, so it runs on uvicorn only. It runs as "
         "`bench/peers.py` runs it: `client_side=True` (a per-process memory tier kept coherent by Redis "
@@ -344,13 +452,14 @@ def report(results: dict[str, Any]) -> str:
         "",
         "## Every run",
         "",
-        "| round | server | variant | RPS | p50 ms | p99 ms | max ms | source calls | 1-min load |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---|",
+        "| round | server | variant | RPS | p50 ms | p99 ms | max ms | source calls | CPU µs per request | "
+        "1-min load |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results["runs"]:
         lines.append(f"| {r['round']} | {r['server']} | {r['variant']} | {r['rps']:,.0f} | {_ms(r['p50_ms'])} | "
                      f"{_ms(r['p99_ms'])} | {_ms(r['max_ms'])} | {r['source_calls']:,} | "
-                     f"{r['load_1min'][0]:.1f} → {r['load_1min'][1]:.1f} |")
+                     f"{_us(r.get('cpu_us_per_request_total'))} | {r['load_1min'][0]:.1f} → {r['load_1min'][1]:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -398,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
                 for variant in order:
                     if server == "gunicorn" and variant in ASYNC_ONLY:
                         continue
-                    runs.append(measure_one(wrk, server, variant, redis_srv.address, folder, args, round_no))
+                    runs.append(measure_one(wrk, server, variant, redis_srv, folder, args, round_no))
     loads = [x for r in runs for x in r["load_1min"]]
     results = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(), "cpus": os.cpu_count(),
