@@ -20,6 +20,8 @@ INTERNAL_ON_PURPOSE = {
     "bench/eviction.py": "replays traces through the coordinator's L1 store itself, beside simulated policies",
     "bench/metrics_cost.py": "measures the statistics' own parts (hot keys, histograms, report parsing) alone",
     "bench/write_path.py": "times the coordinator's own write path, in process, and each of its steps alone",
+    "bench/attribution.py": "counts what the coordinator's bare round trip (PING) asks of the kernel, the floor "
+                            "of every call",
     "bench/paths.py": "times the coordinator's bare round trip (PING), the floor every call is held against, "
                       "and Redis's CPU for the L2 tier's own write script",
 }
