@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from bench.httpbench.apps import ASYNC_ONLY, CONSTANT_QUOTE, VARIANTS, make_asgi, make_wsgi
-from bench.httpbench.run import cpu_used, group_pids, report, summarize
+from bench.httpbench.run import app_cpu_per_request, cpu_used, group_pids, report, summarize
 from tests.coordinator_proc import CoordinatorProcess
 
 CALLERS = 8
@@ -244,3 +244,21 @@ def test_group_pids_finds_every_process_of_a_session() -> None:
         finally:
             if parent.poll() is None:
                 os.killpg(parent.pid, signal.SIGKILL)
+
+
+def test_report_has_the_in_process_table_when_measured() -> None:
+    results = _results(CPU_RUNS)
+    assert "## The app's own CPU per request, in process" not in report(results)
+    results["in_process"] = {"gunicorn": {"constant": 2.5, "mtcache": 6.0, "redis_py": 72.0},
+                             "uvicorn": {"constant": 3.0, "mtcache": 6.5, "cashews": 513.2}}
+    text = report(results)
+    assert "## The app's own CPU per request, in process" in text
+    assert "| constant quote (the server's ceiling) | 2.50 | - | 3.00 | - |" in text
+    assert "| mtcache `get_or_compute` | 6.00 | 3.50 | 6.50 | 3.50 |" in text
+    assert "| cashews (`client_side`, `lock=True`) | - | - | 513 | 510 |" in text
+
+
+@pytest.mark.parametrize("server", ["gunicorn", "uvicorn"])
+def test_the_in_process_measure_calls_the_app(server: str) -> None:
+    # the constant app needs no cache; a wrong answer would raise
+    assert app_cpu_per_request(server, "constant", "redis://unused", None, 20) > 0

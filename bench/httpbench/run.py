@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import http.client
 import json
@@ -22,9 +23,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import redis
+import uvloop
 
 from bench._util import Server, coordinator_process, cpu_seconds, free_port, machine, redis_server_process, versions
-from bench.httpbench.apps import ASYNC_ONLY, EAGER_REFRESH, SERVICE_SECONDS, TTL, VARIANTS
+from bench.httpbench.apps import ASYNC_ONLY, EAGER_REFRESH, SERVICE_SECONDS, TTL, VARIANTS, make_asgi, make_wsgi
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -275,6 +277,101 @@ def measure_one(wrk: str, server: str, variant: str, redis_srv: Server, folder: 
     return row
 
 
+#: requests per in-process pass: variants that go to Redis on every request get fewer
+APP_REQUESTS = {"redis_py": 2_000, "cashews": 1_000}
+APP_REQUESTS_DEFAULT = 20_000
+#: in-process passes per variant (the median is kept)
+APP_PASSES = 3
+
+
+def app_cpu_per_request(server: str, variant: str, redis_url: str, socket_path: str | None,
+                        symbols: int) -> float:
+    """The CPU (user + system, this process's) that ``variant``'s app spends per request when called in
+    process, without a server or a load generator: every symbol fetched once, then the symbols in turn;
+    µs, the median of :data:`APP_PASSES` passes. What the cache costs a worker per request, apart from how
+    the server's event loop or threads batch requests under load. ``nocache`` is not measured (its
+    requests sleep)."""
+    count = APP_REQUESTS.get(variant, APP_REQUESTS_DEFAULT)
+    paths = [f"/quote/SYM{i:03d}" for i in range(symbols)]
+    passes: list[float] = []
+    if server == "gunicorn":
+        wsgi = make_wsgi(variant, socket_path=socket_path, redis_url=redis_url)
+        environ: dict[str, Any] = {"REQUEST_METHOD": "GET"}
+
+        def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+            if status != "200 OK":
+                raise RuntimeError(f"{variant}: {status}")
+
+        def request(path: str) -> None:
+            environ["PATH_INFO"] = path
+            b"".join(wsgi(environ, start_response))
+
+        try:
+            for path in paths:
+                request(path)
+            for _ in range(APP_PASSES):
+                start = time.process_time()
+                for i in range(count):
+                    request(paths[i % symbols])
+                passes.append((time.process_time() - start) * 1e6 / count)
+        finally:
+            wsgi.close()
+        return statistics.median(passes)
+    uvloop.run(_asgi_passes(make_asgi(variant, socket_path=socket_path, redis_url=redis_url), paths, count, passes))
+    return statistics.median(passes)
+
+
+async def _asgi_passes(app: Any, paths: list[str], count: int, passes: list[float]) -> None:
+    """:func:`app_cpu_per_request`'s passes over an ASGI app, inside its lifespan (which closes its cache)."""
+    scope: dict[str, Any] = {"type": "http", "method": "GET"}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and message["status"] != 200:
+            raise RuntimeError(f"status {message['status']}")
+
+    lifespan: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def send_lifespan(message: dict[str, Any]) -> None:
+        pass
+
+    life = asyncio.get_running_loop().create_task(app({"type": "lifespan"}, lifespan.get, send_lifespan))
+    await lifespan.put({"type": "lifespan.startup"})
+    try:
+        for path in paths:
+            scope["path"] = path
+            await app(scope, receive, send)
+        for _ in range(APP_PASSES):
+            start = time.process_time()
+            for i in range(count):
+                scope["path"] = paths[i % len(paths)]
+                await app(scope, receive, send)
+            passes.append((time.process_time() - start) * 1e6 / count)
+    finally:
+        await lifespan.put({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(life, 30)
+
+
+def measure_apps(servers: list[str], variants: list[str], redis_srv: Server,
+                 symbols: int) -> dict[str, dict[str, float]]:
+    """:func:`app_cpu_per_request` of every variant on every server (gunicorn: its WSGI app, uvicorn: its
+    ASGI app), against one coordinator and a flushed Redis."""
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    with redis.Redis.from_url(redis_srv.address) as r:
+        r.flushall()
+    with coordinator_process(redis_srv.address) as co:
+        for server in servers:
+            for variant in variants:
+                if variant == "nocache" or (server == "gunicorn" and variant in ASYNC_ONLY):
+                    continue
+                out[server][variant] = app_cpu_per_request(server, variant, redis_srv.address, co.address, symbols)
+                print(f"  in process {server:8} {variant:13} {out[server][variant]:7.2f} µs of CPU per request",
+                      flush=True)
+    return dict(out)
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     """Per server and variant: the means over rounds (the CPU per request of each part and in
     total, when the rows have it), and the ratios (the issue's targets' and CPU vs ceiling), each
@@ -355,6 +452,38 @@ def _cpu_table(variants: dict[str, dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def _in_process_table(in_process: dict[str, dict[str, float]] | None) -> list[str]:
+    """The Markdown lines of the in-process section (a blank line last), or none for an http.json from
+    before it was measured."""
+    if not in_process:
+        return []
+    servers = list(in_process)
+    lines = [
+        "## The app's own CPU per request, in process",
+        "",
+        "Each app called directly in one process, without a server or wrk (every symbol fetched once, then "
+        "the symbols in turn; the median of 3 passes): what a request costs the worker's own code, apart from "
+        "how the server batches requests under load. \"added\" is the difference to the constant app's.",
+        "",
+        "| variant | " + " | ".join(f"{server} µs | added µs" for server in servers) + " |",
+        "|---|" + "---:|---:|" * len(servers),
+    ]
+    for variant in VARIANTS:
+        if not any(variant in in_process[server] for server in servers):
+            continue
+        cells = []
+        for server in servers:
+            us, base = in_process[server].get(variant), in_process[server].get("constant")
+            added = None if us is None or base is None or variant == "constant" else us - base
+            cells.append(f"{_us2(us)} | {_us2(added)}")
+        lines.append(f"| {LABELS[variant]} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _us2(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}" if x < 100 else f"{x:.0f}"
+
+
 def report(results: dict[str, Any]) -> str:
     """The Markdown report (bench/HTTP.md)."""
     cfg, summary = results["config"], results["summary"]
@@ -411,6 +540,7 @@ def report(results: dict[str, Any]) -> str:
                       + "."]
         lines.append("")
         lines += _cpu_table(variants)
+    lines += _in_process_table(results.get("in_process"))
     lines += ["## The issue's targets", "", "| server | variant | target | measured | met |", "|---|---|---|---:|---|"]
     for server, variants in summary.items():
         for name, bound, kind, applies in TARGETS:
@@ -490,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         target = (args.out or args.render.parent) / "HTTP.md"
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(report(json.loads(args.render.read_text())))
         print(f"wrote {target}")
         return 0
@@ -501,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mtc-http-") as tmp, redis_server_process() as redis_srv:
         folder = Path(tmp)
+        in_process = measure_apps(servers, variants, redis_srv, args.symbols)
         for round_no in range(1, args.rounds + 1):
             order = variants if round_no % 2 else variants[::-1]
             for server in servers:
@@ -517,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
                    "threads": args.threads, "symbols": args.symbols, "zipf": args.zipf, "ttl": TTL,
                    "service_ms": SERVICE_SECONDS * 1000, "workers": WORKERS, "eager_refresh": EAGER_REFRESH},
         "load": {"min": min(loads), "max": max(loads)},
-        "runs": runs, "summary": summarize(runs),
+        "runs": runs, "summary": summarize(runs), "in_process": in_process,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "http.json").write_text(json.dumps(results, indent=1) + "\n")
