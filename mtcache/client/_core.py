@@ -203,6 +203,33 @@ class ClientCore:
             raise TypeError(f"set_many takes a mapping of key to value, got {type(mapping).__name__}")
         return [(check_key(key), value) for key, value in mapping.items()]
 
+    def call_policy(
+        self,
+        fail_safe: float | None,
+        fail_safe_throttle: float | None,
+        soft_timeout: float | None,
+        hard_timeout: float | None,
+        eager_refresh: float | None,
+        jitter: float | None,
+        cache_none: bool | None,
+        tags: object,
+    ) -> Policy:
+        """The policy of one ``get_or_compute`` call: the client's, with the call's arguments applied
+        (see :meth:`Policy.with_call`); a call that gives none (the usual one, on every hit) gets the
+        client's own at once.
+
+        :raises TypeError, ValueError: an argument is invalid.
+        """
+        if (fail_safe is None and fail_safe_throttle is None and soft_timeout is None and hard_timeout is None
+                and eager_refresh is None and jitter is None and cache_none is None
+                and type(tags) is tuple and not tags):
+            return self.policy
+        return self.policy.with_call(
+            fail_safe=fail_safe, fail_safe_throttle=fail_safe_throttle, soft_timeout=soft_timeout,
+            hard_timeout=hard_timeout, eager_refresh=eager_refresh, jitter=jitter, cache_none=cache_none,
+            tags=self.check_tags(tags) or None,
+        )
+
     @staticmethod
     def check_tags(tags: object) -> tuple[str, ...]:
         """``tags`` (any iterable of str, not a single string) as a checked tuple.

@@ -437,11 +437,8 @@ class AsyncClient(ClientBase):
         (cancelled at the hard timeout)."""
         self._check_fork()
         core = self._core
-        policy = core.policy.with_call(
-            fail_safe=fail_safe, fail_safe_throttle=fail_safe_throttle, soft_timeout=soft_timeout,
-            hard_timeout=hard_timeout, eager_refresh=eager_refresh, jitter=jitter, cache_none=cache_none,
-            tags=core.check_tags(tags) or None,
-        )
+        policy = core.call_policy(fail_safe, fail_safe_throttle, soft_timeout, hard_timeout, eager_refresh, jitter,
+                                  cache_none, tags)
         key, seconds, wait, value = core.begin_compute(key, fn, strategy, ttl, timeout)
         if value is MISSING:
             value = core.deliver(await self._get_or_compute(key, fn, seconds, wait, policy))

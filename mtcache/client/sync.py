@@ -505,11 +505,8 @@ class Client(ClientBase):
         """
         self._check_fork()
         core = self._core
-        policy = core.policy.with_call(
-            fail_safe=fail_safe, fail_safe_throttle=fail_safe_throttle, soft_timeout=soft_timeout,
-            hard_timeout=hard_timeout, eager_refresh=eager_refresh, jitter=jitter, cache_none=cache_none,
-            tags=core.check_tags(tags) or None,
-        )
+        policy = core.call_policy(fail_safe, fail_safe_throttle, soft_timeout, hard_timeout, eager_refresh, jitter,
+                                  cache_none, tags)
         if inspect.iscoroutinefunction(fn):
             raise TypeError(f"fn {fn.__qualname__} is a coroutine function: Client runs plain functions; "
                             "use AsyncClient for coroutine functions")
