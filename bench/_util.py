@@ -6,6 +6,7 @@ import contextlib
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -159,6 +160,18 @@ def own_cpu_seconds() -> float:
     """CPU time (user + system) this process has used so far, in seconds."""
     times = os.times()
     return times.user + times.system
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+    """Send ``sig`` to ``proc`` if it still runs and wait up to ``timeout`` seconds for it to exit;
+    kill it if it does not."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def machine() -> str:

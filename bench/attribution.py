@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import coordinator_process, cpu_seconds, machine, redis_server_process, versions
+from _util import coordinator_process, cpu_seconds, machine, redis_server_process, stop_process, versions
 from paths import VALUE
 
 from mtcache import Client
@@ -79,12 +79,7 @@ def traced(cmd: list[str], ready: Callable[[], bool], what: str) -> Iterator[Non
         _wait_for(ready, what, proc)
         yield
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, signal.SIGINT, timeout=60)
 
 
 def parse_strace(text: str) -> dict[str, int]:
@@ -139,38 +134,39 @@ def measure_kind(call: Callable[[], object], pid: int, n: int, folder: Path) -> 
     out["cpu_us_per_call"] = (cpu_seconds(pid) - cpu) * 1e6 / n
     out["context_switches_per_call"] = (context_switches(pid) - switches) / n
 
-    strace = shutil.which("strace")
-    if strace is None:
-        out["syscalls_per_call"] = "skipped: strace is not installed"
-    else:
-        log = folder / "strace.txt"
-        log.unlink(missing_ok=True)
-        with traced([strace, "-c", "-f", "-p", str(pid), "-o", str(log)],
-                    lambda: _strace_attached(pid), "strace"):
+    strace_out, perf_out = folder / "strace.txt", folder / "perf.data"
+    out["syscalls_per_call"] = _traced_pass(
+        "strace", lambda tool: [tool, "-c", "-f", "-p", str(pid), "-o", str(strace_out)],
+        lambda: _strace_attached(pid), call, n,
+        lambda: {name: count / n for name, count in sorted(parse_strace(strace_out.read_text()).items(),
+                                                            key=lambda kv: -kv[1]) if count / n >= 0.01},
+        strace_out)
+    out["cpu_share_by_binary"] = _traced_pass(
+        "perf",
+        lambda tool: [tool, "record", "-q", "-e", "cpu-clock", "-F", "4000", "-p", str(pid), "-o", str(perf_out)],
+        lambda: perf_out.exists() and perf_out.stat().st_size > 0, call, n,
+        lambda: group(parse_perf_dso(subprocess.run(
+            ["perf", "report", "-i", str(perf_out), "--sort", "dso", "--stdio", "-g", "none"],
+            capture_output=True, text=True, check=False).stdout)),
+        perf_out)
+    return out
+
+
+def _traced_pass(tool: str, command: Callable[[str], list[str]], ready: Callable[[], bool],
+                 call: Callable[[], object], n: int, result: Callable[[], Any], output: Path) -> Any:
+    """``n`` calls under the tracer ``tool`` (its command line: ``command(path of tool)``, which writes
+    ``output``); what ``result`` reads from its output, or a sentence saying why the pass was skipped."""
+    path = shutil.which(tool)
+    if path is None:
+        return f"skipped: {tool} is not installed"
+    output.unlink(missing_ok=True)
+    try:
+        with traced(command(path), ready, tool):
             for _ in range(n):
                 call()
-        counts = parse_strace(log.read_text()) if log.exists() else {}
-        out["syscalls_per_call"] = {name: count / n for name, count in
-                                    sorted(counts.items(), key=lambda kv: -kv[1]) if count / n >= 0.01}
-
-    perf = shutil.which("perf")
-    if perf is None:
-        out["cpu_share_by_binary"] = "skipped: perf is not installed"
-    else:
-        data = folder / "perf.data"
-        data.unlink(missing_ok=True)
-        try:
-            with traced([perf, "record", "-q", "-e", "cpu-clock", "-F", "4000", "-p", str(pid), "-o", str(data)],
-                        lambda: data.exists() and data.stat().st_size > 0, "perf record"):
-                for _ in range(n):
-                    call()
-        except RuntimeError as exc:
-            out["cpu_share_by_binary"] = f"skipped: {exc}"
-        else:
-            report = subprocess.run([perf, "report", "-i", str(data), "--sort", "dso", "--stdio", "-g", "none"],
-                                    capture_output=True, text=True, check=False).stdout
-            out["cpu_share_by_binary"] = group(parse_perf_dso(report))
-    return out
+    except RuntimeError as exc:
+        return f"skipped: {exc}"
+    return result()
 
 
 def _strace_attached(pid: int) -> bool:
