@@ -27,15 +27,21 @@ writes to a temporary folder unless ``--out`` is given).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# run as a script, this folder comes first on sys.path, where bench/http.py stands in for the standard
+# library's http (which urllib.request imports): look in it last
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.append(sys.path.pop(0))
+
 import argparse
 import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -43,10 +49,9 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-from _util import coordinator, free_port, machine, redis_server, versions
+from _util import coordinator, free_port, machine, redis_server, stop_process, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 START_DEADLINE = 30.0
@@ -107,20 +112,10 @@ def _serve(config: Config, redis_url: str, folder: Path) -> subprocess.Popen[byt
         except OSError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
+            stop_process(proc)
             raise RuntimeError(f"{config.framework} with {config.backend} did not start:\n"
                                + (folder / "gunicorn.log").read_text(errors="replace")[-3000:])
         time.sleep(0.05)  # readiness poll with a deadline
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _wrk(url: str, duration: float) -> tuple[float, float]:
@@ -152,7 +147,7 @@ def run_one(config: Config, duration: float) -> dict[str, tuple[float, float]]:
                     found[path] = _wrk(url, duration)
                 return found
             finally:
-                _stop(proc)
+                stop_process(proc)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
