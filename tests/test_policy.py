@@ -40,7 +40,7 @@ def test_a_call_asking_for_fail_safe_marks_it_explicit() -> None:
 @pytest.mark.parametrize(("valid", "invalid", "match"), [
     ({"cache_none": True}, {"cache_none": 1}, "cache_none must be a bool"),
     ({"fail_safe": 1}, {"fail_safe": True}, "fail_safe must be a number"),
-    ({"eager_refresh": 0.5}, {"eager_refresh": "0.5"}, "eager_refresh must be a fraction"),
+    ({"jitter": 0}, {"jitter": False}, "jitter must be a fraction"),
 ])
 def test_an_argument_equal_to_a_remembered_one_but_of_a_wrong_type_still_raises(
     valid: dict[str, Any], invalid: dict[str, Any], match: str
@@ -49,6 +49,31 @@ def test_an_argument_equal_to_a_remembered_one_but_of_a_wrong_type_still_raises(
     call(base, **valid)
     with pytest.raises(TypeError, match=match):
         call(base, **invalid)
+
+
+class EqualToAll:
+    """An argument that claims to equal anything, None included (as ``unittest.mock.ANY`` does)."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = object.__hash__
+
+
+def test_an_argument_that_claims_to_equal_none_is_still_checked() -> None:
+    with pytest.raises(TypeError, match="fail_safe must be a number"):
+        call(Policy(), fail_safe=EqualToAll())
+
+
+def test_an_unknown_argument_raises_even_when_none() -> None:
+    with pytest.raises(TypeError, match="unknown get_or_compute argument"):
+        Policy().with_call(**NONE, refresh_early=None)
+
+
+def test_a_call_with_tags_gets_its_own_tags() -> None:
+    base = Policy()
+    assert call(base, tags=("user:1",)).tags == ("user:1",)
+    assert call(base, tags=("user:2",)).tags == ("user:2",)
 
 
 def test_an_invalid_call_raises_every_time() -> None:

@@ -88,17 +88,20 @@ class Policy:
                              f"({self.hard_timeout:g} s)")
 
     def with_call(self, **given: Any) -> Policy:
-        """This policy with a call's arguments applied (``None``: keep this policy's). The same
-        arguments, of the same types, give the same (immutable) policy object: a call site that
-        passes, say, ``eager_refresh=0.8`` on every hit does not build and check a new one each time.
+        """This policy with a call's arguments applied (``None``: keep this policy's). The policies derived
+        for the same arguments, of the same types, are remembered (256 of them): a call site that passes,
+        say, ``eager_refresh=0.8`` on every hit does not build and check a new one each time. A call with
+        tags is derived afresh: its tags often differ from call to call.
 
         :raises TypeError: an unknown argument, or one of the wrong type.
         :raises ValueError: an argument out of range.
         """
         values = tuple(given.values())
-        if values.count(None) == len(values) and given.keys() <= _CALL_NAMES:
+        if all(value is None for value in values) and given.keys() <= _CALL_NAMES:
             return self  # the usual call, on every hit: kept cheap
         items = tuple(given.items())
+        if given.get("tags") is not None:
+            return _derive(self, items)
         try:
             # the types are part of the key: True == 1, but cache_none=1 or fail_safe=True must still raise
             return _derived(self, items, tuple(map(type, values)))
