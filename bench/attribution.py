@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import coordinator_process, cpu_seconds, machine, redis_server_process, stop_process, versions
+from _util import coordinator_process, machine, redis_server_process, stop_process, versions
 from paths import VALUE
 
 from mtcache import Client
@@ -48,6 +48,16 @@ from mtcache.protocol import Op
 PARTS = ("kernel", "CPython interpreter", "uvloop", "libc", "other C extensions")
 WARMUP = 300  # calls of each kind before any pass
 ATTACH_SECONDS = 30.0  # longest wait for a tracer to attach
+
+
+def cpu_ns(pid: int) -> int:
+    """Nanoseconds every thread of process ``pid`` has run on a CPU so far (``/proc/<pid>/task/*/schedstat``:
+    finer than ``/proc/<pid>/stat``'s 10 ms ticks, which are 2 µs per call over 5,000 calls)."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(FileNotFoundError):
+            total += int(stat.read_text().split()[0])
+    return total
 
 
 def context_switches(pid: int) -> int:
@@ -71,12 +81,20 @@ def _wait_for(ready: Callable[[], bool], what: str, proc: subprocess.Popen[Any])
 
 
 @contextlib.contextmanager
-def traced(cmd: list[str], ready: Callable[[], bool], what: str) -> Iterator[None]:
+def traced(cmd: list[str], ready: Callable[[], bool], what: str, errors: Path) -> Iterator[None]:
     """Run the tracer ``cmd`` around the block: started, ``ready`` awaited, stopped with SIGINT (which makes
-    strace and perf write their results) when the block ends."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    strace and perf write their results) when the block ends. Its stderr goes to ``errors``.
+
+    :raises RuntimeError: it did not start; the message ends with what it printed.
+    """
+    with open(errors, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        _wait_for(ready, what, proc)
+        try:
+            _wait_for(ready, what, proc)
+        except RuntimeError as exc:
+            stop_process(proc, signal.SIGINT, timeout=60)
+            raise RuntimeError(f"{exc}: {errors.read_text(errors='replace').strip()[-300:]}") from None
         yield
     finally:
         stop_process(proc, signal.SIGINT, timeout=60)
@@ -127,46 +145,70 @@ def measure_kind(call: Callable[[], object], pid: int, n: int, folder: Path) -> 
     out: dict[str, Any] = {}
     for _ in range(WARMUP):
         call()
-    cpu, switches, wall = cpu_seconds(pid), context_switches(pid), time.perf_counter()
+    cpu, switches, wall = cpu_ns(pid), context_switches(pid), time.perf_counter()
     for _ in range(n):
         call()
     out["wall_us_per_call"] = (time.perf_counter() - wall) * 1e6 / n
-    out["cpu_us_per_call"] = (cpu_seconds(pid) - cpu) * 1e6 / n
+    out["cpu_us_per_call"] = (cpu_ns(pid) - cpu) / 1e3 / n
     out["context_switches_per_call"] = (context_switches(pid) - switches) / n
 
     strace_out, perf_out = folder / "strace.txt", folder / "perf.data"
     out["syscalls_per_call"] = _traced_pass(
         "strace", lambda tool: [tool, "-c", "-f", "-p", str(pid), "-o", str(strace_out)],
-        lambda: _strace_attached(pid), call, n,
-        lambda: {name: count / n for name, count in sorted(parse_strace(strace_out.read_text()).items(),
-                                                            key=lambda kv: -kv[1]) if count / n >= 0.01},
-        strace_out)
+        lambda: _strace_attached(pid), call, n, lambda tool: _syscalls(strace_out, n), folder)
     out["cpu_share_by_binary"] = _traced_pass(
         "perf",
         lambda tool: [tool, "record", "-q", "-e", "cpu-clock", "-F", "4000", "-p", str(pid), "-o", str(perf_out)],
-        lambda: perf_out.exists() and perf_out.stat().st_size > 0, call, n,
-        lambda: group(parse_perf_dso(subprocess.run(
-            ["perf", "report", "-i", str(perf_out), "--sort", "dso", "--stdio", "-g", "none"],
-            capture_output=True, text=True, check=False).stdout)),
-        perf_out)
+        lambda: perf_out.exists() and perf_out.stat().st_size > 0, call, n, lambda tool: _shares(tool, perf_out),
+        folder)
     return out
 
 
 def _traced_pass(tool: str, command: Callable[[str], list[str]], ready: Callable[[], bool],
-                 call: Callable[[], object], n: int, result: Callable[[], Any], output: Path) -> Any:
-    """``n`` calls under the tracer ``tool`` (its command line: ``command(path of tool)``, which writes
-    ``output``); what ``result`` reads from its output, or a sentence saying why the pass was skipped."""
+                 call: Callable[[], object], n: int, result: Callable[[str], Any], folder: Path) -> Any:
+    """``n`` calls under the tracer ``tool`` (its command line: ``command(path of tool)``); what
+    ``result(path of tool)`` reads from its output, or a sentence saying why the pass was skipped."""
     path = shutil.which(tool)
     if path is None:
         return f"skipped: {tool} is not installed"
-    output.unlink(missing_ok=True)
     try:
-        with traced(command(path), ready, tool):
+        with traced(command(path), ready, tool, folder / f"{tool}.err"):
             for _ in range(n):
                 call()
+        return result(path)
     except RuntimeError as exc:
         return f"skipped: {exc}"
-    return result()
+
+
+def _syscalls(output: Path, n: int) -> dict[str, float]:
+    """System calls per call from strace's summary in ``output``.
+
+    :raises RuntimeError: strace wrote no summary.
+    """
+    counts = parse_strace(output.read_text()) if output.exists() else {}
+    if not counts:
+        raise RuntimeError("strace wrote no summary")
+    return {name: count / n for name, count in sorted(counts.items(), key=lambda kv: -kv[1]) if count / n >= 0.01}
+
+
+def _shares(perf: str, data: Path) -> dict[str, float]:
+    """The share of the CPU samples in :data:`PARTS`, from ``perf report`` on ``data``.
+
+    :raises RuntimeError: perf report failed, found no samples, or perf sampled user space only (not
+        allowed to sample the kernel: ``kernel.perf_event_paranoid``), which would make the kernel's
+        share look like 0.
+    """
+    done = subprocess.run([perf, "report", "-i", str(data), "--sort", "dso", "--stdio", "-g", "none"],
+                          capture_output=True, text=True, check=False)
+    event = re.search(r"of event '([^']+)'", done.stdout)
+    if done.returncode or event is None:
+        raise RuntimeError(f"perf report failed: {done.stderr.strip()[-300:]}")
+    if event.group(1).endswith(":u"):
+        raise RuntimeError(f"perf could sample user space only ({event.group(1)}), not the kernel")
+    shares = parse_perf_dso(done.stdout)
+    if not shares:
+        raise RuntimeError("perf recorded no samples")
+    return group(shares)
 
 
 def _strace_attached(pid: int) -> bool:
@@ -209,21 +251,21 @@ def report(results: dict[str, Any]) -> str:
     for field, label in (("wall_us_per_call", "wall µs (untraced)"), ("cpu_us_per_call", "coordinator CPU µs"),
                          ("context_switches_per_call", "coordinator context switches")):
         lines.append(f"| {label} | " + " | ".join(_fmt(results[k][field]) for k in kinds) + " |")
-    syscalls = [results[k]["syscalls_per_call"] for k in kinds]
-    if all(isinstance(s, dict) for s in syscalls):
-        for name in dict.fromkeys(name for s in syscalls for name in s):
-            lines.append(f"| system call `{name}` | " + " | ".join(_fmt(s.get(name, 0.0)) for s in syscalls) + " |")
-    else:
-        lines.append("| system calls | " + " | ".join(str(s) if isinstance(s, str) else "-" for s in syscalls) + " |")
-    shares = [results[k]["cpu_share_by_binary"] for k in kinds]
-    if all(isinstance(s, dict) for s in shares):
+    syscalls = {k: results[k]["syscalls_per_call"] for k in kinds}
+    for name in dict.fromkeys(name for v in syscalls.values() if isinstance(v, dict) for name in v):
+        lines.append(f"| system call `{name}` | " + " | ".join(
+            _fmt(v.get(name, 0.0)) if isinstance(v, dict) else "-" for v in syscalls.values()) + " |")
+    shares = {k: results[k]["cpu_share_by_binary"] for k in kinds}
+    if any(isinstance(v, dict) for v in shares.values()):
         for name in PARTS:
             lines.append(f"| CPU in {name}: µs (share of samples) | " + " | ".join(
-                f"{_fmt(s[name] / 100 * results[k]['cpu_us_per_call'])} ({s[name]:.1f} %)"
-                for k, s in zip(kinds, shares, strict=True)) + " |")
-    else:
-        lines.append("| CPU share by binary | " + " | ".join(str(s) if isinstance(s, str) else "-" for s in shares)
-                     + " |")
+                f"{_fmt(v[name] / 100 * results[k]['cpu_us_per_call'])} ({v[name]:.1f} %)" if isinstance(v, dict)
+                else "-" for k, v in shares.items()) + " |")
+    skipped = [f"{k}, {what}: {v[len('skipped: '):]}" for what, passes in (("system calls", syscalls),
+                                                                            ("CPU by binary", shares))
+               for k, v in passes.items() if isinstance(v, str)]
+    if skipped:
+        lines += ["", "Skipped:", *(f"- {' '.join(reason.split())}" for reason in skipped)]
     return "\n".join(lines)
 
 
