@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from bench.httpbench.apps import ASYNC_ONLY, CONSTANT_QUOTE, VARIANTS, make_asgi, make_wsgi
-from bench.httpbench.run import app_cpu_per_request, cpu_used, group_pids, report, summarize
+from bench.httpbench.run import APP_PASSES, app_cpu_per_request, cpu_used, group_pids, report, summarize
 from tests.coordinator_proc import CoordinatorProcess
 
 CALLERS = 8
@@ -249,16 +249,28 @@ def test_group_pids_finds_every_process_of_a_session() -> None:
 def test_report_has_the_in_process_table_when_measured() -> None:
     results = _results(CPU_RUNS)
     assert "## The app's own CPU per request, in process" not in report(results)
-    results["in_process"] = {"gunicorn": {"constant": 2.5, "mtcache": 6.0, "redis_py": 72.0},
-                             "uvicorn": {"constant": 3.0, "mtcache": 6.5, "cashews": 513.2}}
+    def row(cpu_us: float, source_calls: int = 0) -> dict[str, float]:
+        return {"cpu_us": cpu_us, "source_calls": source_calls}
+
+    results["in_process"] = {"gunicorn": {"constant": row(2.5), "mtcache": row(6.0), "redis_py": row(72.0)},
+                             "uvicorn": {"constant": row(3.0), "mtcache": row(6.5, 2), "cashews": row(513.2)}}
     text = report(results)
     assert "## The app's own CPU per request, in process" in text
     assert "| constant quote (the server's ceiling) | 2.50 | - | 3.00 | - |" in text
     assert "| mtcache `get_or_compute` | 6.00 | 3.50 | 6.50 | 3.50 |" in text
     assert "| cashews (`client_side`, `lock=True`) | - | - | 513 | 510 |" in text
+    assert "the figures measure hits): uvicorn mtcache: 2." in text
 
 
 @pytest.mark.parametrize("server", ["gunicorn", "uvicorn"])
-def test_the_in_process_measure_calls_the_app(server: str) -> None:
+def test_the_in_process_measure_calls_the_app(server: str, tmp_path: Path) -> None:
     # the constant app needs no cache; a wrong answer would raise
-    assert app_cpu_per_request(server, "constant", "redis://unused", None, 20) > 0
+    row = app_cpu_per_request(server, "constant", "redis://unused", None, 20, tmp_path / "calls.log")
+    assert row["cpu_us"] > 0 and row["source_calls"] == 0
+
+
+@pytest.mark.parametrize("server", ["gunicorn", "uvicorn"])
+def test_the_in_process_measure_counts_the_source_calls_of_its_passes(server: str, tmp_path: Path) -> None:
+    # no cache: every request of the passes calls the price service (20 ms each, so few of them)
+    row = app_cpu_per_request(server, "nocache", "redis://unused", None, 2, tmp_path / "calls.log", requests=4)
+    assert row["source_calls"] == APP_PASSES * 4

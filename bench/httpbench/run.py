@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -278,24 +278,30 @@ def measure_one(wrk: str, server: str, variant: str, redis_srv: Server, folder: 
 
 
 #: requests per in-process pass: variants that go to Redis on every request get fewer
-APP_REQUESTS = {"redis_py": 2_000, "cashews": 1_000}
+APP_REQUESTS = {"redis_py": 5_000, "cashews": 1_000}
 APP_REQUESTS_DEFAULT = 20_000
 #: in-process passes per variant (the median is kept)
 APP_PASSES = 3
 
 
-def app_cpu_per_request(server: str, variant: str, redis_url: str, socket_path: str | None,
-                        symbols: int) -> float:
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def app_cpu_per_request(server: str, variant: str, redis_url: str, socket_path: str | None, symbols: int,
+                        call_log: Path, requests: int | None = None) -> dict[str, float]:
     """The CPU (user + system, this process's) that ``variant``'s app spends per request when called in
     process, without a server or a load generator: every symbol fetched once, then the symbols in turn;
-    µs, the median of :data:`APP_PASSES` passes. What the cache costs a worker per request, apart from how
-    the server's event loop or threads batch requests under load. ``nocache`` is not measured (its
-    requests sleep)."""
-    count = APP_REQUESTS.get(variant, APP_REQUESTS_DEFAULT)
+    ``{"cpu_us": µs per request, the median of APP_PASSES passes, "source_calls": the price service's
+    calls during the passes}`` (0 unless a quote expired while they ran: they measure hits). What the
+    cache costs a worker per request, apart from how the server's event loop or threads batch requests
+    under load. ``requests``: per pass (default :data:`APP_REQUESTS`)."""
+    count = requests or APP_REQUESTS.get(variant, APP_REQUESTS_DEFAULT)
     paths = [f"/quote/SYM{i:03d}" for i in range(symbols)]
     passes: list[float] = []
+    warm: list[int] = []
     if server == "gunicorn":
-        wsgi = make_wsgi(variant, socket_path=socket_path, redis_url=redis_url)
+        wsgi = make_wsgi(variant, socket_path=socket_path, redis_url=redis_url, call_log=str(call_log))
         environ: dict[str, Any] = {"REQUEST_METHOD": "GET"}
 
         def start_response(status: str, headers: list[tuple[str, str]]) -> None:
@@ -309,6 +315,7 @@ def app_cpu_per_request(server: str, variant: str, redis_url: str, socket_path: 
         try:
             for path in paths:
                 request(path)
+            warm.append(_lines(call_log))
             for _ in range(APP_PASSES):
                 start = time.process_time()
                 for i in range(count):
@@ -316,13 +323,16 @@ def app_cpu_per_request(server: str, variant: str, redis_url: str, socket_path: 
                 passes.append((time.process_time() - start) * 1e6 / count)
         finally:
             wsgi.close()
-        return statistics.median(passes)
-    uvloop.run(_asgi_passes(make_asgi(variant, socket_path=socket_path, redis_url=redis_url), paths, count, passes))
-    return statistics.median(passes)
+    else:
+        app = make_asgi(variant, socket_path=socket_path, redis_url=redis_url, call_log=str(call_log))
+        uvloop.run(_asgi_passes(app, paths, count, passes, lambda: warm.append(_lines(call_log))))
+    return {"cpu_us": statistics.median(passes), "source_calls": _lines(call_log) - warm[0]}
 
 
-async def _asgi_passes(app: Any, paths: list[str], count: int, passes: list[float]) -> None:
-    """:func:`app_cpu_per_request`'s passes over an ASGI app, inside its lifespan (which closes its cache)."""
+async def _asgi_passes(app: Any, paths: list[str], count: int, passes: list[float],
+                       warmed: Callable[[], None]) -> None:
+    """:func:`app_cpu_per_request`'s passes over an ASGI app, inside its lifespan (which closes its cache);
+    ``warmed`` is called between the warm-up and the passes."""
     scope: dict[str, Any] = {"type": "http", "method": "GET"}
 
     async def receive() -> dict[str, Any]:
@@ -333,16 +343,20 @@ async def _asgi_passes(app: Any, paths: list[str], count: int, passes: list[floa
             raise RuntimeError(f"status {message['status']}")
 
     lifespan: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    started: asyncio.Queue[str] = asyncio.Queue()
 
     async def send_lifespan(message: dict[str, Any]) -> None:
-        pass
+        await started.put(message["type"])
 
     life = asyncio.get_running_loop().create_task(app({"type": "lifespan"}, lifespan.get, send_lifespan))
     await lifespan.put({"type": "lifespan.startup"})
     try:
+        if (answer := await asyncio.wait_for(started.get(), 30)) != "lifespan.startup.complete":
+            raise RuntimeError(f"the app's lifespan answered {answer}")
         for path in paths:
             scope["path"] = path
             await app(scope, receive, send)
+        warmed()
         for _ in range(APP_PASSES):
             start = time.process_time()
             for i in range(count):
@@ -354,21 +368,25 @@ async def _asgi_passes(app: Any, paths: list[str], count: int, passes: list[floa
         await asyncio.wait_for(life, 30)
 
 
-def measure_apps(servers: list[str], variants: list[str], redis_srv: Server,
-                 symbols: int) -> dict[str, dict[str, float]]:
+def measure_apps(servers: list[str], variants: list[str], redis_srv: Server, symbols: int,
+                 folder: Path) -> dict[str, dict[str, dict[str, float]]]:
     """:func:`app_cpu_per_request` of every variant on every server (gunicorn: its WSGI app, uvicorn: its
-    ASGI app), against one coordinator and a flushed Redis."""
-    out: dict[str, dict[str, float]] = defaultdict(dict)
-    with redis.Redis.from_url(redis_srv.address) as r:
-        r.flushall()
-    with coordinator_process(redis_srv.address) as co:
-        for server in servers:
-            for variant in variants:
-                if variant == "nocache" or (server == "gunicorn" and variant in ASYNC_ONLY):
-                    continue
-                out[server][variant] = app_cpu_per_request(server, variant, redis_srv.address, co.address, symbols)
-                print(f"  in process {server:8} {variant:13} {out[server][variant]:7.2f} µs of CPU per request",
-                      flush=True)
+    ASGI app), each against a flushed Redis (and a coordinator of its own for mtcache)."""
+    out: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+    for server in servers:
+        for variant in variants:
+            if variant == "nocache" or (server == "gunicorn" and variant in ASYNC_ONLY):
+                continue
+            with redis.Redis.from_url(redis_srv.address) as r:
+                r.flushall()
+            with contextlib.ExitStack() as stack:
+                socket_path = (stack.enter_context(coordinator_process(redis_srv.address)).address
+                               if variant.startswith("mtcache") else None)
+                row = out[server][variant] = app_cpu_per_request(
+                    server, variant, redis_srv.address, socket_path, symbols,
+                    folder / f"in-process-{server}-{variant}.log")
+            print(f"  in process {server:8} {variant:13} {row['cpu_us']:7.2f} µs of CPU per request, "
+                  f"{row['source_calls']:.0f} source calls during the passes", flush=True)
     return dict(out)
 
 
@@ -452,7 +470,7 @@ def _cpu_table(variants: dict[str, dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-def _in_process_table(in_process: dict[str, dict[str, float]] | None) -> list[str]:
+def _in_process_table(in_process: dict[str, dict[str, dict[str, float]]] | None) -> list[str]:
     """The Markdown lines of the in-process section (a blank line last), or none for an http.json from
     before it was measured."""
     if not in_process:
@@ -461,9 +479,10 @@ def _in_process_table(in_process: dict[str, dict[str, float]] | None) -> list[st
     lines = [
         "## The app's own CPU per request, in process",
         "",
-        "Each app called directly in one process, without a server or wrk (every symbol fetched once, then "
-        "the symbols in turn; the median of 3 passes): what a request costs the worker's own code, apart from "
-        "how the server batches requests under load. \"added\" is the difference to the constant app's.",
+        "Each app called directly in one process, without a server or wrk, against a flushed Redis (and a "
+        "coordinator of its own): every symbol fetched once, then the symbols in turn; the median of 3 passes. "
+        "What a request costs the worker's own code, apart from how the server batches requests under load. "
+        "\"added\" is the difference to the constant app's.",
         "",
         "| variant | " + " | ".join(f"{server} µs | added µs" for server in servers) + " |",
         "|---|" + "---:|---:|" * len(servers),
@@ -473,11 +492,16 @@ def _in_process_table(in_process: dict[str, dict[str, float]] | None) -> list[st
             continue
         cells = []
         for server in servers:
-            us, base = in_process[server].get(variant), in_process[server].get("constant")
-            added = None if us is None or base is None or variant == "constant" else us - base
+            row, base = in_process[server].get(variant), in_process[server].get("constant")
+            us = None if row is None else row["cpu_us"]
+            added = None if us is None or base is None or variant == "constant" else us - base["cpu_us"]
             cells.append(f"{_us2(us)} | {_us2(added)}")
         lines.append(f"| {LABELS[variant]} | " + " | ".join(cells) + " |")
-    return [*lines, ""]
+    misses = [f"{server} {variant}: {row['source_calls']:.0f}" for server, rows in in_process.items()
+              for variant, row in rows.items() if row["source_calls"]]
+    lines += ["", "Source calls during the passes (a quote that expired while they ran; the figures measure hits): "
+              + ("; ".join(misses) if misses else "none") + ".", ""]
+    return lines
 
 
 def _us2(x: float | None) -> str:
@@ -632,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mtc-http-") as tmp, redis_server_process() as redis_srv:
         folder = Path(tmp)
-        in_process = measure_apps(servers, variants, redis_srv, args.symbols)
+        in_process = measure_apps(servers, variants, redis_srv, args.symbols, folder)
         for round_no in range(1, args.rounds + 1):
             order = variants if round_no % 2 else variants[::-1]
             for server in servers:
