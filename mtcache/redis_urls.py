@@ -15,15 +15,14 @@ nodes, the client learns the slot map from them and follows it through reshardin
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-import redis
-import redis.asyncio
-import redis.asyncio.cluster
-import redis.asyncio.sentinel
-import redis.cluster
-import redis.sentinel
+if TYPE_CHECKING:  # imported where a client is made: a worker reads URLs but never opens one to Redis
+    import redis
+    import redis.asyncio
+    import redis.asyncio.cluster
+    import redis.cluster
 
 __all__ = [
     "ClusterTarget", "SentinelTarget", "async_client", "is_cluster_url", "is_sentinel_url", "parse_cluster_url",
@@ -190,6 +189,10 @@ def async_client(url: str, **options: Any) -> redis.asyncio.Redis | redis.asynci
 
     :raises ValueError: ``url`` is malformed.
     """
+    import redis.asyncio
+    import redis.asyncio.cluster
+    import redis.asyncio.sentinel
+
     if is_cluster_url(url):
         cluster = parse_cluster_url(url)
         return redis.asyncio.cluster.RedisCluster(
@@ -208,6 +211,10 @@ def sync_client(url: str, **options: Any) -> redis.Redis | redis.cluster.RedisCl
 
     :raises ValueError: ``url`` is malformed.
     """
+    import redis
+    import redis.cluster
+    import redis.sentinel
+
     if is_cluster_url(url):
         cluster = parse_cluster_url(url)
         return redis.cluster.RedisCluster(

@@ -42,10 +42,10 @@ from ._flows import (
     ttl_flow,
 )
 from .policy import Policy
-from .streams import AsyncStreams, Entry
 
 if TYPE_CHECKING:
     from .decorator import CachedFunction
+    from .streams import AsyncStreams, Entry
 
 __all__ = ["AsyncClient"]
 
@@ -609,6 +609,9 @@ class AsyncClient(ClientBase):
         """The Redis Streams helpers of this client (created on first use, on
         connections of their own so a blocking read never holds up a cache call)."""
         if self._streams is None:
+            # imported here: a worker that does not use streams never loads redis-py (about 12 MiB)
+            from .streams import AsyncStreams
+
             self._streams = AsyncStreams(self._core.settings.redis_url, self._core.stream_prefix)
         return self._streams
 

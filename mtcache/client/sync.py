@@ -44,10 +44,10 @@ from ._flows import (
     ttl_flow,
 )
 from .policy import Policy
-from .streams import Entry, Streams
 
 if TYPE_CHECKING:
     from .decorator import CachedFunction
+    from .streams import Entry, Streams
 
 __all__ = ["Client"]
 
@@ -670,6 +670,9 @@ class Client(ClientBase):
         connections of their own so a blocking read never holds up a cache call)."""
         with self._lock:
             if self._streams is None:
+                # imported here: a worker that does not use streams never loads redis-py (about 12 MiB)
+                from .streams import Streams
+
                 self._streams = Streams(self._core.settings.redis_url, self._core.stream_prefix)
             return self._streams
 
