@@ -141,8 +141,7 @@ def servers(peer: Peer, n_keys: int) -> Iterator[tuple[str, dict[str, int]]]:
             return
         capacity = 1 << (n_keys * 5 // 4 - 1).bit_length()
         l1_bytes = n_keys * (VALUE + 128) * 3 // 2
-        with coordinator_process(redis.address, "--l1-capacity", str(capacity), "--l1-max-bytes",
-                                 str(l1_bytes)) as coord:
+        with coordinator_process(redis.address, l1_capacity=capacity, l1_max_bytes=l1_bytes) as coord:
             yield coord.address, {"redis-server": redis.pid, "coordinator": coord.pid}
 
 
