@@ -93,6 +93,8 @@ READ_TIMEOUT = 1.0
 HELLO_TIMEOUT = 2.0
 #: While waiting for a reply, how often a client checks that its coordinator still beats.
 WAIT_SLICE = 0.1
+#: the call policies a client remembers (see ClientCore.call_policy)
+POLICIES_KEPT = 256
 
 
 class ClientCore:
@@ -119,6 +121,8 @@ class ClientCore:
                                       near_capacity=near_capacity, near_max_bytes=near_max_bytes)
         #: the client's defaults for get_or_compute's fail-safe and timing arguments
         self.policy = policy
+        #: the policies of calls that gave arguments (see call_policy)
+        self._policies: dict[tuple[tuple[Any, ...], tuple[type, ...]], Policy] = {}
         self.explicit_redis_url = redis_url
         self.spawn = spawn
         self.codec = get_codec(codec, max_bytes=self.settings.max_value_bytes)
@@ -215,20 +219,40 @@ class ClientCore:
         tags: object,
     ) -> Policy:
         """The policy of one ``get_or_compute`` call: the client's, with the call's arguments applied
-        (see :meth:`Policy.with_call`); a call that gives none (the usual one, on every hit) gets the
-        client's own at once.
+        (see :meth:`Policy.with_call`). A call that gives none (the usual one, on every hit) gets the
+        client's own at once; the policies derived for the same arguments, of the same types, are
+        remembered (:data:`POLICIES_KEPT` of them), so a call site that passes, say,
+        ``eager_refresh=0.8`` on every hit does not build and check a new one each time. A call with
+        tags is derived afresh: its tags often differ from call to call.
 
-        :raises TypeError, ValueError: an argument is invalid.
+        :raises TypeError, ValueError: an argument is invalid (an invalid call is never remembered).
         """
-        if (fail_safe is None and fail_safe_throttle is None and soft_timeout is None and hard_timeout is None
-                and eager_refresh is None and jitter is None and cache_none is None
-                and type(tags) is tuple and not tags):
+        untagged = type(tags) is tuple and not tags
+        if (untagged and fail_safe is None and fail_safe_throttle is None and soft_timeout is None
+                and hard_timeout is None and eager_refresh is None and jitter is None and cache_none is None):
             return self.policy
-        return self.policy.with_call(
+        key: tuple[tuple[Any, ...], tuple[type, ...]] | None = None
+        if untagged:
+            given = (fail_safe, fail_safe_throttle, soft_timeout, hard_timeout, eager_refresh, jitter, cache_none)
+            # the types are part of the key: True == 1, but cache_none=1 or fail_safe=True must still raise
+            key = (given, tuple(map(type, given)))
+            try:
+                found = self._policies.get(key)
+            except TypeError:  # an argument a dict cannot hash: derived (and checked) below
+                key = None
+            else:
+                if found is not None:
+                    return found
+        policy = self.policy.with_call(
             fail_safe=fail_safe, fail_safe_throttle=fail_safe_throttle, soft_timeout=soft_timeout,
             hard_timeout=hard_timeout, eager_refresh=eager_refresh, jitter=jitter, cache_none=cache_none,
             tags=self.check_tags(tags) or None,
         )
+        if key is not None:
+            if len(self._policies) >= POLICIES_KEPT:
+                self._policies.clear()
+            self._policies[key] = policy
+        return policy
 
     @staticmethod
     def check_tags(tags: object) -> tuple[str, ...]:

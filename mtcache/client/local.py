@@ -355,7 +355,7 @@ class _Store:
         :raises TypeError, ValueError: an argument is invalid (``fn`` not callable too).
         """
         core = self.open()
-        merged = core.policy.with_call(**policy)
+        merged = core.call_policy(tags=(), **policy)
         key = core.check_key(key)
         seconds = ClientCore.ttl_for(strategy, ttl)
         wait = core.lease_wait(timeout)

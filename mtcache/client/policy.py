@@ -7,7 +7,6 @@ them (``None`` in a call means "the client's default"; ``0`` turns a duration of
 
 from __future__ import annotations
 
-import functools
 import math
 import random
 from dataclasses import dataclass, fields, replace
@@ -88,25 +87,20 @@ class Policy:
                              f"({self.hard_timeout:g} s)")
 
     def with_call(self, **given: Any) -> Policy:
-        """This policy with a call's arguments applied (``None``: keep this policy's). The policies derived
-        for the same arguments, of the same types, are remembered (256 of them): a call site that passes,
-        say, ``eager_refresh=0.8`` on every hit does not build and check a new one each time. A call with
-        tags is derived afresh: its tags often differ from call to call.
+        """This policy with a call's arguments applied (``None``: keep this policy's).
 
         :raises TypeError: an unknown argument, or one of the wrong type.
         :raises ValueError: an argument out of range.
         """
-        values = tuple(given.values())
-        if all(value is None for value in values) and given.keys() <= _CALL_NAMES:
-            return self  # the usual call, on every hit: kept cheap
-        items = tuple(given.items())
-        if given.get("tags") is not None:
-            return _derive(self, items)
-        try:
-            # the types are part of the key: True == 1, but cache_none=1 or fail_safe=True must still raise
-            return _derived(self, items, tuple(map(type, values)))
-        except TypeError:  # an argument lru_cache cannot hash, or one of the wrong type (raised again here)
-            return _derive(self, items)
+        unknown = given.keys() - _CALL_NAMES
+        if unknown:
+            raise TypeError(f"unknown get_or_compute argument(s): {', '.join(sorted(unknown))}")
+        changes = {name: value for name, value in given.items() if value is not None}
+        if not changes:  # the usual call: this policy as it is (on every hit, so kept cheap)
+            return self
+        if changes.get("fail_safe"):
+            changes["explicit_fail_safe"] = True
+        return replace(self, **changes)
 
     @property
     def stale_for(self) -> float:
@@ -122,22 +116,3 @@ class Policy:
 
 #: the arguments :meth:`Policy.with_call` takes
 _CALL_NAMES = frozenset(f.name for f in fields(Policy)) - {"explicit_fail_safe"}
-
-
-def _derive(policy: Policy, items: tuple[tuple[str, Any], ...], _types: tuple[type, ...] = ()) -> Policy:
-    """``policy`` with a call's ``(name, value)`` pairs applied; see :meth:`Policy.with_call`
-    (``_types``, their values' types, only keys :data:`_derived`)."""
-    unknown = {name for name, _ in items} - _CALL_NAMES
-    if unknown:
-        raise TypeError(f"unknown get_or_compute argument(s): {', '.join(sorted(unknown))}")
-    changes = {name: value for name, value in items if value is not None}
-    if not changes:  # the usual call: this policy as it is
-        return policy
-    if changes.get("fail_safe"):
-        changes["explicit_fail_safe"] = True
-    return replace(policy, **changes)
-
-
-#: :func:`_derive` remembered for the few argument sets a program's call sites pass (an invalid call
-#: is not remembered: it raises every time)
-_derived = functools.lru_cache(maxsize=256)(_derive)
