@@ -376,21 +376,25 @@ def _stampede_worker(paths: list[str], host: int, barrier: Any, log_path: str, o
 
             def compute() -> dict[str, int]:
                 record_call(log_path, f"host{host}")
-                overlapped.value = _everyone_else_waits(paths, host)
+                overlapped.value = _everyone_else_waits(paths, host, log_path + ".stats")
                 return VALUE
 
             barrier.wait(DEADLINE)
-            results.put(("ok", client.get_or_compute(KEY, compute, timeout=DEADLINE)))
+            # waiting longer than compute() may hold the value back: if the callers were not all seen
+            # waiting, the test says so (with what was seen) rather than with the waiters' timeouts
+            results.put(("ok", client.get_or_compute(KEY, compute, timeout=DEADLINE * 2)))
     except Exception as exc:
         results.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def _everyone_else_waits(paths: list[str], holder_host: int) -> bool:
+def _everyone_else_waits(paths: list[str], holder_host: int, report: str) -> bool:
     """Poll (bounded) until, on every host, the other local callers wait on the local lease and,
-    on every other host, the local lease holder waits for the cross-host lease."""
+    on every other host, the local lease holder waits for the cross-host lease; if they never do,
+    write the counters last seen to ``report``."""
     probes = [Client(path, spawn=False, near_capacity=0) for path in paths]
     try:
         deadline = time.monotonic() + DEADLINE
+        stats: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             stats = [p.stats().coordinator for p in probes]
             if all(s.get("coalesced", 0) >= WORKERS_PER_HOST - 1 for s in stats) and all(
@@ -398,6 +402,9 @@ def _everyone_else_waits(paths: list[str], holder_host: int) -> bool:
             ):
                 return True
             time.sleep(0.01)  # poll interval of a deadline-bounded wait
+        Path(report).write_text(repr([{name: s.get(name) for name in ("coalesced", "cross_host_lease_waits",
+                                                                      "leases_granted", "redis_leases_taken")}
+                                      for s in stats]) + f" (holder on host {holder_host})")
         return False
     finally:
         for p in probes:
@@ -418,10 +425,12 @@ def test_a_stampede_across_hosts_computes_once(
                             args=(paths, host, barrier, str(log_path), overlapped, results))
             p.start()
             processes.append(p)
-    outcomes = collect(results, HOSTS * WORKERS_PER_HOST, timeout=DEADLINE * 2)
+    outcomes = collect(results, HOSTS * WORKERS_PER_HOST, timeout=DEADLINE * 3)
+    seen = Path(str(log_path) + ".stats")
+    # every other caller really was waiting while fn ran
+    assert overlapped.value, seen.read_text() if seen.exists() else "fn did not run"
     assert outcomes == [("ok", VALUE)] * (HOSTS * WORKERS_PER_HOST)
     assert len(calls(log_path)) == 1, calls(log_path)
-    assert overlapped.value  # every other caller really was waiting while fn ran
     for p in processes:
         p.join(DEADLINE)
     assert [p.exitcode for p in processes] == [0] * len(processes)
