@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import typing
 
+import pytest
+
+from mtcache import AsyncClient, Client
 from tests.coordinator_proc import CoordinatorProcess
 
 WORKER = r"""
@@ -41,3 +45,10 @@ def test_a_worker_that_caches_does_not_load_redis_py(coordinator: CoordinatorPro
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[:2] == ["after caching: False", "after streams: True"]
+
+
+@pytest.mark.parametrize("method", ["read_stream", "read_stream_latest", "read_group", "claim_stale", "subscribe"])
+@pytest.mark.parametrize("client", [Client, AsyncClient], ids=lambda cls: cls.__name__)
+def test_the_stream_methods_type_hints_resolve_without_redis_py(client: type, method: str) -> None:
+    hints = typing.get_type_hints(getattr(client, method))
+    assert "return" in hints

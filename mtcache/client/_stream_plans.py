@@ -27,11 +27,10 @@ from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
 
+from ._entry import Entry
+
 __all__ = ["BLOCK_CHUNK_MS", "Entry", "stream_key"]
 
-#: One stream entry: its id and its fields. Values are ``str``, or ``bytes``
-#: when read with ``decode=False``.
-Entry = tuple[str, dict[str, Any]]
 
 #: The longest single ``BLOCK`` sent to Redis, in milliseconds; longer waits
 #: are several of these in a row.

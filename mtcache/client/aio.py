@@ -22,6 +22,7 @@ from . import _core
 from . import spawn as _spawn
 from . import trust as _trust
 from ._core import MISSING, RETRY, ClientBase, Stale
+from ._entry import Entry
 from ._flows import (
     UNKNOWN,
     Compute,
@@ -45,7 +46,7 @@ from .policy import Policy
 
 if TYPE_CHECKING:
     from .decorator import CachedFunction
-    from .streams import AsyncStreams, Entry
+    from .streams import AsyncStreams
 
 __all__ = ["AsyncClient"]
 
@@ -609,7 +610,7 @@ class AsyncClient(ClientBase):
         """The Redis Streams helpers of this client (created on first use, on
         connections of their own so a blocking read never holds up a cache call)."""
         if self._streams is None:
-            # imported here: a worker that does not use streams never loads redis-py (about 12 MiB)
+            # imported here: a worker that does not use streams never loads redis-py (about 10 MiB)
             from .streams import AsyncStreams
 
             self._streams = AsyncStreams(self._core.settings.redis_url, self._core.stream_prefix)

@@ -24,6 +24,7 @@ from . import _core
 from . import spawn as _spawn
 from . import trust as _trust
 from ._core import MISSING, RETRY, ClientBase, Stale
+from ._entry import Entry
 from ._flows import (
     UNKNOWN,
     Compute,
@@ -47,7 +48,7 @@ from .policy import Policy
 
 if TYPE_CHECKING:
     from .decorator import CachedFunction
-    from .streams import Entry, Streams
+    from .streams import Streams
 
 __all__ = ["Client"]
 
@@ -668,11 +669,12 @@ class Client(ClientBase):
     def streams(self) -> Streams:
         """The Redis Streams helpers of this client (created on first use, on
         connections of their own so a blocking read never holds up a cache call)."""
+        # imported here, not under the lock (which misses share): a worker that does not use streams never
+        # loads redis-py (about 10 MiB)
+        from .streams import Streams
+
         with self._lock:
             if self._streams is None:
-                # imported here: a worker that does not use streams never loads redis-py (about 12 MiB)
-                from .streams import Streams
-
                 self._streams = Streams(self._core.settings.redis_url, self._core.stream_prefix)
             return self._streams
 
