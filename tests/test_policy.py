@@ -102,3 +102,20 @@ def test_a_client_remembers_a_bounded_number_of_policies(core: ClientCore) -> No
     for i in range(POLICIES_KEPT + 10):
         assert call(core, fail_safe=float(i + 1)).fail_safe == i + 1
     assert 0 < len(core._policies) <= POLICIES_KEPT
+
+
+class Lying(float):
+    """A float whose == and hash say every two of them are the same."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return 0
+
+
+def test_arguments_of_a_numeric_subclass_are_derived_each_time(core: ClientCore) -> None:
+    assert call(core, eager_refresh=Lying(0.5)).eager_refresh == 0.5
+    assert call(core, eager_refresh=Lying(0.9)).eager_refresh == 0.9
+    with pytest.raises(ValueError, match="eager_refresh must be a fraction"):
+        call(core, eager_refresh=Lying(2.0))

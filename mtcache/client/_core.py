@@ -95,6 +95,8 @@ HELLO_TIMEOUT = 2.0
 WAIT_SLICE = 0.1
 #: the call policies a client remembers (see ClientCore.call_policy)
 POLICIES_KEPT = 256
+#: the types of the arguments whose call policies are remembered
+_PLAIN = frozenset({type(None), bool, int, float})
 
 
 class ClientCore:
@@ -220,10 +222,11 @@ class ClientCore:
     ) -> Policy:
         """The policy of one ``get_or_compute`` call: the client's, with the call's arguments applied
         (see :meth:`Policy.with_call`). A call that gives none (the usual one, on every hit) gets the
-        client's own at once; the policies derived for the same arguments, of the same types, are
-        remembered (:data:`POLICIES_KEPT` of them), so a call site that passes, say,
-        ``eager_refresh=0.8`` on every hit does not build and check a new one each time. A call with
-        tags is derived afresh: its tags often differ from call to call.
+        client's own at once; the policies derived for the same arguments, of the same types (None,
+        bool, int or float: not subclasses, whose == and hash may say anything), are remembered
+        (:data:`POLICIES_KEPT` of them), so a call site that passes, say, ``eager_refresh=0.8`` on every
+        hit does not build and check a new one each time. A call with tags is derived afresh: its tags
+        often differ from call to call.
 
         :raises TypeError, ValueError: an argument is invalid (an invalid call is never remembered).
         """
@@ -234,13 +237,12 @@ class ClientCore:
         key: tuple[tuple[Any, ...], tuple[type, ...]] | None = None
         if untagged:
             given = (fail_safe, fail_safe_throttle, soft_timeout, hard_timeout, eager_refresh, jitter, cache_none)
-            # the types are part of the key: True == 1, but cache_none=1 or fail_safe=True must still raise
-            key = (given, tuple(map(type, given)))
-            try:
+            types = tuple(map(type, given))
+            # only plain numbers and None are remembered, whose == and hash nothing can redefine; the types are
+            # part of the key: True == 1, but cache_none=1 or fail_safe=True must still raise
+            if _PLAIN.issuperset(types):
+                key = (given, types)
                 found = self._policies.get(key)
-            except TypeError:  # an argument a dict cannot hash: derived (and checked) below
-                key = None
-            else:
                 if found is not None:
                     return found
         policy = self.policy.with_call(
