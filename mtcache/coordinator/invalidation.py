@@ -63,7 +63,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ClusterDownError, RedisError
 
-from mtcache.coordinator.l2 import PUBLISH_LUA, AnyRedis, Layout, _deadline, pack_commands
+from mtcache.coordinator.l2 import PUBLISH_LUA, AnyRedis, Layout, _deadline, ensure_connected, pack_commands
 from mtcache.redis_urls import async_client
 
 __all__ = ["InvalidationStream", "ShardedInvalidation", "new_origin"]
@@ -302,8 +302,7 @@ class InvalidationStream:
             async with _deadline(self._read_bound):
                 if conn is None:
                     conn = self._conn = await self._new_conn()
-                if not conn.is_connected:
-                    await conn.connect()  # a Sentinel-managed connection finds the master here (see l2._Lane)
+                await ensure_connected(conn)
                 await conn.send_packed_command(pack_commands(
                     [("XREAD", "COUNT", BATCH, "BLOCK", self.block_ms, "STREAMS", self.stream,
                       self.last_id or "0-0")]), check_health=False)

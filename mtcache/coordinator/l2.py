@@ -639,6 +639,15 @@ def _packable(arg: object) -> bool:
     return type(arg) is int or isinstance(arg, (bytes, str, float, memoryview))
 
 
+async def ensure_connected(conn: AbstractConnection) -> None:
+    """Connect ``conn`` unless it is connected. By ``connect()`` itself, not the send's implicit connect:
+    a Sentinel-managed connection asks the sentinels for the master only there. Only when not connected:
+    ``connect()`` on a connected connection goes through redis-py's retry wrapper only to find it
+    connected, on every batch and every blocking read."""
+    if not conn.is_connected:
+        await conn.connect()
+
+
 @functools.cache
 def _sha(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()
@@ -705,11 +714,7 @@ class _Lane:
             pool = self._pool
             conn = self._conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
         try:
-            # connect() itself, not the send's implicit connect: a Sentinel-managed connection asks the
-            # sentinels for the master only there; and only when not connected (connect() on a connected
-            # connection goes through redis-py's retry wrapper only to find it connected, on every batch)
-            if not conn.is_connected:
-                await conn.connect()
+            await ensure_connected(conn)
             replies = await self._send(conn, [args if s is None else ("EVALSHA", _sha(s), n, *args)
                                               for s, n, args in batch.commands])
             missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
