@@ -22,6 +22,7 @@ from mtcache.config import Settings
 from mtcache.coordinator.cache import CacheEngine
 from mtcache.coordinator.l2 import Envelope, L2Tier
 from mtcache.coordinator.stamps import HybridClock
+from mtcache.errors import L2Error
 from mtcache.protocol import Status
 from mtcache.shm import VersionTable
 from tests.redis_server import RedisServer
@@ -376,3 +377,26 @@ async def test_read_while_a_local_delete_is_on_its_way_to_redis_is_not_promoted(
     assert engine.get_l1(KEY) is None
 
 
+
+
+async def test_read_as_a_local_delete_fails_to_reach_redis_is_not_promoted(
+    make_host: Callable[[], Awaitable[Host]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # found by the chaos checker (short, seed 14, maxmemory_noeviction): a delete whose Redis write
+    # failed went to the backlog only when its own task resumed, one loop turn after the write
+    # queue had released the key; a read missing L1 in that turn found the old value in L2 and
+    # promoted it, so the host served what it had just deleted
+    engine, l2 = await make_host()
+    await engine.set(KEY, OLD, TTL)
+    readers: list[asyncio.Task[Any]] = []
+
+    async def failing_pipeline(op: str, build: Callable[[Any], None]) -> list[Any]:
+        readers.append(asyncio.get_running_loop().create_task(engine.get_miss(KEY)))  # runs before delete resumes
+        raise L2Error("injected: OOM command not allowed when used memory > 'maxmemory'")
+
+    monkeypatch.setattr(l2, "pipeline", failing_pipeline)
+    await asyncio.wait_for(engine.delete(KEY), WAIT)
+    reply = await asyncio.wait_for(readers[0], WAIT)
+    assert reply[0] == Status.MISS
+    assert engine.get_l1(KEY) is None
+    assert await _l2_value(l2) == OLD  # the delete waits in the backlog

@@ -418,12 +418,16 @@ class CacheEngine:
             if extra is not None:
                 extra(pipe)
 
-        try:
-            replies = await writes.write(write.key, build, delay=delay)
-        except L2Error as exc:
+        def failed(exc: L2Error) -> None:
+            # before the queue releases the key: a read missing L1 must not find it readable in L2
+            # (which still holds what this write replaced) for the loop turn until this task resumes
             if keep:
                 self.backlog.add(write)
             self.l2_failed(exc)
+
+        try:
+            replies = await writes.write(write.key, build, delay=delay, failed=failed)
+        except L2Error:
             return None
         return int(replies[0])
 

@@ -45,6 +45,7 @@ class _Item:
     key: str | None
     clear: int | None  # the stamp of a clear
     due: float | None = None  # a write-behind: the loop time by which it must be sent
+    failed: Callable[[L2Error], None] | None = None  # told of a failure before the key is released
     fut: asyncio.Future[list[Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -77,15 +78,20 @@ class WriteQueue:
         """True while a clear, or more than ``besides`` writes of ``key``, are queued or in flight."""
         return self._clearing > 0 or self._pending.get(key, 0) > besides
 
-    async def write(self, key: str | None, build: Build, *, delay: float = 0.0) -> list[Any]:
+    async def write(
+        self, key: str | None, build: Build, *, delay: float = 0.0, failed: Callable[[L2Error], None] | None = None
+    ) -> list[Any]:
         """Queue the commands ``build(pipe)`` adds; return their replies once Redis
         has run them. With a ``delay`` (seconds; a write-behind) they may wait that long
-        for other writes to share the round trip.
+        for other writes to share the round trip. ``failed`` is called with the error of a
+        round trip that failed while ``key`` still counts as busy: what it records (the
+        backlog) holds before any read may take the key from L2 again, which the caller,
+        resuming a loop turn later, could not promise.
 
         :raises L2Error: the round trip that carried them failed.
         """
         due = asyncio.get_running_loop().time() + delay if delay > 0 else None
-        item = _Item(build, key, clear=None, due=due)
+        item = _Item(build, key, clear=None, due=due, failed=failed)
         if key is not None:
             self._pending[key] += 1
         return await self._enqueue(item)
@@ -176,6 +182,11 @@ class WriteQueue:
 
     def _settle(self, items: list[_Item], *, replies: list[Any] | None = None, error: L2Error | None = None) -> None:
         for item in items:
+            if error is not None and item.failed is not None:
+                try:
+                    item.failed(error)
+                except Exception:  # a bug there must not leave this write, or the rest, unsettled
+                    log.exception("recording an L2 write that failed failed")
             if item.key is not None:
                 self._pending[item.key] -= 1
                 if self._pending[item.key] <= 0:
