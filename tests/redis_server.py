@@ -722,9 +722,11 @@ class RedisClusterGroup:
     def restart(self, port: int) -> None:
         """Start the node on ``port`` again (killing it first if it runs) and wait until it has rejoined and the
         cluster has settled: a killed master comes back as a replica of the one that took its place, by its
-        ``nodes.conf``, with no data (no persistence) until its full sync."""
+        ``nodes.conf``, with no data (no persistence) until its full sync. Settled includes the cluster's
+        view of it: a node that answers as a replica with its link up can still be unknown as one to the
+        node :meth:`replicas_of` asks until gossip carries it there."""
         self.server_on(port).restart()
-        self._wait_settled(f"node {port} to rejoin", lambda masters: True)
+        self._wait_settled(f"node {port} to rejoin", lambda masters: any(port in self.replicas_of(m) for m in masters))
 
     def kill(self) -> None:
         """SIGKILL every node: the whole cluster is gone at once (as :meth:`RedisServer.kill` for one server)."""
