@@ -853,6 +853,45 @@ async def test_paused_redis_raises_l2error_and_the_tier_works_after_resume(
     assert await fault_tier.ping() is True
 
 
+async def test_a_batch_has_its_whole_bound_after_an_earlier_one(
+    redis_server: RedisServer, fault_tier: L2Tier, clock: HybridClock
+) -> None:
+    # the lane's one timer was set for the first batch; a second batch that starts just before that time is
+    # still given its own whole bound (the timer is set again for it), then fails as a timeout
+    bound = 2 * FAULT_TIMEOUT
+    loop = asyncio.get_running_loop()
+    await fault_tier.write("k", b"first", 60, clock.now())
+    await asyncio.sleep(bound * 0.75)  # places the second batch, not a synchronisation
+    redis_server.pause()
+    try:
+        started = loop.time()
+        with pytest.raises(L2Error, match=r"L2 write failed .*no answer within") as info:
+            await fault_tier.write("k", b"second", 60, clock.now())
+        elapsed = loop.time() - started
+    finally:
+        redis_server.resume()
+    assert isinstance(info.value.__cause__, asyncio.TimeoutError)
+    assert elapsed >= bound * 0.99, f"cut short after {elapsed:.3f} s of its {bound} s"
+    assert await fault_tier.write("k", b"third", 60, clock.now()) in (WriteResult.STORED, WriteResult.REPLACED)
+
+
+async def test_cancelling_a_batch_is_not_taken_for_its_timeout(
+    redis_server: RedisServer, fault_tier: L2Tier, clock: HybridClock
+) -> None:
+    # a caller cancelled while its batch waits on Redis (the coordinator stopping) is cancelled, not timed out
+    await fault_tier.write("k", b"first", 60, clock.now())
+    redis_server.pause()
+    try:
+        pending = asyncio.ensure_future(fault_tier.write("k", b"second", 60, clock.now()))
+        await asyncio.sleep(0.05)  # lets the batch reach Redis, not a synchronisation: either way it is cancelled
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+    finally:
+        redis_server.resume()
+    assert await fault_tier.write("k", b"third", 60, clock.now()) in (WriteResult.STORED, WriteResult.REPLACED)
+
+
 async def test_deadline_bounds_a_client_without_socket_timeouts(
     redis_server: RedisServer, clock: HybridClock
 ) -> None:
