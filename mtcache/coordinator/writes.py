@@ -11,6 +11,13 @@ A write-behind (its caller already has its answer) may wait up to its own
 delay for others to share its round trip; any other write, or a full batch,
 sends everything queued at once.
 
+A write that finds nothing queued or in flight is sent at once by its own
+task, the *leader*: no flush task is started for it, its round trip begins in
+the loop turn it came in, and its caller resumes as soon as its reply is read
+(one loop turn and one task fewer per lone write). Writes that come meanwhile
+queue as usual; the leader starts the flush task for them once its round trip
+is over, so every batch still goes after the one before.
+
 The queue also knows which keys have a write in flight: until Redis has done
 it, an L1 miss must not read the key from L2 and promote what it finds there,
 which may be the value a delete or clear is about to remove.
@@ -67,6 +74,8 @@ class WriteQueue:
         self.l2 = l2
         self._queue: deque[_Item] = deque()
         self._task: asyncio.Task[None] | None = None
+        #: a leader's round trip is in flight (see the module docstring)
+        self._leading = False
         self._pending: Counter[str] = Counter()
         self._clearing = 0
         #: set when the queue must be sent at once (a write that is not behind, a full batch)
@@ -111,12 +120,27 @@ class WriteQueue:
         return (await self._enqueue(_Item(build, None, clear=stamp)))[0]
 
     async def _enqueue(self, item: _Item) -> list[Any]:
-        self._queue.append(item)
-        if item.due is None or len(self._queue) >= HOLD_MAX:
+        queue = self._queue
+        idle = not self._leading and (self._task is None or self._task.done())
+        queue.append(item)
+        if idle and len(queue) == 1 and item.due is None and item.clear is None:
+            self._leading = True
+            try:
+                await self._send_writes()
+            finally:
+                self._leading = False
+                if queue:
+                    self._start()
+            return await item.fut
+        if item.due is None or len(queue) >= HOLD_MAX:
             self._now.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._flush())
+        if idle:
+            self._start()
         return await item.fut
+
+    def _start(self) -> None:
+        """Start the flush task for what is queued."""
+        self._task = asyncio.get_running_loop().create_task(self._flush())
 
     async def close(self) -> None:
         """Stop sending; queued writes fail with L2Error."""
@@ -157,28 +181,37 @@ class WriteQueue:
                 else:
                     self._settle([item], replies=[removed])
                 continue
-            batch: list[_Item] = []
-            while queue and queue[0].clear is None:
-                batch.append(queue.popleft())
-            counts: list[int] = []
+            await self._send_writes()
 
-            def build_all(pipe: Any, batch: list[_Item] = batch, counts: list[int] = counts) -> None:
-                for item in batch:
-                    before = len(pipe)
-                    item.build(pipe)
-                    counts.append(len(pipe) - before)
+    async def _send_writes(self) -> None:
+        """Send the writes at the head of the queue, up to the first clear, in one round trip, and settle
+        them. Each is settled whatever happens, a cancellation included (then re-raised)."""
+        queue = self._queue
+        batch: list[_Item] = []
+        while queue and queue[0].clear is None:
+            batch.append(queue.popleft())
+        counts: list[int] = []
 
-            self.batches += 1
-            self.writes += len(batch)
-            try:
-                replies = await self.l2.pipeline("write", build_all)
-            except Exception as exc:  # every queued write is settled, whatever failed
-                self._settle(batch, error=_l2_error(exc))
-            else:
-                start = 0
-                for item, count in zip(batch, counts, strict=True):
-                    self._settle([item], replies=replies[start : start + count])
-                    start += count
+        def build_all(pipe: Any) -> None:
+            for item in batch:
+                before = len(pipe)
+                item.build(pipe)
+                counts.append(len(pipe) - before)
+
+        self.batches += 1
+        self.writes += len(batch)
+        try:
+            replies = await self.l2.pipeline("write", build_all)
+        except Exception as exc:  # every queued write is settled, whatever failed
+            self._settle(batch, error=_l2_error(exc))
+        except BaseException:
+            self._settle(batch, error=L2Error("the write was cancelled: the coordinator is stopping"))
+            raise
+        else:
+            start = 0
+            for item, count in zip(batch, counts, strict=True):
+                self._settle([item], replies=replies[start : start + count])
+                start += count
 
     def _settle(self, items: list[_Item], *, replies: list[Any] | None = None, error: L2Error | None = None) -> None:
         for item in items:

@@ -1,0 +1,96 @@
+"""The write queue over a real redis-server: a write that finds the queue idle is sent by its own task (the
+leader), writes that come meanwhile follow it in order, and a write is settled, its key released, whatever
+happens to the task that sent it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from mtcache.coordinator.l2 import Batch, L2Tier, WriteResult
+from mtcache.coordinator.stamps import HybridClock
+from mtcache.coordinator.writes import WriteQueue
+from mtcache.errors import L2Error
+from tests.redis_server import RedisServer
+
+# long enough for a loaded CI machine to answer a live Redis
+TIMEOUT = 1.0
+
+
+@pytest.fixture
+async def tier(redis_server: RedisServer) -> AsyncIterator[L2Tier]:
+    tier = L2Tier(redis_server.url, "wq", timeout=TIMEOUT)
+    yield tier
+    await tier.aclose()
+
+
+def _write(tier: L2Tier, key: str, value: bytes, stamp: int) -> tuple[str, object]:
+    def build(pipe: Batch) -> None:
+        tier.queue_write(pipe, key, value, 60.0, stamp)
+
+    return key, build
+
+
+async def test_a_lone_write_is_sent_by_its_own_task(tier: L2Tier) -> None:
+    queue = WriteQueue(tier)
+    clock = HybridClock(node=3)
+    key, build = _write(tier, "k", b"v1", clock.now())
+    replies = await queue.write(key, build)
+    assert replies == [WriteResult.STORED]
+    assert queue._task is None  # no flush task was started for it
+    assert not queue.busy("k")
+    found = await tier.get("k")
+    assert found is not None and found.value == b"v1"
+
+
+async def test_writes_that_come_during_a_leaders_round_trip_follow_it_in_order(tier: L2Tier) -> None:
+    queue = WriteQueue(tier)
+    clock = HybridClock(node=3)
+    stamps = [clock.now() for _ in range(12)]
+    leader = asyncio.ensure_future(queue.write(*_write(tier, "k", b"v0", stamps[0])))
+    await asyncio.sleep(0)  # the leader sends its round trip; the others queue behind it
+    assert queue.busy("k")
+    followers = [asyncio.ensure_future(queue.write(*_write(tier, "k", f"v{i}".encode(), stamps[i])))
+                 for i in range(1, 12)]
+    results = await asyncio.gather(leader, *followers)
+    # a write that reached Redis after a newer one of its key would answer OLDER
+    assert [r[0] for r in results] == [WriteResult.STORED] + [WriteResult.REPLACED] * 11
+    assert queue.batches < 12  # the followers shared round trips
+    found = await tier.get("k")
+    assert found is not None and found.value == b"v11"
+    assert not queue.busy("k")
+
+
+async def test_a_cancelled_leader_releases_its_key(redis_server: RedisServer, tier: L2Tier) -> None:
+    queue = WriteQueue(tier)
+    clock = HybridClock(node=3)
+    await queue.write(*_write(tier, "k", b"v0", clock.now()))
+    redis_server.pause()
+    try:
+        leader = asyncio.ensure_future(queue.write(*_write(tier, "k", b"v1", clock.now())))
+        follower = asyncio.ensure_future(queue.write(*_write(tier, "j", b"w1", clock.now())))
+        await asyncio.sleep(0.05)  # lets the leader's round trip start, not a synchronisation
+        assert queue.busy("k")
+        leader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        assert not queue.busy("k")
+    finally:
+        redis_server.resume()
+    # the write queued behind the cancelled leader still goes
+    assert (await follower) == [WriteResult.STORED]
+    assert await queue.write(*_write(tier, "k", b"v2", clock.now())) in ([WriteResult.REPLACED], [WriteResult.STORED])
+
+
+async def test_a_failed_leader_is_told_before_its_key_is_released(redis_server: RedisServer, tier: L2Tier) -> None:
+    queue = WriteQueue(tier)
+    clock = HybridClock(node=3)
+    busy_when_told: list[bool] = []
+    redis_server.kill()
+    key, build = _write(tier, "k", b"v1", clock.now())
+    with pytest.raises(L2Error):
+        await queue.write(key, build, failed=lambda exc: busy_when_told.append(queue.busy("k")))
+    assert busy_when_told == [True]
+    assert not queue.busy("k")
