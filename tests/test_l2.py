@@ -947,15 +947,42 @@ async def test_a_connection_torn_down_under_a_call_is_an_l2_error(
         await tier.get("k")
 
 
-async def test_concurrent_reads_share_round_trips(tier: L2Tier, clock: HybridClock) -> None:
+async def test_concurrent_reads_share_round_trips(fault_tier: L2Tier, clock: HybridClock) -> None:
     """Reads asked while one MGET is on its way go together in the next: 50 concurrent gets take far fewer
-    than 50 round trips, and each caller gets its own key's record."""
+    than 50 round trips, and each caller gets its own key's record. On a real Redis only: fakeredis answers
+    without waiting on a socket, so each read's round trip ends before the next read is asked."""
+    tier = fault_tier
     for i in range(50):
         await tier.write(f"r{i}", f"v{i}".encode(), 60, clock.now())
     before = tier._reads.batches
     found = await asyncio.gather(*(tier.get(f"r{i}") for i in range(50)))
     assert [entry.value if entry else None for entry in found] == [f"v{i}".encode() for i in range(50)]
     assert tier._reads.batches - before < 50
+
+
+async def test_a_lone_read_is_sent_by_its_callers_task(fault_tier: L2Tier, clock: HybridClock) -> None:
+    await fault_tier.write("k", b"v", 60, clock.now())
+    found = await fault_tier.get("k")
+    assert found is not None and found.value == b"v"
+    assert fault_tier._reads._task is None  # no read task was started for it
+
+
+async def test_a_read_stopped_by_its_deadline_leaves_the_next_one_working(
+    redis_server: RedisServer, fault_tier: L2Tier, clock: HybridClock
+) -> None:
+    await fault_tier.write("k", b"v", 60, clock.now())
+    redis_server.pause()
+    try:
+        first = asyncio.ensure_future(fault_tier.get("k"))
+        await asyncio.sleep(0)  # the first read sends its own round trip
+        second = asyncio.ensure_future(fault_tier.get("k"))  # waits for the next round trip
+        for pending in (first, second):
+            with pytest.raises(L2Error, match="no answer within"):
+                await pending
+    finally:
+        redis_server.resume()
+    found = await fault_tier.get("k")
+    assert found is not None and found.value == b"v"
 
 
 async def test_a_batch_on_a_connection_a_reset_closed_is_sent_again_on_a_new_one(

@@ -858,7 +858,9 @@ class _Reads:
     """Reads that share round trips: the keys asked while one ``MGET`` is on its way go together in the next
     (the floor read once for all), on a connection of their own (a :class:`_Lane`): workers that miss L1 at
     the same moment cost one round trip, not one each, and a read never waits behind a write batch. Each
-    round trip is bounded by ``bound`` seconds; its failure is every waiting caller's.
+    round trip is bounded by ``bound`` seconds; its failure is every waiting caller's. A read that finds no
+    round trip in flight sends its own at once, from its caller's task (as a lone write does, see
+    :mod:`mtcache.coordinator.writes`); the reads that come meanwhile go together in the next.
 
     On a cluster each key is read with its group's floor (``MGET record floor``, one slot), the keys of a
     node together in one round trip, and the newest of the floors read stands for the namespace floor."""
@@ -869,6 +871,8 @@ class _Reads:
         self._bound = bound
         self._waiting: list[tuple[list[str], asyncio.Future[list[Any]]]] = []
         self._task: asyncio.Task[None] | None = None
+        #: a read's own round trip is in flight (see the class docstring)
+        self._leading = False
         #: round trips made (each carried the reads that were waiting)
         self.batches = 0
 
@@ -876,9 +880,20 @@ class _Reads:
         """What ``MGET *rkeys floor`` answers: each key's data, then the floor's."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Any]] = loop.create_future()
+        idle = not self._leading and (self._task is None or self._task.done())
         self._waiting.append((rkeys, fut))
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._run())
+        if idle:
+            self._leading = True
+            try:
+                await self._send_waiting()
+            except BaseException:
+                if fut.done() and not fut.cancelled():
+                    fut.exception()  # retrieved: what stopped this read is raised instead
+                raise
+            finally:
+                self._leading = False
+                if self._waiting:
+                    self._task = loop.create_task(self._run())
         return await fut
 
     async def _read(self, rkeys: list[str]) -> list[Any]:
@@ -897,27 +912,32 @@ class _Reads:
 
     async def _run(self) -> None:
         while self._waiting:
-            waiting, self._waiting = self._waiting, []
-            self.batches += 1
-            try:
-                if self._lane.bounded:
+            await self._send_waiting()
+
+    async def _send_waiting(self) -> None:
+        """Read every waiting caller's keys in one round trip and answer each caller, whatever failed (a
+        cancellation of the round trip is re-raised)."""
+        waiting, self._waiting = self._waiting, []
+        self.batches += 1
+        try:
+            if self._lane.bounded:
+                replies = await self._read([key for keys, _ in waiting for key in keys])
+            else:
+                async with _deadline(self._bound):
                     replies = await self._read([key for keys, _ in waiting for key in keys])
-                else:
-                    async with _deadline(self._bound):
-                        replies = await self._read([key for keys, _ in waiting for key in keys])
-            except BaseException as exc:  # every waiting caller gets an answer, whatever failed
-                error = exc if isinstance(exc, Exception) else L2Error("the coordinator is stopping")
-                for _, fut in waiting:
-                    if not fut.done():
-                        fut.set_exception(error)
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            start, floor = 0, replies[-1]
-            for keys, fut in waiting:
-                if not fut.done():  # a caller whose own deadline passed is gone
-                    fut.set_result([*replies[start : start + len(keys)], floor])
-                start += len(keys)
+        except BaseException as exc:  # every waiting caller gets an answer, whatever failed
+            error = exc if isinstance(exc, Exception) else L2Error("the coordinator is stopping")
+            for _, fut in waiting:
+                if not fut.done():
+                    fut.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        start, floor = 0, replies[-1]
+        for keys, fut in waiting:
+            if not fut.done():  # a caller whose own deadline passed is gone
+                fut.set_result([*replies[start : start + len(keys)], floor])
+            start += len(keys)
 
     async def drop_connection(self) -> None:
         """Close the connection (a read on it is sent again on a new one)."""
