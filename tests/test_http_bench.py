@@ -20,7 +20,15 @@ from typing import Any
 import pytest
 
 from bench.httpbench.apps import ASYNC_ONLY, CONSTANT_QUOTE, VARIANTS, make_asgi, make_wsgi
-from bench.httpbench.run import APP_PASSES, app_cpu_per_request, cpu_used, group_pids, report, summarize
+from bench.httpbench.run import (
+    APP_PASSES,
+    app_cpu_per_request,
+    cpu_used,
+    group_pids,
+    report,
+    summarize,
+    worker_shares,
+)
 from tests.coordinator_proc import CoordinatorProcess
 
 CALLERS = 8
@@ -218,6 +226,15 @@ def test_cpu_used_counts_only_processes_in_both_snapshots() -> None:
     before = {10: 1.0, 11: 2.0, 20: 5.0}  # 12 started after the first snapshot
     after = {10: 1.5, 12: 9.0, 20: 5.25}  # 11 exited before the second
     assert cpu_used(parts, before, after) == {"server": 0.5, "redis-server": 0.25}
+
+
+def test_worker_shares_leave_out_the_master_and_processes_not_in_both_snapshots() -> None:
+    gone = 2**22 + 1  # pids above the kernel's largest: no /proc entry, read as workers
+    master, busy, idle, late = gone, gone + 1, gone + 2, gone + 3
+    before = {master: 0.0, busy: 1.0, idle: 2.0}
+    after = {master: 5.0, busy: 1.75, idle: 2.25, late: 3.0}
+    assert worker_shares(master, [master, busy, idle, late], before, after) == [0.75, 0.25]
+    assert worker_shares(master, [master, idle], {idle: 1.0}, {idle: 1.0}) == []
 
 
 # the parent prints its child's pid once it has started it, then both wait for their stdin to close

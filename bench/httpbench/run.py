@@ -215,6 +215,22 @@ def cpu_by_pid(pids: Iterable[int]) -> dict[int, float]:
     return out
 
 
+def worker_shares(master: int, pids: Iterable[int], before: dict[int, float], after: dict[int, float]) -> list[float]:
+    """Each worker's share of the CPU all the server's workers used between two :func:`cpu_by_pid`
+    snapshots, largest first (the workers: the processes of the server other than ``master`` and
+    multiprocessing's helpers): how evenly the load reached them."""
+    used = {}
+    for pid in pids:
+        if pid == master or pid not in before or pid not in after:
+            continue
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            if b"multiprocessing.resource_tracker" in (Path("/proc") / str(pid) / "cmdline").read_bytes():
+                continue
+        used[pid] = after[pid] - before[pid]
+    total = sum(used.values())
+    return sorted((round(v / total, 3) for v in used.values()), reverse=True) if total > 0 else []
+
+
 def cpu_used(parts: dict[str, list[int]], before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
     """CPU seconds each part (name: its pids) used between two :func:`cpu_by_pid` snapshots, counting
     only the processes present in both."""
@@ -268,12 +284,14 @@ def measure_one(wrk: str, server: str, variant: str, redis_srv: Server, folder: 
         "hit_rate": None if variant == "constant" else max(0.0, 1 - len(calls) / requests) if requests else None,
         "calls_per_key_per_ttl": calls_per_key_per_period(calls, TTL),
         "cpu_us_per_request": cpu,
+        "worker_cpu_shares": worker_shares(served.pid, parts["server"], cpu_before, cpu_after),
         "cpu_us_per_request_total": None if cpu is None else sum(v for k, v in cpu.items() if k != "wrk"),
         "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)], "wrk_output": result["text"],
     }
     print(f"  round {round_no} {server:8} {variant:13} {rps:9,.0f} RPS  p50 {row['p50_ms']:6.2f} ms  "
           f"p99 {row['p99_ms']:7.2f} ms  calls {len(calls):6}  errors {sum(result['errors'].values())}  "
-          f"CPU {_us(row['cpu_us_per_request_total'])} µs/request  load {row['load_1min']}", flush=True)
+          f"CPU {_us(row['cpu_us_per_request_total'])} µs/request  workers {row['worker_cpu_shares']}  "
+          f"load {row['load_1min']}", flush=True)
     return row
 
 
