@@ -967,6 +967,19 @@ async def test_a_lone_read_is_sent_by_its_callers_task(fault_tier: L2Tier, clock
     assert fault_tier._reads._task is None  # no read task was started for it
 
 
+async def test_a_read_waits_for_the_requests_that_came_with_it(fault_tier: L2Tier, clock: HybridClock) -> None:
+    # two reads of one loop turn: the first to run sees the other yet to start, so it does not send its own
+    # round trip, and both go in one
+    await fault_tier.write("a", b"1", 60, clock.now())
+    await fault_tier.write("b", b"2", 60, clock.now())
+    asked: list[bool] = []
+    fault_tier.share_reads_while(lambda: not asked and not asked.append(True))  # True the first time only
+    before = fault_tier._reads.batches
+    found = await asyncio.gather(fault_tier.get("a"), fault_tier.get("b"))
+    assert [entry.value if entry else None for entry in found] == [b"1", b"2"]
+    assert fault_tier._reads.batches - before == 1
+
+
 async def test_a_read_stopped_by_its_deadline_leaves_the_next_one_working(
     redis_server: RedisServer, fault_tier: L2Tier, clock: HybridClock
 ) -> None:

@@ -45,6 +45,19 @@ async def test_a_lone_write_is_sent_by_its_own_task(tier: L2Tier) -> None:
     assert found is not None and found.value == b"v1"
 
 
+async def test_a_write_waits_for_the_requests_that_came_with_it(tier: L2Tier) -> None:
+    # two requests of one loop turn: the first to run sees the other yet to start, so it does not lead, and
+    # the flush task sends both in one round trip
+    queue = WriteQueue(tier)
+    clock = HybridClock(node=3)
+    asked = []
+    queue.others_waiting = lambda: not asked and not asked.append(True)  # True the first time only
+    first = asyncio.ensure_future(queue.write(*_write(tier, "a", b"v1", clock.now())))
+    second = asyncio.ensure_future(queue.write(*_write(tier, "b", b"w1", clock.now())))
+    assert await first == [WriteResult.STORED] and await second == [WriteResult.STORED]
+    assert queue.batches == 1  # one round trip carried both
+
+
 async def test_writes_that_come_during_a_leaders_round_trip_follow_it_in_order(tier: L2Tier) -> None:
     queue = WriteQueue(tier)
     clock = HybridClock(node=3)

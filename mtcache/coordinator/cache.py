@@ -381,6 +381,15 @@ class CacheEngine:
             self.l2_failed(exc)
             return None
 
+    def share_round_trips_while(self, others_waiting: Callable[[], bool]) -> None:
+        """A lone write or L2 read goes to Redis at once from its own task, but not while ``others_waiting()``
+        (requests that came in the same loop turn have yet to start): then it waits for the round trip that
+        carries them too (see :mod:`mtcache.coordinator.writes`)."""
+        if self.writes is not None:
+            self.writes.others_waiting = others_waiting
+        if self.l2 is not None:
+            self.l2.share_reads_while(others_waiting)
+
     def l2_failed(self, exc: L2Error) -> None:
         """Redis failed: serve without it (L1 only, writes backlogged) and reconnect in the background."""
         self.counters["l2_errors"] += 1

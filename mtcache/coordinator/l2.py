@@ -847,6 +847,10 @@ def _lane(redis: AnyRedis, bound: float) -> _Lane | _ClusterLane:
     return _ClusterLane(redis) if isinstance(redis, RedisCluster) else _Lane(redis, bound)
 
 
+def _nobody() -> bool:
+    return False
+
+
 def _uncancel(task: asyncio.Task[Any]) -> int:
     """Take back one cancellation request of ``task`` (Python 3.11+); the number still pending (0 before
     3.11, which does not count them)."""
@@ -873,6 +877,9 @@ class _Reads:
         self._task: asyncio.Task[None] | None = None
         #: a read's own round trip is in flight (see the class docstring)
         self._leading = False
+        #: whether requests that came in this loop turn have yet to start: a read then waits for the round
+        #: trip that carries theirs too (see ``CacheEngine.share_round_trips_while``)
+        self.others_waiting: Callable[[], bool] = _nobody
         #: round trips made (each carried the reads that were waiting)
         self.batches = 0
 
@@ -882,7 +889,7 @@ class _Reads:
         fut: asyncio.Future[list[Any]] = loop.create_future()
         idle = not self._leading and (self._task is None or self._task.done())
         self._waiting.append((rkeys, fut))
-        if idle:
+        if idle and len(self._waiting) == 1 and not self.others_waiting():
             self._leading = True
             try:
                 await self._send_waiting()
@@ -894,6 +901,8 @@ class _Reads:
                 self._leading = False
                 if self._waiting:
                     self._task = loop.create_task(self._run())
+        elif idle:
+            self._task = loop.create_task(self._run())
         return await fut
 
     async def _read(self, rkeys: list[str]) -> list[Any]:
@@ -1256,6 +1265,11 @@ class L2Tier:
         batch = Batch()
         build(batch)
         return await self._run(op, self._lane.run(batch), bounded=self._lane.bounded)
+
+    def share_reads_while(self, others_waiting: Callable[[], bool]) -> None:
+        """A read that finds no round trip in flight sends its own at once, but not while
+        ``others_waiting()``: then it waits a loop turn for the reads of the requests that came with it."""
+        self._reads.others_waiting = others_waiting
 
     async def purge(self, floor: int) -> int:
         """Remove the records of this namespace older than ``floor`` (after a clear), by ``SCAN MATCH`` and a

@@ -286,7 +286,8 @@ class _Connection(asyncio.Protocol):
         if self.read_paused:
             self.data_received(b"")
 
-    def _task_done(self, _task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.server.unstarted.discard(task)  # cancelled before its first step
         self.inflight -= 1
         if self.held and not self.write_paused:
             self.held = False
@@ -430,6 +431,7 @@ class _Connection(asyncio.Protocol):
         if write and timed is None:
             timed = (self.server.metrics.latency["write"], time.perf_counter_ns())
         task = asyncio.get_running_loop().create_task(self._run(rid, coro, timed))
+        self.server.unstarted.add(task)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         self.inflight += 1
@@ -438,6 +440,7 @@ class _Connection(asyncio.Protocol):
         task.add_done_callback(self._task_done)
 
     async def _run(self, rid: int, coro: Any, timed: tuple[LatencyHistogram, int] | None) -> None:
+        self.server.unstarted.discard(asyncio.current_task())  # type: ignore[arg-type]
         try:
             reply = await coro
         except asyncio.CancelledError:
@@ -476,6 +479,9 @@ class Coordinator:
         self.connections: set[_Connection] = set()
         #: writes in flight (see _Connection._spawn)
         self.writes: set[asyncio.Task[None]] = set()
+        #: requests' tasks created and not yet started: requests that came in the same loop turn, which a
+        #: round trip to Redis started now would leave out (see CacheEngine.share_round_trips_while)
+        self.unstarted: set[asyncio.Task[None]] = set()
         self.counters = dict.fromkeys(("refused", "protocol_errors", "socket_recreated", "write_pauses",
                                        "slow_consumers_closed", "stalled_frames_closed"), 0)
         #: latency histograms, hot keys, the workers' reports (see metrics.py)
@@ -555,6 +561,7 @@ class Coordinator:
             l2 = L2Tier(self.settings.redis_url, self.settings.namespace, timeout=self.settings.redis_timeout)
         self.engine = CacheEngine(self.settings, self.table, l2, self.mirror)
         self.engine.holder_alive = _holder_alive
+        self.engine.share_round_trips_while(lambda: bool(self.unstarted))
         await self.engine.start()
         self.exports.start(self.stats, self.settings.namespace)  # before serving: it may refuse to start
         self._server = await self._listen()
