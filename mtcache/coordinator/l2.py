@@ -847,7 +847,8 @@ def _lane(redis: AnyRedis, bound: float) -> _Lane | _ClusterLane:
     return _ClusterLane(redis) if isinstance(redis, RedisCluster) else _Lane(redis, bound)
 
 
-def _nobody() -> bool:
+def nobody_waiting() -> bool:
+    """The ``others_waiting`` of a coordinator that has not said otherwise: no request waits to start."""
     return False
 
 
@@ -879,7 +880,7 @@ class _Reads:
         self._leading = False
         #: whether requests that came in this loop turn have yet to start: a read then waits for the round
         #: trip that carries theirs too (see ``CacheEngine.share_round_trips_while``)
-        self.others_waiting: Callable[[], bool] = _nobody
+        self.others_waiting: Callable[[], bool] = nobody_waiting
         #: round trips made (each carried the reads that were waiting)
         self.batches = 0
 

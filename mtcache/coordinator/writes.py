@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtcache.coordinator.l2 import L2Tier
+from mtcache.coordinator.l2 import L2Tier, nobody_waiting
 from mtcache.errors import L2Error
 
 __all__ = ["WriteQueue"]
@@ -58,10 +58,6 @@ class _Item:
     due: float | None = None  # a write-behind: the loop time by which it must be sent
     failed: Callable[[L2Error], None] | None = None  # told of a failure before the key is released
     fut: asyncio.Future[list[Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
-def _nobody() -> bool:
-    return False
 
 
 def _l2_error(exc: Exception) -> L2Error:
@@ -85,7 +81,7 @@ class WriteQueue:
         #: a leader's round trip is in flight (see the module docstring)
         self._leading = False
         #: whether requests that came in this loop turn have yet to start (see the module docstring)
-        self.others_waiting: Callable[[], bool] = _nobody
+        self.others_waiting: Callable[[], bool] = nobody_waiting
         self._pending: Counter[str] = Counter()
         self._clearing = 0
         #: set when the queue must be sent at once (a write that is not behind, a full batch)
