@@ -599,3 +599,27 @@ def test_a_strategy_holds_on_every_tier_and_the_tier_defaults_serve_calls_that_g
             assert r.pttl("mtcache:default:v2:k:forever") == -1  # no expiry
     finally:
         proc.stop()
+
+
+def test_a_threads_connection_is_closed_when_the_thread_ends(coordinator: CoordinatorProcess) -> None:
+    """Found from the outside: every thread that ever made a request kept its connection to the coordinator
+    open until the client closed (a server with a thread per request ran out of file descriptors)."""
+    import os
+
+    with Client(coordinator.socket_path, spawn=False) as client:
+        client.set("k", "main")
+        fds = len(os.listdir("/proc/self/fd"))
+        for i in range(20):
+            thread = threading.Thread(target=client.set, args=("k", f"thread {i}"))
+            thread.start()
+            thread.join()
+        deadline = time.monotonic() + 10
+        while len(client._conns) > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)  # polls the condition under a deadline
+        assert len(client._conns) == 1, f"{len(client._conns)} connections kept for 1 live thread"
+        assert len(os.listdir("/proc/self/fd")) <= fds
+        assert client.get("k") == "thread 19"  # the main thread's connection still serves
+        worker = threading.Thread(target=client.set, args=("k", "again"))
+        worker.start()
+        worker.join()
+        assert client.get("k") == "again"

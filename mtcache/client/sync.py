@@ -150,6 +150,24 @@ class _Conn:
         self.sock.close()
 
 
+class _ThreadMark:
+    """Kept in a thread's thread-local beside its connection: it goes when the thread ends, and its
+    finalizer (:func:`_thread_ended`) closes the connection."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _thread_ended(client_ref: weakref.ref[Client], conn: _Conn) -> None:
+    """The thread that owned ``conn`` ended: close it and let its client forget it. Without taking the
+    client's lock: this runs wherever the thread's locals are freed (a forked child included, whose copy
+    of the lock another thread of the parent may hold); ``set.discard`` is atomic."""
+    client = client_ref()
+    if client is not None:
+        client._conns.discard(conn)
+    with contextlib.suppress(OSError):
+        conn.close()
+
+
 def _report_timer(ref: weakref.ReferenceType[Client], stop: threading.Event) -> None:
     """Once per report interval, until the client is closed or collected: send its report
     if it is due (no request carried one) on one of its connections that no thread uses."""
@@ -217,6 +235,10 @@ class Client(ClientBase):
             conn.close()
             raise
         self._local.conn = conn
+        # a thread that ends takes its connection with it (a thread per request would otherwise leave one
+        # open socket, here and in the coordinator, per thread it ever ran)
+        self._local.mark = mark = _ThreadMark()
+        self._local.ended = weakref.finalize(mark, _thread_ended, weakref.ref(self), conn)
         with self._lock:
             self._conns.add(conn)
             if self._report_stop is None and core.reporter.enabled:
@@ -247,7 +269,8 @@ class Client(ClientBase):
     def _drop_conn(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
-            self._local.conn = None
+            self._local.ended.detach()
+            self._local.conn = self._local.mark = self._local.ended = None
             with self._lock:
                 self._conns.discard(conn)
             conn.close()
