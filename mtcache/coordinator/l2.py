@@ -694,9 +694,6 @@ class _Lane:
     Redis or a reset link dropped while idle: redis-py's ConnectionError, an OSError, or uvloop's RuntimeError
     for a closed transport); writes are conditional on their stamps, so one that ran twice stores once."""
 
-    #: the lane bounds its batches itself: callers need no deadline of their own around :meth:`run`
-    bounded = True
-
     def __init__(self, redis: Redis, bound: float) -> None:
         self._pool = redis.connection_pool
         self._conn: AbstractConnection | None = None
@@ -801,33 +798,35 @@ class _ClusterLane:
     pipeline, which sends each node its commands in one round trip (the nodes in parallel), follows
     ``MOVED`` and ``ASK`` and relearns the slot map after a failover. Scripts go as ``EVALSHA``, and those a
     node does not have cached go again as ``EVAL``. Batches take turns, in the order they come, so two
-    writes of one key reach its node in the order they were queued."""
+    writes of one key reach its node in the order they were queued. Each batch, its wait for its turn
+    included, is bounded by ``bound`` seconds (``asyncio.timeout``: the cluster pipeline's own round trips
+    cost far more than its timer)."""
 
-    #: the caller bounds each batch (see :func:`_lane`)
-    bounded = False
-
-    def __init__(self, redis: RedisCluster) -> None:
+    def __init__(self, redis: RedisCluster, bound: float) -> None:
         self._redis = redis
         self._lock = asyncio.Lock()
+        self._bound = bound
 
     async def run(self, batch: Batch) -> list[Any]:
-        """The replies of ``batch``, in order.
+        """The replies of ``batch``, in order, within the lane's bound.
 
         :raises RedisError, OSError: Redis failed (an error reply: the first one, after every reply came).
+        :raises asyncio.TimeoutError: the batch did not end within the bound.
         """
-        async with self._lock:
-            replies = await self._send([args if s is None else ("EVALSHA", _sha(s), n, *args)
-                                        for s, n, args in batch.commands])
-            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if missing:
-                again = await self._send([("EVAL", batch.commands[i][0], batch.commands[i][1],
-                                           *batch.commands[i][2]) for i in missing])
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
+        async with _deadline(self._bound):
+            async with self._lock:
+                replies = await self._send([args if s is None else ("EVALSHA", _sha(s), n, *args)
+                                            for s, n, args in batch.commands])
+                missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+                if missing:
+                    again = await self._send([("EVAL", batch.commands[i][0], batch.commands[i][1],
+                                               *batch.commands[i][2]) for i in missing])
+                    for i, reply in zip(missing, again, strict=True):
+                        replies[i] = reply
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies
 
     async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         if not commands:
@@ -842,9 +841,9 @@ class _ClusterLane:
 
 
 def _lane(redis: AnyRedis, bound: float) -> _Lane | _ClusterLane:
-    """The lane for ``redis``: a :class:`_Lane` bounds each batch by ``bound`` seconds itself; a
-    :class:`_ClusterLane` does not (its caller's deadline does)."""
-    return _ClusterLane(redis) if isinstance(redis, RedisCluster) else _Lane(redis, bound)
+    """The lane for ``redis``, which bounds each batch by ``bound`` seconds: its callers need no deadline
+    of their own."""
+    return _ClusterLane(redis, bound) if isinstance(redis, RedisCluster) else _Lane(redis, bound)
 
 
 def nobody_waiting() -> bool:
@@ -873,7 +872,6 @@ class _Reads:
     def __init__(self, redis: AnyRedis, layout: Layout, bound: float) -> None:
         self._lane = _lane(redis, bound)
         self._layout = layout
-        self._bound = bound
         self._waiting: list[tuple[list[str], asyncio.Future[list[Any]]]] = []
         self._task: asyncio.Task[None] | None = None
         #: a read's own round trip is in flight (see the class docstring)
@@ -930,11 +928,7 @@ class _Reads:
         waiting, self._waiting = self._waiting, []
         self.batches += 1
         try:
-            if self._lane.bounded:
-                replies = await self._read([key for keys, _ in waiting for key in keys])
-            else:
-                async with _deadline(self._bound):
-                    replies = await self._read([key for keys, _ in waiting for key in keys])
+            replies = await self._read([key for keys, _ in waiting for key in keys])
         except BaseException as exc:  # every waiting caller gets an answer, whatever failed
             error = exc if isinstance(exc, Exception) else L2Error("the coordinator is stopping")
             for _, fut in waiting:
@@ -1265,7 +1259,7 @@ class L2Tier:
         into :class:`L2Error`."""
         batch = Batch()
         build(batch)
-        return await self._run(op, self._lane.run(batch), bounded=self._lane.bounded)
+        return await self._run(op, self._lane.run(batch), bounded=True)
 
     def share_reads_while(self, others_waiting: Callable[[], bool]) -> None:
         """A read that finds no round trip in flight sends its own at once, but not while
@@ -1388,8 +1382,8 @@ class L2Tier:
         return await self._run(op, call)
 
     async def _run(self, op: str, call: Awaitable[_T], *, bounded: bool = False) -> _T:
-        """Await one Redis call under the deadline (``bounded``: the call keeps it itself), translating its
-        failure into :class:`L2Error`."""
+        """Await one Redis call under the deadline (``bounded``: the call keeps it itself, as a lane's batch
+        does), translating its failure into :class:`L2Error`."""
         try:
             if bounded:
                 return await call
