@@ -267,13 +267,10 @@ class Client(ClientBase):
                 return
 
     def _drop_conn(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            self._local.ended.detach()
+        ended = getattr(self._local, "ended", None)
+        if ended is not None:
+            ended()  # what the thread's end would do: close its connection and drop it from _conns (once)
             self._local.conn = self._local.mark = self._local.ended = None
-            with self._lock:
-                self._conns.discard(conn)
-            conn.close()
 
     def _request(self, op: int, *args: Any, timeout: float | None = None, reply: bool = True) -> Any:
         """Send one request and return its reply; never raises for an unavailable
