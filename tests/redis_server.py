@@ -521,8 +521,10 @@ class RedisClusterGroup:
     (``cluster-node-timeout``) is failing, and a replica of a failing master takes its place.
 
     Every wait here ends on a settled cluster: each live node says ``cluster_state:ok`` with all 16384 slots
-    served, they all name the same masters, each node's role is the one the others see, and each replica's
-    link to its master is up. Also a context manager: ``with`` starts it and stops it.
+    served, they all name the same masters, each node's own role is the one the others see (every live node
+    that is not one of those masters is, in each node's view, a replica of one of them: gossip can lag behind
+    a replica's own ``INFO``), and each replica's link to its master is up. Also a context manager: ``with``
+    starts it and stops it.
 
     With ``tls`` (the files ``cert``, ``key`` and ``ca``, as :class:`RedisServer` takes them) every node is
     TLS-only, client certificates required, with the cluster bus and replication over TLS too; :attr:`url`
@@ -657,6 +659,10 @@ class RedisClusterGroup:
             if view.failing() & live_ports:
                 return None, f"node {server.port} sees live nodes failing: {sorted(view.failing() & live_ports)}"
             masters = view.masters()
+            unplaced = sorted(port for port in live_ports - set(masters)
+                              if not any(port in view.replicas_of(master) for master in masters))
+            if unplaced:
+                return None, f"node {server.port} does not see {unplaced} as replicas of the masters {masters}"
             if agreed is None:
                 agreed = masters
             elif masters != agreed:
@@ -722,11 +728,9 @@ class RedisClusterGroup:
     def restart(self, port: int) -> None:
         """Start the node on ``port`` again (killing it first if it runs) and wait until it has rejoined and the
         cluster has settled: a killed master comes back as a replica of the one that took its place, by its
-        ``nodes.conf``, with no data (no persistence) until its full sync. Settled includes the cluster's
-        view of it: a node that answers as a replica with its link up can still be unknown as one to the
-        node :meth:`replicas_of` asks until gossip carries it there."""
+        ``nodes.conf``, with no data (no persistence) until its full sync."""
         self.server_on(port).restart()
-        self._wait_settled(f"node {port} to rejoin", lambda masters: any(port in self.replicas_of(m) for m in masters))
+        self._wait_settled(f"node {port} to rejoin", lambda masters: True)
 
     def kill(self) -> None:
         """SIGKILL every node: the whole cluster is gone at once (as :meth:`RedisServer.kill` for one server)."""
