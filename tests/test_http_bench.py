@@ -22,10 +22,13 @@ import pytest
 from bench.httpbench.apps import ASYNC_ONLY, CONSTANT_QUOTE, VARIANTS, make_asgi, make_wsgi
 from bench.httpbench.run import (
     APP_PASSES,
+    WORKERS,
+    _get,
     app_cpu_per_request,
     cpu_used,
     group_pids,
     report,
+    running_server,
     summarize,
     worker_shares,
 )
@@ -261,6 +264,25 @@ def test_group_pids_finds_every_process_of_a_session() -> None:
         finally:
             if parent.poll() is None:
                 os.killpg(parent.pid, signal.SIGKILL)
+
+
+def _listening_sockets(port: int) -> int:
+    """How many loopback TCP sockets listen on ``port``."""
+    listening = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if state == "0A" and int(local.split(":")[1], 16) == port:  # 0A: TCP_LISTEN
+            listening += 1
+    return listening
+
+
+def test_uvicorns_workers_listen_on_a_socket_each_and_stop_with_their_parent(tmp_path: Path) -> None:
+    with running_server("uvicorn", "constant", {"HTTPBENCH_VARIANT": "constant"}, tmp_path / "uvicorn.log") as served:
+        status, body = _get(served.port, "/quote/ACME")
+        assert status == 200 and json.loads(body)["quote"] == CONSTANT_QUOTE
+        assert len(group_pids(served.pid)) == 1 + WORKERS  # the launcher and its workers
+        assert _listening_sockets(served.port) == WORKERS
+    assert group_pids(served.pid) == []
 
 
 def test_report_has_the_in_process_table_when_measured() -> None:

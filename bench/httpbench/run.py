@@ -70,10 +70,8 @@ def server_command(server: str, port: int) -> list[str]:
     if server == "gunicorn":
         return [str(bin_dir / "gunicorn"), "-w", str(WORKERS), "-k", "sync", "-b", f"127.0.0.1:{port}",
                 "--no-control-socket", "--log-level", "warning", "bench.httpbench.apps:wsgi_app()"]
-    if server == "uvicorn":
-        return [str(bin_dir / "uvicorn"), "--factory", "bench.httpbench.apps:asgi_app", "--workers", str(WORKERS),
-                "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
-                "--no-access-log", "--log-level", "warning"]
+    if server == "uvicorn":  # a socket per worker: see bench/httpbench/reuseport.py
+        return [sys.executable, "-m", "bench.httpbench.reuseport", str(port), str(WORKERS)]
     raise ValueError(f"unknown server {server!r}; one of {', '.join(SERVERS)}")
 
 
@@ -538,7 +536,11 @@ def report(results: dict[str, Any]) -> str:
         f"A JSON quote endpoint (`GET /quote/<symbol>`) over a price service that takes "
         f"{cfg['service_ms']:g} ms per call, {cfg['symbols']} symbols requested with Zipf({cfg['zipf']:g}) "
         f"popularity, quotes cached for mtcache's REALTIME TTL ({cfg['ttl']:g} s), every symbol fetched once "
-        f"before measuring. gunicorn runs {WORKERS} sync workers, uvicorn {WORKERS} workers (uvloop, httptools). "
+        f"before measuring. gunicorn runs {WORKERS} sync workers, uvicorn {WORKERS} workers (uvloop, httptools), "
+        "each on a listening socket of its own (`SO_REUSEPORT`: the kernel spreads wrk's connections over "
+        "them the same way for every app; with `--workers` they share one socket, and which of them accept "
+        "wrk's keep-alive connections is a race at the start of a run that left 1 to 4 of them busy, moving "
+        "the server's CPU per request more than the app does: `bench/httpbench/reuseport.py`). "
         f"Each variant gets a fresh server (and coordinator; Redis is flushed), then wrk "
         f"(`-t{cfg['threads']} -c{cfg['connections']} -d{cfg['seconds']:g}s --latency`, a Lua script picking "
         f"symbols by Zipf) for {cfg['seconds']:g} s; the whole set runs {cfg['rounds']} times, in alternating "
