@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from bench.httpbench import run
 from bench.httpbench.apps import ASYNC_ONLY, CONSTANT_QUOTE, VARIANTS, make_asgi, make_wsgi
 from bench.httpbench.run import (
     APP_PASSES,
@@ -276,7 +277,11 @@ def _listening_sockets(port: int) -> int:
     return listening
 
 
-def test_uvicorns_workers_listen_on_a_socket_each_and_stop_with_their_parent(tmp_path: Path) -> None:
+def test_uvicorns_workers_listen_on_a_socket_each_and_stop_with_their_parent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    command = run.server_command
+    # h11 comes with uvicorn; httptools, the benchmark's parser, is in the bench extra only
+    monkeypatch.setattr(run, "server_command", lambda server, port: [*command(server, port), "--http", "h11"])
     with running_server("uvicorn", "constant", {"HTTPBENCH_VARIANT": "constant"}, tmp_path / "uvicorn.log") as served:
         status, body = _get(served.port, "/quote/ACME")
         assert status == 200 and json.loads(body)["quote"] == CONSTANT_QUOTE

@@ -1,6 +1,6 @@
 """uvicorn's workers for ``bench/http.py``, each on a listening socket of its own.
 
-    python -m bench.httpbench.reuseport PORT WORKERS
+    python -m bench.httpbench.reuseport PORT WORKERS [--http httptools|h11]
 
 ``uvicorn --workers N`` gives its workers one shared listening socket. wrk opens its keep-alive
 connections at once at the start of a run and keeps them to the end, and which workers accept them is a
@@ -31,9 +31,9 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-#: uvicorn's options for every worker, as ``bench/http.py`` runs it
-UVICORN_ARGS = ("--factory", "bench.httpbench.apps:asgi_app", "--loop", "uvloop", "--http", "httptools",
-                "--no-access-log", "--log-level", "warning")
+#: uvicorn's options for every worker, as ``bench/http.py`` runs it (and ``--http``)
+UVICORN_ARGS = ("--factory", "bench.httpbench.apps:asgi_app", "--loop", "uvloop", "--no-access-log",
+                "--log-level", "warning")
 
 
 def listening_socket(port: int) -> socket.socket:
@@ -57,12 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="uvicorn workers with a SO_REUSEPORT socket each")
     p.add_argument("port", type=int)
     p.add_argument("workers", type=int)
+    p.add_argument("--http", choices=("httptools", "h11"), default="httptools",
+                   help="uvicorn's HTTP parser (default httptools, the bench extra's; h11 comes with uvicorn)")
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error("workers must be at least 1")
     uvicorn = str(Path(sys.executable).parent / "uvicorn")
     sockets = [listening_socket(args.port) for _ in range(args.workers)]
-    procs = [subprocess.Popen([uvicorn, *UVICORN_ARGS, "--fd", str(sock.fileno())], pass_fds=[sock.fileno()])
+    procs = [subprocess.Popen([uvicorn, *UVICORN_ARGS, "--http", args.http, "--fd", str(sock.fileno())],
+                              pass_fds=[sock.fileno()])
              for sock in sockets]
     for sock in sockets:
         sock.close()
