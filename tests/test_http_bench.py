@@ -31,6 +31,8 @@ from bench.httpbench.run import (
     report,
     running_server,
     summarize,
+    user_system_by_pid,
+    user_system_used,
     worker_shares,
 )
 from tests.coordinator_proc import CoordinatorProcess
@@ -163,9 +165,11 @@ def test_bad_variants_are_refused() -> None:
         make_asgi("redis_py")
 
 
-def _row(round_no: int, variant: str, cpu: dict[str, float] | None) -> dict[str, Any]:
+def _row(round_no: int, variant: str, cpu: dict[str, float] | None,
+         split: dict[str, float] | None = None) -> dict[str, Any]:
     """A measure_one row with made-up figures; ``cpu``: its CPU µs per request by part (None: a row
-    from before the CPU was measured, without the fields)."""
+    from before the CPU was measured, without the fields); ``split``: the server's user and system µs per
+    request (None: a row from before they were measured)."""
     row: dict[str, Any] = {
         "round": round_no, "server": "uvicorn", "variant": variant, "rps": 1000.0, "requests": 15_000,
         "p50_ms": 2.0, "p75_ms": 3.0, "p90_ms": 4.0, "p99_ms": 8.0, "max_ms": 20.0, "errors": {"timeout": 0},
@@ -175,6 +179,8 @@ def _row(round_no: int, variant: str, cpu: dict[str, float] | None) -> dict[str,
     if cpu is not None:
         row["cpu_us_per_request"] = cpu
         row["cpu_us_per_request_total"] = sum(v for k, v in cpu.items() if k != "wrk")
+    if split is not None:
+        row["server_user_system_us"] = split
     return row
 
 
@@ -182,8 +188,10 @@ def _row(round_no: int, variant: str, cpu: dict[str, float] | None) -> dict[str,
 #: the mean ratio is 1.35x; the ratio of the means over rounds (105 / 75) would be 1.4x
 CPU_RUNS = [
     _row(1, "constant", {"server": 45.0, "redis-server": 5.0, "wrk": 20.0}),
-    _row(1, "mtcache", {"server": 50.0, "coordinator": 2.0, "redis-server": 8.0, "wrk": 30.0}),
-    _row(2, "mtcache", {"server": 130.0, "coordinator": 4.0, "redis-server": 16.0, "wrk": 50.0}),
+    _row(1, "mtcache", {"server": 50.0, "coordinator": 2.0, "redis-server": 8.0, "wrk": 30.0},
+         {"user": 30.0, "system": 20.0}),
+    _row(2, "mtcache", {"server": 130.0, "coordinator": 4.0, "redis-server": 16.0, "wrk": 50.0},
+         {"user": 90.0, "system": 40.0}),
     _row(2, "constant", {"server": 90.0, "redis-server": 10.0, "wrk": 40.0}),
 ]
 
@@ -204,6 +212,8 @@ def test_summary_takes_the_cpu_ratio_within_each_round() -> None:
     assert mtcache["cpu_us_per_request"] == pytest.approx(
         {"server": 90.0, "coordinator": 3.0, "redis-server": 12.0, "wrk": 40.0})
     assert mtcache["cpu_us_per_request_total"] == pytest.approx(105.0)
+    assert mtcache["server_user_system_us"] == pytest.approx({"user": 60.0, "system": 30.0})
+    assert "server_user_system_us" not in constant  # its rows have no split
     assert mtcache["ratios"]["cpu_vs_ceiling"] == pytest.approx({"mean": 1.35, "min": 1.2, "max": 1.5})
     assert constant["cpu_us_per_request"] == pytest.approx({"server": 67.5, "redis-server": 7.5, "wrk": 30.0})
     assert constant["ratios"]["cpu_vs_ceiling"] == pytest.approx({"mean": 1.0, "min": 1.0, "max": 1.0})
@@ -212,8 +222,8 @@ def test_summary_takes_the_cpu_ratio_within_each_round() -> None:
 def test_report_has_a_cpu_table_when_the_rows_have_cpu() -> None:
     text = report(_results(CPU_RUNS))
     assert "### CPU per request" in text
-    assert "| mtcache `get_or_compute` | 90.0 | 3.0 | 12.0 | 105.0 | 1.35x (1.20-1.50) | 40.0 |" in text
-    assert "| constant quote (the server's ceiling) | 67.5 | - | 7.5 | 75.0 | 1.00x | 30.0 |" in text
+    assert "| mtcache `get_or_compute` | 90.0 | 60.0 | 30.0 | 3.0 | 12.0 | 105.0 | 1.35x (1.20-1.50) | 40.0 |" in text
+    assert "| constant quote (the server's ceiling) | 67.5 | - | - | - | 7.5 | 75.0 | 1.00x | 30.0 |" in text
     assert "| 2 | uvicorn | mtcache | 1,000 | 2.00 | 8.00 | 20.0 | 0 | 150.0 | 1.0 → 1.5 |" in text
 
 
@@ -230,6 +240,13 @@ def test_cpu_used_counts_only_processes_in_both_snapshots() -> None:
     before = {10: 1.0, 11: 2.0, 20: 5.0}  # 12 started after the first snapshot
     after = {10: 1.5, 12: 9.0, 20: 5.25}  # 11 exited before the second
     assert cpu_used(parts, before, after) == {"server": 0.5, "redis-server": 0.25}
+
+
+def test_user_system_used_counts_only_processes_in_both_snapshots() -> None:
+    before = {10: (1.0, 0.5), 11: (2.0, 1.0)}  # 12 started after the first snapshot
+    after = {10: (1.5, 0.75), 12: (9.0, 9.0)}  # 11 exited before the second
+    assert user_system_used([10, 11, 12], before, after) == (0.5, 0.25)
+    assert user_system_by_pid([os.getpid()])[os.getpid()] > (0.0, 0.0)
 
 
 def test_worker_shares_leave_out_the_master_and_processes_not_in_both_snapshots() -> None:

@@ -25,7 +25,16 @@ from typing import Any, NamedTuple
 import redis
 import uvloop
 
-from bench._util import Server, coordinator_process, cpu_seconds, free_port, machine, redis_server_process, versions
+from bench._util import (
+    Server,
+    coordinator_process,
+    cpu_seconds,
+    cpu_times,
+    free_port,
+    machine,
+    redis_server_process,
+    versions,
+)
 from bench.httpbench.apps import ASYNC_ONLY, EAGER_REFRESH, SERVICE_SECONDS, TTL, VARIANTS, make_asgi, make_wsgi
 
 HERE = Path(__file__).resolve().parent
@@ -229,6 +238,25 @@ def worker_shares(master: int, pids: Iterable[int], before: dict[int, float], af
     return sorted((round(v / total, 3) for v in used.values()), reverse=True) if total > 0 else []
 
 
+def user_system_by_pid(pids: Iterable[int]) -> dict[int, tuple[float, float]]:
+    """The user and the system CPU seconds each of ``pids`` has used so far; a process that no longer exists
+    is left out."""
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            out[pid] = cpu_times(pid)
+    return out
+
+
+def user_system_used(pids: Iterable[int], before: dict[int, tuple[float, float]],
+                     after: dict[int, tuple[float, float]]) -> tuple[float, float]:
+    """The user and the system CPU seconds ``pids`` used together between two :func:`user_system_by_pid`
+    snapshots, counting only the processes present in both."""
+    both = [pid for pid in pids if pid in before and pid in after]
+    return (sum(after[pid][0] - before[pid][0] for pid in both),
+            sum(after[pid][1] - before[pid][1] for pid in both))
+
+
 def cpu_used(parts: dict[str, list[int]], before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
     """CPU seconds each part (name: its pids) used between two :func:`cpu_by_pid` snapshots, counting
     only the processes present in both."""
@@ -265,15 +293,18 @@ def measure_one(wrk: str, server: str, variant: str, redis_srv: Server, folder: 
         load_before = os.getloadavg()[0]
         start = time.time()
         cpu_before, wrk_before = cpu_by_pid(pids), children_cpu_seconds()
+        split_before = user_system_by_pid(parts["server"])
         result = run_wrk(wrk, served.port, seconds=args.seconds, threads=args.threads,
                          connections=args.connections, symbols=args.symbols, zipf=args.zipf)
         wrk_cpu, cpu_after = children_cpu_seconds() - wrk_before, cpu_by_pid(pids)
+        split_after = user_system_by_pid(parts["server"])
         end = time.time()
     calls = source_calls(call_log, start, end)
     requests = result["requests"]
     rps = requests / (result["duration_us"] / 1e6)
     used = {**cpu_used(parts, cpu_before, cpu_after), "wrk": wrk_cpu}
     cpu = {name: seconds * 1e6 / requests for name, seconds in used.items()} if requests else None
+    user, system = user_system_used(parts["server"], split_before, split_after)
     row = {
         "round": round_no, "server": server, "variant": variant, "rps": rps, "requests": requests,
         "p50_ms": result["p50_us"] / 1000, "p75_ms": result["p75_us"] / 1000, "p90_ms": result["p90_us"] / 1000,
@@ -282,6 +313,8 @@ def measure_one(wrk: str, server: str, variant: str, redis_srv: Server, folder: 
         "hit_rate": None if variant == "constant" else max(0.0, 1 - len(calls) / requests) if requests else None,
         "calls_per_key_per_ttl": calls_per_key_per_period(calls, TTL),
         "cpu_us_per_request": cpu,
+        "server_user_system_us": {"user": user * 1e6 / requests, "system": system * 1e6 / requests}
+        if requests else None,
         "worker_cpu_shares": worker_shares(served.pid, parts["server"], cpu_before, cpu_after),
         "cpu_us_per_request_total": None if cpu is None else sum(v for k, v in cpu.items() if k != "wrk"),
         "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)], "wrk_output": result["text"],
@@ -428,6 +461,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
                                            if part in r["cpu_us_per_request"]) for part in parts}
                 summary["cpu_us_per_request_total"] = statistics.fmean(r["cpu_us_per_request_total"]
                                                                        for r in cpu_rows)
+            splits = [r["server_user_system_us"] for r in rows if r.get("server_user_system_us")]
+            if splits:
+                summary["server_user_system_us"] = {kind: statistics.fmean(split[kind] for split in splits)
+                                                    for kind in ("user", "system")}
             ratios: dict[str, list[float]] = defaultdict(list)
             for r in rows:
                 ceiling = by.get((r["round"], server, "constant"))
@@ -471,16 +508,17 @@ def _cpu_table(variants: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
         "### CPU per request",
         "",
-        "| variant | server workers µs | coordinator µs | redis-server µs | total µs (without wrk) | vs ceiling | "
-        "wrk µs |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | server workers µs | of which user | of which system | coordinator µs | redis-server µs | "
+        "total µs (without wrk) | vs ceiling | wrk µs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for variant in VARIANTS:
         s = variants.get(variant)
         if s is None or "cpu_us_per_request" not in s:
             continue
-        cpu = s["cpu_us_per_request"]
-        lines.append(f"| {LABELS[variant]} | {_us(cpu.get('server'))} | {_us(cpu.get('coordinator'))} | "
+        cpu, split = s["cpu_us_per_request"], s.get("server_user_system_us", {})
+        lines.append(f"| {LABELS[variant]} | {_us(cpu.get('server'))} | {_us(split.get('user'))} | "
+                     f"{_us(split.get('system'))} | {_us(cpu.get('coordinator'))} | "
                      f"{_us(cpu.get('redis-server'))} | {_us(s['cpu_us_per_request_total'])} | "
                      f"{_ratio(s, 'cpu_vs_ceiling')} | {_us(cpu.get('wrk'))} |")
     return [*lines, ""]
@@ -614,7 +652,10 @@ def report(results: dict[str, Any]) -> str:
         "- **CPU per request**: the CPU time (user + system, from `/proc/<pid>/stat`) each process spent "
         "during wrk's run, divided by the requests wrk completed: the server's master and workers (its "
         "process group), the coordinator (mtcache only), redis-server, and wrk (from `getrusage`). **total** "
-        "leaves out wrk, the load generator; **vs ceiling** is the total over the same round's constant app's. "
+        "leaves out wrk, the load generator; **vs ceiling** is the total over the same round's constant app's; "
+        "**of which user / system**: the server's part split into the time its processes ran their own code "
+        "(the interpreter, the app, the cache's client) and the time the kernel ran for them (sockets, "
+        "scheduling). "
         "On a machine whose cores are all busy, RPS is bounded by the CPU all the processes need per request, "
         "so the CPU ratio is the steadier measure of what a cache costs the server.",
         "- cashews has no synchronous API; on gunicorn's sync workers it would need an event loop per "
