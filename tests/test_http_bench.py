@@ -310,16 +310,20 @@ def test_uvicorns_workers_listen_on_a_socket_each_and_stop_with_their_parent(
 def test_report_has_the_in_process_table_when_measured() -> None:
     results = _results(CPU_RUNS)
     assert "## The app's own CPU per request, in process" not in report(results)
-    def row(cpu_us: float, source_calls: int = 0) -> dict[str, float]:
-        return {"cpu_us": cpu_us, "source_calls": source_calls}
+    def row(cpu_us: float, source_calls: int = 0, cold_us: float | None = None) -> dict[str, float]:
+        figures = {"cpu_us": cpu_us, "source_calls": source_calls}
+        return figures if cold_us is None else {**figures, "cold_us": cold_us}
 
-    results["in_process"] = {"gunicorn": {"constant": row(2.5), "mtcache": row(6.0), "redis_py": row(72.0)},
-                             "uvicorn": {"constant": row(3.0), "mtcache": row(6.5, 2), "cashews": row(513.2)}}
+    results["in_process"] = {
+        "gunicorn": {"constant": row(2.5, cold_us=8.0), "mtcache": row(6.0, cold_us=15.5), "redis_py": row(72.0)},
+        "uvicorn": {"constant": row(3.0), "mtcache": row(6.5, 2), "cashews": row(513.2)},  # an older json: no cold
+    }
     text = report(results)
     assert "## The app's own CPU per request, in process" in text
-    assert "| constant quote (the server's ceiling) | 2.50 | - | 3.00 | - |" in text
-    assert "| mtcache `get_or_compute` | 6.00 | 3.50 | 6.50 | 3.50 |" in text
-    assert "| cashews (`client_side`, `lock=True`) | - | - | 513 | 510 |" in text
+    assert "| constant quote (the server's ceiling) | 2.50 | - | 8.00 | - | 3.00 | - | - | - |" in text
+    assert "| mtcache `get_or_compute` | 6.00 | 3.50 | 15.50 | 7.50 | 6.50 | 3.50 | - | - |" in text
+    assert "| redis-py cache-aside | 72.00 | 69.50 | - | - | - | - | - | - |" in text
+    assert "| cashews (`client_side`, `lock=True`) | - | - | - | - | 513 | 510 | - | - |" in text
     assert "the figures measure hits): uvicorn mtcache: 2." in text
 
 
@@ -327,11 +331,11 @@ def test_report_has_the_in_process_table_when_measured() -> None:
 def test_the_in_process_measure_calls_the_app(server: str, tmp_path: Path) -> None:
     # the constant app needs no cache; a wrong answer would raise
     row = app_cpu_per_request(server, "constant", "redis://unused", None, 20, tmp_path / "calls.log")
-    assert row["cpu_us"] > 0 and row["source_calls"] == 0
+    assert row["cpu_us"] > 0 and row["cold_us"] > 0 and row["source_calls"] == 0
 
 
 @pytest.mark.parametrize("server", ["gunicorn", "uvicorn"])
 def test_the_in_process_measure_counts_the_source_calls_of_its_passes(server: str, tmp_path: Path) -> None:
-    # no cache: every request of the passes calls the price service (20 ms each, so few of them)
+    # no cache: every request of the passes, the cold one too, calls the price service (20 ms each, so few)
     row = app_cpu_per_request(server, "nocache", "redis://unused", None, 2, tmp_path / "calls.log", requests=4)
-    assert row["source_calls"] == APP_PASSES * 4
+    assert row["source_calls"] == (APP_PASSES + 1) * 4

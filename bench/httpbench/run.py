@@ -331,6 +331,27 @@ APP_REQUESTS = {"redis_py": 5_000, "cashews": 1_000}
 APP_REQUESTS_DEFAULT = 20_000
 #: in-process passes per variant (the median is kept)
 APP_PASSES = 3
+#: requests of the cold pass (each after the CPU's caches were flushed: see :class:`CacheEvictor`)
+COLD_REQUESTS = {"redis_py": 500, "cashews": 200}
+COLD_REQUESTS_DEFAULT = 2_000
+
+
+class CacheEvictor:
+    """Pushes what a request left in the CPU's data and unified caches out of them: one write to every
+    64-byte line of a buffer of :attr:`size` bytes (twice the largest last-level cache seen on these
+    machines), the values alternating so that each write changes the line. What a worker's code and data
+    face under load, when four processes and the load generator share two cores between its requests."""
+
+    size = 16 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._buffer = bytearray(self.size)
+        self._values = [bytes(self.size // 64), b"\x01" * (self.size // 64)]
+        self._turn = 0
+
+    def __call__(self) -> None:
+        self._turn ^= 1
+        self._buffer[::64] = self._values[self._turn]
 
 
 def _lines(path: Path) -> int:
@@ -341,13 +362,18 @@ def app_cpu_per_request(server: str, variant: str, redis_url: str, socket_path: 
                         call_log: Path, requests: int | None = None) -> dict[str, float]:
     """The CPU (user + system, this process's) that ``variant``'s app spends per request when called in
     process, without a server or a load generator: every symbol fetched once, then the symbols in turn;
-    ``{"cpu_us": µs per request, the median of APP_PASSES passes, "source_calls": the price service's
-    calls during the passes}`` (0 unless a quote expired while they ran: they measure hits). What the
-    cache costs a worker per request, apart from how the server's event loop or threads batch requests
-    under load. ``requests``: per pass (default :data:`APP_REQUESTS`)."""
+    ``{"cpu_us": µs per request, the median of APP_PASSES passes, "cold_us": the median time of one request
+    of a pass whose requests each follow a flush of the CPU's caches (:class:`CacheEvictor`; wall time of
+    the request alone, on this one thread), "source_calls": the price service's calls during the passes}``
+    (0 unless a quote expired while they ran: they measure hits). What the cache costs a worker per
+    request, apart from how the server's event loop or threads batch requests under load. ``requests``:
+    per pass (default :data:`APP_REQUESTS`)."""
     count = requests or APP_REQUESTS.get(variant, APP_REQUESTS_DEFAULT)
+    cold_count = requests or COLD_REQUESTS.get(variant, COLD_REQUESTS_DEFAULT)
     paths = [f"/quote/SYM{i:03d}" for i in range(symbols)]
     passes: list[float] = []
+    cold: list[int] = []
+    evict = CacheEvictor()
     warm: list[int] = []
     if server == "gunicorn":
         wsgi = make_wsgi(variant, socket_path=socket_path, redis_url=redis_url, call_log=str(call_log))
@@ -370,18 +396,28 @@ def app_cpu_per_request(server: str, variant: str, redis_url: str, socket_path: 
                 for i in range(count):
                     request(paths[i % symbols])
                 passes.append((time.process_time() - start) * 1e6 / count)
+            for i in range(cold_count):
+                evict()
+                start_ns = time.perf_counter_ns()
+                request(paths[i % symbols])
+                cold.append(time.perf_counter_ns() - start_ns)
         finally:
             wsgi.close()
     else:
         app = make_asgi(variant, socket_path=socket_path, redis_url=redis_url, call_log=str(call_log))
-        uvloop.run(_asgi_passes(app, paths, count, passes, lambda: warm.append(_lines(call_log))))
-    return {"cpu_us": statistics.median(passes), "source_calls": _lines(call_log) - warm[0]}
+        uvloop.run(_asgi_passes(app, paths, (count, cold_count), (passes, cold), evict,
+                                lambda: warm.append(_lines(call_log))))
+    return {"cpu_us": statistics.median(passes), "cold_us": statistics.median(cold) / 1000,
+            "source_calls": _lines(call_log) - warm[0]}
 
 
-async def _asgi_passes(app: Any, paths: list[str], count: int, passes: list[float],
-                       warmed: Callable[[], None]) -> None:
-    """:func:`app_cpu_per_request`'s passes over an ASGI app, inside its lifespan (which closes its cache);
-    ``warmed`` is called between the warm-up and the passes."""
+async def _asgi_passes(app: Any, paths: list[str], counts: tuple[int, int], out: tuple[list[float], list[int]],
+                       evict: Callable[[], None], warmed: Callable[[], None]) -> None:
+    """:func:`app_cpu_per_request`'s passes over an ASGI app, inside its lifespan (which closes its cache):
+    ``counts[0]`` requests a pass, their CPU µs per request appended to ``out[0]``, then ``counts[1]`` cold
+    requests (each after ``evict()``), the ns of each appended to ``out[1]``; ``warmed`` is called between
+    the warm-up and the passes."""
+    (count, cold_count), (passes, cold) = counts, out
     scope: dict[str, Any] = {"type": "http", "method": "GET"}
 
     async def receive() -> dict[str, Any]:
@@ -412,6 +448,12 @@ async def _asgi_passes(app: Any, paths: list[str], count: int, passes: list[floa
                 scope["path"] = paths[i % len(paths)]
                 await app(scope, receive, send)
             passes.append((time.process_time() - start) * 1e6 / count)
+        for i in range(cold_count):
+            evict()
+            scope["path"] = paths[i % len(paths)]
+            start_ns = time.perf_counter_ns()
+            await app(scope, receive, send)
+            cold.append(time.perf_counter_ns() - start_ns)
     finally:
         await lifespan.put({"type": "lifespan.shutdown"})
         await asyncio.wait_for(life, 30)
@@ -536,10 +578,14 @@ def _in_process_table(in_process: dict[str, dict[str, dict[str, float]]] | None)
         "Each app called directly in one process, without a server or wrk, against a flushed Redis (and a "
         "coordinator of its own): every symbol fetched once, then the symbols in turn; the median of 3 passes. "
         "What a request costs the worker's own code, apart from how the server batches requests under load. "
-        "\"added\" is the difference to the constant app's.",
+        "**cold**: the median time of one request of a further pass whose requests each follow a flush of "
+        "the CPU's caches (a write to every 64-byte line of 16 MiB), as a worker's code and data are flushed "
+        "by the other processes sharing its cores under load. \"added\" is the difference to the constant "
+        "app's.",
         "",
-        "| variant | " + " | ".join(f"{server} µs | added µs" for server in servers) + " |",
-        "|---|" + "---:|---:|" * len(servers),
+        "| variant | " + " | ".join(f"{server} µs | added µs | cold µs | added cold µs" for server in servers)
+        + " |",
+        "|---|" + "---:|---:|---:|---:|" * len(servers),
     ]
     for variant in VARIANTS:
         if not any(variant in in_process[server] for server in servers):
@@ -547,9 +593,10 @@ def _in_process_table(in_process: dict[str, dict[str, dict[str, float]]] | None)
         cells = []
         for server in servers:
             row, base = in_process[server].get(variant), in_process[server].get("constant")
-            us = None if row is None else row["cpu_us"]
-            added = None if us is None or base is None or variant == "constant" else us - base["cpu_us"]
-            cells.append(f"{_us2(us)} | {_us2(added)}")
+            for field in ("cpu_us", "cold_us"):
+                us = None if row is None else row.get(field)
+                base_us = None if base is None or variant == "constant" else base.get(field)
+                cells.append(f"{_us2(us)} | {_us2(None if us is None or base_us is None else us - base_us)}")
         lines.append(f"| {LABELS[variant]} | " + " | ".join(cells) + " |")
     misses = [f"{server} {variant}: {row['source_calls']:.0f}" for server, rows in in_process.items()
               for variant, row in rows.items() if row["source_calls"]]
