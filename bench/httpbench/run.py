@@ -28,7 +28,6 @@ import uvloop
 from bench._util import (
     Server,
     coordinator_process,
-    cpu_seconds,
     cpu_times,
     free_port,
     machine,
@@ -215,11 +214,7 @@ def group_pids(pgid: int) -> list[int]:
 def cpu_by_pid(pids: Iterable[int]) -> dict[int, float]:
     """CPU seconds (user + system) each of ``pids`` has used so far; a process that no longer exists
     is left out."""
-    out = {}
-    for pid in pids:
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            out[pid] = cpu_seconds(pid)
-    return out
+    return {pid: user + system for pid, (user, system) in user_system_by_pid(pids).items()}
 
 
 def worker_shares(master: int, pids: Iterable[int], before: dict[int, float], after: dict[int, float]) -> list[float]:
