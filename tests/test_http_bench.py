@@ -250,7 +250,7 @@ def test_user_system_used_counts_only_processes_in_both_snapshots() -> None:
 
 
 def test_worker_shares_leave_out_the_master_and_processes_not_in_both_snapshots() -> None:
-    gone = 2**22 + 1  # pids above the kernel's largest: no /proc entry, read as workers
+    gone = 2**22 + 1  # made-up pids, above the kernel's largest
     master, busy, idle, late = gone, gone + 1, gone + 2, gone + 3
     before = {master: 0.0, busy: 1.0, idle: 2.0}
     after = {master: 5.0, busy: 1.75, idle: 2.25, late: 3.0}

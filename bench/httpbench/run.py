@@ -211,24 +211,16 @@ def group_pids(pgid: int) -> list[int]:
     return sorted(pids)
 
 
-def cpu_by_pid(pids: Iterable[int]) -> dict[int, float]:
-    """CPU seconds (user + system) each of ``pids`` has used so far; a process that no longer exists
-    is left out."""
-    return {pid: user + system for pid, (user, system) in user_system_by_pid(pids).items()}
+def cpu_totals(times: dict[int, tuple[float, float]]) -> dict[int, float]:
+    """The CPU seconds (user + system) of each process of a :func:`user_system_by_pid` snapshot."""
+    return {pid: user + system for pid, (user, system) in times.items()}
 
 
 def worker_shares(master: int, pids: Iterable[int], before: dict[int, float], after: dict[int, float]) -> list[float]:
-    """Each worker's share of the CPU all the server's workers used between two :func:`cpu_by_pid`
-    snapshots, largest first (the workers: the processes of the server other than ``master`` and
-    multiprocessing's helpers): how evenly the load reached them."""
-    used = {}
-    for pid in pids:
-        if pid == master or pid not in before or pid not in after:
-            continue
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            if b"multiprocessing.resource_tracker" in (Path("/proc") / str(pid) / "cmdline").read_bytes():
-                continue
-        used[pid] = after[pid] - before[pid]
+    """Each worker's share of the CPU all the server's workers used between two :func:`cpu_totals`
+    snapshots, largest first (the workers: the processes of the server other than ``master``): how evenly
+    the load reached them."""
+    used = {pid: after[pid] - before[pid] for pid in pids if pid != master and pid in before and pid in after}
     total = sum(used.values())
     return sorted((round(v / total, 3) for v in used.values()), reverse=True) if total > 0 else []
 
@@ -253,7 +245,7 @@ def user_system_used(pids: Iterable[int], before: dict[int, tuple[float, float]]
 
 
 def cpu_used(parts: dict[str, list[int]], before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
-    """CPU seconds each part (name: its pids) used between two :func:`cpu_by_pid` snapshots, counting
+    """CPU seconds each part (name: its pids) used between two :func:`cpu_totals` snapshots, counting
     only the processes present in both."""
     return {name: sum(after[pid] - before[pid] for pid in pids if pid in before and pid in after)
             for name, pids in parts.items()}
@@ -287,19 +279,18 @@ def measure_one(wrk: str, server: str, variant: str, redis_srv: Server, folder: 
         pids = [pid for part in parts.values() for pid in part]
         load_before = os.getloadavg()[0]
         start = time.time()
-        cpu_before, wrk_before = cpu_by_pid(pids), children_cpu_seconds()
-        split_before = user_system_by_pid(parts["server"])
+        times_before, wrk_before = user_system_by_pid(pids), children_cpu_seconds()
         result = run_wrk(wrk, served.port, seconds=args.seconds, threads=args.threads,
                          connections=args.connections, symbols=args.symbols, zipf=args.zipf)
-        wrk_cpu, cpu_after = children_cpu_seconds() - wrk_before, cpu_by_pid(pids)
-        split_after = user_system_by_pid(parts["server"])
+        wrk_cpu, times_after = children_cpu_seconds() - wrk_before, user_system_by_pid(pids)
         end = time.time()
     calls = source_calls(call_log, start, end)
     requests = result["requests"]
     rps = requests / (result["duration_us"] / 1e6)
+    cpu_before, cpu_after = cpu_totals(times_before), cpu_totals(times_after)
     used = {**cpu_used(parts, cpu_before, cpu_after), "wrk": wrk_cpu}
     cpu = {name: seconds * 1e6 / requests for name, seconds in used.items()} if requests else None
-    user, system = user_system_used(parts["server"], split_before, split_after)
+    user, system = user_system_used(parts["server"], times_before, times_after)
     row = {
         "round": round_no, "server": server, "variant": variant, "rps": rps, "requests": requests,
         "p50_ms": result["p50_us"] / 1000, "p75_ms": result["p75_us"] / 1000, "p90_ms": result["p90_us"] / 1000,
