@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import machine, own_cpu_seconds, redis_server
 
 from mtcache.config import Settings
-from mtcache.coordinator.l2 import Batch, L2Tier, _sha, pack_commands
+from mtcache.coordinator.l2 import L2Tier
+from mtcache.coordinator.lane import Batch, _sha, pack_commands
 from mtcache.coordinator.local import LocalTier
 from mtcache.coordinator.server import Coordinator, _Connection
 from mtcache.mirror import MirrorWriter

@@ -31,8 +31,8 @@ from mtcache.coordinator.l2 import (
     decode_envelope,
     encode_envelope,
     key_prefix,
-    pack_commands,
 )
+from mtcache.coordinator.lane import pack_commands
 from mtcache.coordinator.stamps import HybridClock, format_stamp
 from mtcache.errors import L2Error
 from tests.redis_server import RedisServer, free_port
@@ -942,7 +942,7 @@ async def test_a_connection_torn_down_under_a_call_is_an_l2_error(
     async def torn_down(*args: object, **kwargs: object) -> None:
         raise AttributeError("'NoneType' object has no attribute 'writelines'")
 
-    monkeypatch.setattr(tier._reads._lane, "_send", torn_down)
+    monkeypatch.setattr(tier._reads._lane, "_open", torn_down)
     with pytest.raises(L2Error, match="writelines"):
         await tier.get("k")
 
@@ -960,11 +960,19 @@ async def test_concurrent_reads_share_round_trips(fault_tier: L2Tier, clock: Hyb
     assert tier._reads.batches - before < 50
 
 
-async def test_a_lone_read_is_sent_by_its_callers_task(fault_tier: L2Tier, clock: HybridClock) -> None:
+async def test_a_read_is_sent_from_a_callback_not_a_task(fault_tier: L2Tier, clock: HybridClock) -> None:
     await fault_tier.write("k", b"v", 60, clock.now())
+    assert await fault_tier.get("k") is not None  # the first read opens the lane's connection
+    fault_tier._reads._task = None
     found = await fault_tier.get("k")
     assert found is not None and found.value == b"v"
     assert fault_tier._reads._task is None  # no read task was started for it
+    answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fault_tier.get_soon("k", answer.set_result)
+    assert not answer.done()  # never from its own call
+    found = await answer
+    assert isinstance(found, Envelope) and found.value == b"v"
+    assert fault_tier._reads._task is None
 
 
 async def test_a_read_waits_for_the_requests_that_came_with_it(fault_tier: L2Tier, clock: HybridClock) -> None:
@@ -1005,16 +1013,23 @@ async def test_a_batch_on_a_connection_a_reset_closed_is_sent_again_on_a_new_one
     failed with uvloop's RuntimeError for a closed transport, and a read answered a miss for a value Redis
     held. A batch is sent once more on a new connection after such an error, as after a ConnectionError."""
     assert await tier.write("k", b"v", 60, clock.now()) == WriteResult.STORED
+    assert await tier.get("k") is not None  # both lanes have a connection now
+    failures: list[list[bool]] = []
     for lane in (tier._lane, tier._reads._lane):
-        send, failed = lane._send, []
+        pipe = lane._pipe
+        assert pipe is not None and pipe.open
+        send, failed = pipe.send, []
+        failures.append(failed)
 
-        async def closed_once(conn: Any, commands: Any, send: Any = send, failed: list[bool] = failed) -> Any:
-            if not failed:
-                failed.append(True)
-                raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
-            return await send(conn, commands)
+        def closed_once(data: bytes, count: int, done: Any, send: Any = send, failed: list[bool] = failed) -> None:
+            if failed:
+                send(data, count, done)
+                return
+            failed.append(True)
+            done(RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed"))
 
-        monkeypatch.setattr(lane, "_send", closed_once)
+        monkeypatch.setattr(pipe, "send", closed_once)
     found = await tier.get("k")
     assert found is not None and found.value == b"v"
     assert await tier.write("k", b"w", 60, clock.now()) == WriteResult.REPLACED
+    assert failures == [[True], [True]]

@@ -365,6 +365,7 @@ async def test_read_while_a_local_delete_is_on_its_way_to_redis_is_not_promoted(
         return await pipeline(op, build)
 
     monkeypatch.setattr(l2, "pipeline", held_pipeline)
+    monkeypatch.setattr(l2, "can_send_now", lambda: False)  # every write goes through pipeline, held here
     pending = asyncio.create_task(engine.delete(KEY) if write == "delete" else engine.clear())
     await asyncio.wait_for(entered.wait(), WAIT)
     assert await _l2_value(l2) == OLD  # Redis still holds the old value
@@ -379,8 +380,9 @@ async def test_read_while_a_local_delete_is_on_its_way_to_redis_is_not_promoted(
 
 
 
+@pytest.mark.parametrize("sent_from", ["a task", "a callback"])
 async def test_read_as_a_local_delete_fails_to_reach_redis_is_not_promoted(
-    make_host: Callable[[], Awaitable[Host]], monkeypatch: pytest.MonkeyPatch
+    make_host: Callable[[], Awaitable[Host]], monkeypatch: pytest.MonkeyPatch, sent_from: str
 ) -> None:
     # found by the chaos checker (short, seed 14, maxmemory_noeviction): a delete whose Redis write
     # failed went to the backlog only when its own task resumed, one loop turn after the write
@@ -394,7 +396,13 @@ async def test_read_as_a_local_delete_fails_to_reach_redis_is_not_promoted(
         readers.append(asyncio.get_running_loop().create_task(engine.get_miss(KEY)))  # runs before delete resumes
         raise L2Error("injected: OOM command not allowed when used memory > 'maxmemory'")
 
+    def failing_send_now(op: str, build: Callable[[Any], None], done: Callable[[Any], None]) -> None:
+        readers.append(asyncio.get_running_loop().create_task(engine.get_miss(KEY)))
+        asyncio.get_running_loop().call_soon(done, L2Error("injected: OOM command not allowed"))
+
     monkeypatch.setattr(l2, "pipeline", failing_pipeline)
+    monkeypatch.setattr(l2, "send_now", failing_send_now)
+    monkeypatch.setattr(l2, "can_send_now", lambda: sent_from == "a callback")
     await asyncio.wait_for(engine.delete(KEY), WAIT)
     reply = await asyncio.wait_for(readers[0], WAIT)
     assert reply[0] == Status.MISS

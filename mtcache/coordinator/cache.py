@@ -382,9 +382,9 @@ class CacheEngine:
             return None
 
     def share_round_trips_while(self, others_waiting: Callable[[], bool]) -> None:
-        """A lone write or L2 read goes to Redis at once from its own task, but not while ``others_waiting()``
-        (requests that came in the same loop turn have yet to start): then it waits for the round trip that
-        carries them too (see :mod:`mtcache.coordinator.writes`)."""
+        """Writes go to Redis at the end of the loop turn they came in, and a lone L2 read at once from its own
+        task, but not while ``others_waiting()`` (requests that came in the same loop turn have yet to start):
+        then they wait for the round trip that carries theirs too (see :mod:`mtcache.coordinator.writes`)."""
         if self.writes is not None:
             self.writes.others_waiting = others_waiting
         if self.l2 is not None:
@@ -418,7 +418,17 @@ class CacheEngine:
             self.counters["l2_skipped"] += 1
             return None
 
-        inval = self.inval
+        try:
+            replies = await writes.write(write.key, self._build(write, publish, extra), delay=delay,
+                                         failed=self._on_failure(write, keep))
+        except L2Error:
+            return None
+        return int(replies[0])
+
+    def _build(self, write: Write, publish: str | None, extra: Callable[[Any], None] | None) -> Callable[[Any], None]:
+        """What queues ``write`` (with its stream entry ``publish``, and the commands ``extra`` adds) in a batch."""
+        l2, inval = self.l2, self.inval
+        assert l2 is not None
 
         def build(pipe: Any) -> None:
             entry = inval.entry(publish, write.key, write.stamp) if publish is not None and inval is not None else None
@@ -427,6 +437,11 @@ class CacheEngine:
             if extra is not None:
                 extra(pipe)
 
+        return build
+
+    def _on_failure(self, write: Write, keep: bool) -> Callable[[L2Error], None]:
+        """What records the failure of ``write``'s round trip (see :meth:`_write`)."""
+
         def failed(exc: L2Error) -> None:
             # before the queue releases the key: a read missing L1 must not find it readable in L2
             # (which still holds what this write replaced) for the loop turn until this task resumes
@@ -434,11 +449,19 @@ class CacheEngine:
                 self.backlog.add(write)
             self.l2_failed(exc)
 
-        try:
-            replies = await writes.write(write.key, build, delay=delay, failed=failed)
-        except L2Error:
-            return None
-        return int(replies[0])
+        return failed
+
+    def writes_now(self) -> bool:
+        """Whether a write is queued for Redis by its request's own call and answered by a callback
+        (:meth:`set_now`, :meth:`delete_now`): Redis is up (while it is not, writes go to the backlog)."""
+        return self.writes is not None and self.l2_up
+
+    def _write_now(self, write: Write, publish: str, done: Callable[[int | None], None]) -> None:
+        """:meth:`_write` (:meth:`writes_now` must be true) from this call: ``done`` gets the
+        :class:`WriteResult`, or None if Redis failed (the write then waits in the backlog), later."""
+        assert self.writes is not None
+        self.writes.write_soon(write.key, self._build(write, publish, None), failed=self._on_failure(write, True),
+                               done=lambda replies: done(None if replies is None else int(replies[0])))
 
     def _start_reconnect(self) -> None:
         if self._reconnect_task is None or self._reconnect_task.done():
@@ -665,6 +688,47 @@ class CacheEngine:
         reply = await self._read_l2(key)
         return reply if reply is not None else [Status.MISS, self.local.version_of(key)]
 
+    def reads_now(self) -> bool:
+        """Whether an L1 miss is read from L2 by its request's own call and answered by a callback
+        (:meth:`get_miss_now`): Redis is up."""
+        return self.l2 is not None and self.l2_up
+
+    def get_miss_now(self, key: str, *, reply: Callable[[Reply], None]) -> None:
+        """:meth:`get_miss` (:meth:`reads_now` must be true) without a task: ``reply`` gets the answer, once,
+        never from this call. A record with tags whose stamps this host does not know yet is finished by a
+        task (their stamps take a round trip of their own)."""
+        l2 = self.l2
+        assert l2 is not None
+
+        def miss() -> None:
+            reply([Status.MISS, self.local.version_of(key)])
+
+        if not self._l2_readable(key):
+            asyncio.get_running_loop().call_soon(miss)
+            return
+        before = self._read_marks(key)
+
+        def found(env: Envelope | L2Error | None) -> None:
+            if isinstance(env, L2Error):
+                self.l2_failed(env)
+                miss()
+            elif env is not None and self.tag_stamps.unknown(env.tags):
+                self._spawn(self._promote_with_tags(key, before, env, reply))
+            else:
+                promoted = self._promote(key, before, env, count_miss=True)
+                if promoted is None:
+                    miss()
+                else:
+                    reply(promoted)
+
+        l2.get_soon(key, found)
+
+    async def _promote_with_tags(self, key: str, before: tuple[int, int], env: Envelope,
+                                 reply: Callable[[Reply], None]) -> None:
+        await self._know_tags(env.tags)
+        promoted = self._promote(key, before, env, count_miss=True)
+        reply(promoted if promoted is not None else [Status.MISS, self.local.version_of(key)])
+
     # -- writes -------------------------------------------------------------
 
     def publish(self, pipe: Any, op: str, key: str, stamp: int) -> None:
@@ -695,6 +759,39 @@ class CacheEngine:
             self.local.drop_if(key, stamp)
             kept = False
         return [Status.OK, self.local.version_of(key), kept]
+
+    def set_now(
+        self, key: str, value: bytes, ttl: float | None, tags: list[str] | tuple[str, ...],
+        *, reply: Callable[[Reply], None],
+    ) -> None:
+        """:meth:`set` (:meth:`writes_now` must be true) from this call, without a task: L1 holds the value
+        when this returns, and ``reply`` gets the answer once Redis holds it too."""
+        self.counters["sets"] += 1
+        stamp = self.clock.now()
+        l1_ttl, l2_ttl = self.lifetimes(ttl)
+        tags = tuple(tags)
+        self.local.put(key, value, l1_ttl, stamp, tags=tags)
+
+        def done(result: int | None) -> None:
+            kept = True
+            if result is not None and result <= WriteResult.OLDER:
+                self.counters["writes_superseded"] += 1
+                self.local.drop_if(key, stamp)
+                kept = False
+            reply([Status.OK, self.local.version_of(key), kept])
+
+        self._write_now(Write(key, value, l2_ttl, stamp, tags=tags), "set", done)
+
+    def delete_now(self, key: str, *, reply: Callable[[Reply], None]) -> None:
+        """:meth:`delete` (:meth:`writes_now` must be true) from this call, as :meth:`set_now` does a set."""
+        self.counters["deletes"] += 1
+        stamp = self.clock.now()
+        existed = self.local.delete(key)
+
+        def done(result: int | None) -> None:
+            reply([Status.OK, bool(existed or result == WriteResult.REPLACED)])
+
+        self._write_now(Write(key, None, self.settings.tombstone_ttl, stamp), "del", done)
 
     def set_behind(
         self, key: str, value: bytes, ttl: float | None, delay: float, tags: list[str] | tuple[str, ...] = ()

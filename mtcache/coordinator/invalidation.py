@@ -63,7 +63,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ClusterDownError, RedisError
 
-from mtcache.coordinator.l2 import PUBLISH_LUA, AnyRedis, Layout, _deadline, ensure_connected, pack_commands
+from mtcache.coordinator.l2 import PUBLISH_LUA, AnyRedis, Layout, _deadline
+from mtcache.coordinator.lane import ensure_connected, pack_commands
 from mtcache.redis_urls import async_client
 
 __all__ = ["InvalidationStream", "ShardedInvalidation", "new_origin"]

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hashlib
 import logging
 import math
 import re
@@ -34,10 +32,8 @@ from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 import msgpack
-from hiredis import pack_command as _pack_command
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
@@ -46,6 +42,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mtcache.config import redact_url
+from mtcache.coordinator.lane import Batch, Lane, _sha, settles
 from mtcache.coordinator.stamps import format_stamp, parse_stamp
 from mtcache.errors import L2Error
 from mtcache.redis_urls import async_client
@@ -88,9 +85,6 @@ _FAILURES = (RedisError, OSError, asyncio.TimeoutError, RuntimeError)
 # ... and, from a call in flight, the AttributeError redis-py raises when its connection is torn down under it
 # ("'NoneType' object has no attribute 'writelines'": a failed ping dropped the pool meanwhile)
 _CALL_FAILURES = (*_FAILURES, AttributeError)
-# What a connection that Redis (or a reset link) closed while it sat idle fails with at its next use: a batch
-# is sent once more on a new connection (see _Lane)
-_STALE_CONNECTION = (RedisConnectionError, OSError, RuntimeError)
 # An expiry must stay a signed 64-bit integer for msgpack and for Redis.
 _MAX_EXPIRY_MS = 2**62
 #: The logical expiry of a value stored with no expiry (FOREVER); exact as a Lua number (a double).
@@ -614,187 +608,8 @@ return 1
 """
 
 
-def pack_commands(commands: Sequence[Sequence[Any]]) -> bytes:
-    """``commands`` in the Redis protocol (RESP arrays of bulk strings), for a connection's
-    ``send_packed_command``. Arguments are ``bytes``, ``str`` (UTF-8), ``int`` or ``float``, written as
-    redis-py's encoder writes them. Packed by hiredis (C; redis-py's hiredis extra, a dependency), on the
-    path of every write: half of what a packer in Python cost. hiredis also takes subclasses of str, bytes
-    and float (a float subclass as its own ``repr``) and memoryview; every caller here passes plain values.
-
-    :raises TypeError: an argument of another type (a bool included, as redis-py refuses it).
-    """
-    try:
-        return b"".join([_pack_command(command if type(command) is tuple else tuple(command)) for command in commands])
-    except TypeError:
-        for command in commands:
-            for arg in command:
-                if not _packable(arg):
-                    raise TypeError("a Redis command argument must be bytes, str, int or float, "
-                                    f"not {type(arg).__name__}") from None
-        raise
-
-
-def _packable(arg: object) -> bool:
-    """Whether hiredis packs ``arg`` (an int must be exactly an int: it refuses bool and IntEnum)."""
-    return type(arg) is int or isinstance(arg, (bytes, str, float, memoryview))
-
-
-async def ensure_connected(conn: AbstractConnection) -> None:
-    """Connect ``conn`` unless it is connected. By ``connect()`` itself, not the send's implicit connect:
-    a Sentinel-managed connection asks the sentinels for the master only there. Only when not connected:
-    ``connect()`` on a connected connection goes through redis-py's retry wrapper only to find it
-    connected, on every batch and every blocking read."""
-    if not conn.is_connected:
-        await conn.connect()
-
-
-@functools.cache
-def _sha(script: str) -> str:
-    return hashlib.sha1(script.encode()).hexdigest()
-
-
-class Batch:
-    """The commands of one round trip to Redis: Lua scripts with their keys and arguments (what every write of
-    the coordinator is) and plain commands (reads). Sent by :meth:`L2Tier.pipeline` or a read batch."""
-
-    __slots__ = ("commands",)
-
-    def __init__(self) -> None:
-        #: (script, numkeys, args); a plain command has no script and its whole command in args
-        self.commands: list[tuple[str | None, int, tuple[Any, ...]]] = []
-
-    def eval(self, script: str, numkeys: int, *args: Any) -> None:
-        """Queue a call of ``script`` with ``numkeys`` keys first in ``args``."""
-        self.commands.append((script, numkeys, args))
-
-    def command(self, *args: Any) -> None:
-        """Queue a plain command (``"MGET", key, ...``)."""
-        self.commands.append((None, 0, args))
-
-    def __len__(self) -> int:
-        return len(self.commands)
-
-
-class _Lane:
-    """One connection of the tier's own, driven at the connection level: a batch costs one write and one read,
-    without redis-py's per-call machinery (a pipeline object, its retry wrapper, a timeout task per write and
-    per reply), which cost more CPU than the round trip itself (``bench/paths.py``). The connection has no
-    socket timeout: ``bound`` seconds bound each batch, retry included, and a batch cut short closes the
-    connection (its replies would be read by the next batch). Batches take turns, in the order they come.
-
-    The bound is kept by one timer for the lane, not one per batch (``asyncio.timeout`` arms and cancels a loop
-    timer each time: 6.4 µs of CPU with uvloop here, hot, on the path of every write): the timer fires at the
-    earliest time the batch in flight can be due; a batch that is then due has its task cancelled, which
-    ``run`` turns into ``asyncio.TimeoutError`` as ``asyncio.timeout`` would; otherwise the timer is set
-    again for the batch in flight, and not at all while the lane is idle.
-
-    Scripts go as ``EVALSHA``; one Redis does not have cached (it restarted, or ``SCRIPT FLUSH``) goes again
-    as ``EVAL``, in order, in a second round trip: a script that is not cached ran nowhere. Like the tier's
-    client, a batch is sent once more, at once, on a new connection after a connection error (a connection
-    Redis or a reset link dropped while idle: redis-py's ConnectionError, an OSError, or uvloop's RuntimeError
-    for a closed transport); writes are conditional on their stamps, so one that ran twice stores once."""
-
-    def __init__(self, redis: Redis, bound: float) -> None:
-        self._pool = redis.connection_pool
-        self._conn: AbstractConnection | None = None
-        self._lock = asyncio.Lock()
-        self._bound = bound
-        #: the task running the batch in flight, and the loop time by which it must end
-        self._running: tuple[asyncio.Task[Any], float] | None = None
-        #: the task the timer cancelled (its CancelledError is the lane's own)
-        self._expired: asyncio.Task[Any] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    async def run(self, batch: Batch) -> list[Any]:
-        """The replies of ``batch``, in order, within the lane's bound.
-
-        :raises RedisError, OSError: Redis failed (an error reply: the first one, after every reply is read).
-        :raises asyncio.TimeoutError: the batch did not end within the bound (its connection is closed).
-        """
-        async with self._lock:
-            task = asyncio.current_task()
-            assert task is not None
-            loop = asyncio.get_running_loop()
-            due = loop.time() + self._bound
-            self._running = (task, due)
-            if self._timer is None:
-                self._timer = loop.call_at(due, self._check)
-            try:
-                try:
-                    replies = await self._attempt(batch)
-                except _STALE_CONNECTION:
-                    replies = await self._attempt(batch)
-            except asyncio.CancelledError:
-                if self._expired is task and _uncancel(task) == 0:
-                    raise asyncio.TimeoutError from None
-                raise
-            finally:
-                self._running = self._expired = None
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
-
-    def _check(self) -> None:
-        """The lane's timer: cancel the batch in flight if it is due, else wait for it to be."""
-        self._timer = None
-        if self._running is None:
-            return
-        task, due = self._running
-        loop = asyncio.get_running_loop()
-        if loop.time() < due:
-            self._timer = loop.call_at(due, self._check)
-            return
-        self._expired = task
-        task.cancel()
-
-    async def _attempt(self, batch: Batch) -> list[Any]:
-        conn = self._conn
-        if conn is None:
-            pool = self._pool
-            conn = self._conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
-        try:
-            await ensure_connected(conn)
-            replies = await self._send(conn, [args if s is None else ("EVALSHA", _sha(s), n, *args)
-                                              for s, n, args in batch.commands])
-            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if missing:
-                again = await self._send(conn, [("EVAL", batch.commands[i][0], batch.commands[i][1],
-                                                 *batch.commands[i][2]) for i in missing])
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
-        except BaseException:
-            self._conn = None
-            with contextlib.suppress(Exception):
-                await conn.disconnect(nowait=True)
-            raise
-        return replies
-
-    @staticmethod
-    async def _send(conn: AbstractConnection, commands: list[tuple[Any, ...]]) -> list[Any]:
-        if not commands:
-            return []
-        await conn.send_packed_command(pack_commands(commands), check_health=False)
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await conn.read_response(timeout=math.inf))
-            except ResponseError as exc:  # read whole: the connection is still in step
-                replies.append(exc)
-        return replies
-
-    async def aclose(self) -> None:
-        """Close the connection."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._conn is not None:
-            await self._conn.disconnect()
-            self._conn = None
-
-
 class _ClusterLane:
-    """What :class:`_Lane` is, on a Redis Cluster: a batch goes as one non-transactional redis-py cluster
+    """What a :class:`Lane` is, on a Redis Cluster: a batch goes as one non-transactional redis-py cluster
     pipeline, which sends each node its commands in one round trip (the nodes in parallel), follows
     ``MOVED`` and ``ASK`` and relearns the slot map after a failover. Scripts go as ``EVALSHA``, and those a
     node does not have cached go again as ``EVAL``. Batches take turns, in the order they come, so two
@@ -836,14 +651,17 @@ class _ClusterLane:
             pipe.execute_command(*command)
         return list(await pipe.execute(raise_on_error=False))
 
+    async def drop(self) -> None:
+        """Nothing of its own to drop: the cluster client's connections are the tier's."""
+
     async def aclose(self) -> None:
         """Nothing of its own to close: the cluster client's connections are the tier's."""
 
 
-def _lane(redis: AnyRedis, bound: float) -> _Lane | _ClusterLane:
+def _lane(redis: AnyRedis, bound: float) -> Lane | _ClusterLane:
     """The lane for ``redis``, which bounds each batch by ``bound`` seconds: its callers need no deadline
     of their own."""
-    return _ClusterLane(redis, bound) if isinstance(redis, RedisCluster) else _Lane(redis, bound)
+    return _ClusterLane(redis, bound) if isinstance(redis, RedisCluster) else Lane(redis, bound)
 
 
 def nobody_waiting() -> bool:
@@ -851,20 +669,20 @@ def nobody_waiting() -> bool:
     return False
 
 
-def _uncancel(task: asyncio.Task[Any]) -> int:
-    """Take back one cancellation request of ``task`` (Python 3.11+); the number still pending (0 before
-    3.11, which does not count them)."""
-    uncancel = getattr(task, "uncancel", None)
-    return uncancel() if uncancel is not None else 0
+#: What a read answered by a callback gets: the replies of its ``MGET`` (each key's data, then the floor's), or the
+#: exception that failed its round trip.
+ReadDone = Callable[[list[Any] | BaseException], None]
 
 
 class _Reads:
-    """Reads that share round trips: the keys asked while one ``MGET`` is on its way go together in the next
-    (the floor read once for all), on a connection of their own (a :class:`_Lane`): workers that miss L1 at
-    the same moment cost one round trip, not one each, and a read never waits behind a write batch. Each
-    round trip is bounded by ``bound`` seconds; its failure is every waiting caller's. A read that finds no
-    round trip in flight sends its own at once, from its caller's task (as a lone write does, see
-    :mod:`mtcache.coordinator.writes`); the reads that come meanwhile go together in the next.
+    """Reads that share round trips: the keys asked in one loop turn, or while one ``MGET`` is on its way, go
+    together in the next (the floor read once for all), on a connection of their own (a :class:`Lane`):
+    workers that miss L1 at the same moment cost one round trip, not one each, and a read never waits behind a
+    write batch. Each round trip is bounded by ``bound`` seconds; its failure is every waiting caller's. As
+    writes are (see :mod:`mtcache.coordinator.writes`), reads are sent from loop callbacks: at the end of the
+    loop turn they came in (a turn later while ``others_waiting()``), or when the round trip in flight is over;
+    a read answered by a callback (:meth:`mget_soon`) costs no task. On a cluster, or while the lane is busy,
+    a task sends them.
 
     On a cluster each key is read with its group's floor (``MGET record floor``, one slot), the keys of a
     node together in one round trip, and the newest of the floors read stands for the namespace floor."""
@@ -872,10 +690,13 @@ class _Reads:
     def __init__(self, redis: AnyRedis, layout: Layout, bound: float) -> None:
         self._lane = _lane(redis, bound)
         self._layout = layout
-        self._waiting: list[tuple[list[str], asyncio.Future[list[Any]]]] = []
+        self._waiting: list[tuple[list[str], ReadDone]] = []
+        #: the task sending the waiting reads when a callback cannot (see the class docstring)
         self._task: asyncio.Task[None] | None = None
-        #: a read's own round trip is in flight (see the class docstring)
-        self._leading = False
+        #: a round trip sent from a callback is in flight
+        self._in_flight = False
+        #: a callback is due at the end of this loop turn to send the waiting reads
+        self._scheduled = False
         #: whether requests that came in this loop turn have yet to start: a read then waits for the round
         #: trip that carries theirs too (see ``CacheEngine.share_round_trips_while``)
         self.others_waiting: Callable[[], bool] = nobody_waiting
@@ -884,25 +705,63 @@ class _Reads:
 
     async def mget(self, rkeys: list[str]) -> list[Any]:
         """What ``MGET *rkeys floor`` answers: each key's data, then the floor's."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[Any]] = loop.create_future()
-        idle = not self._leading and (self._task is None or self._task.done())
-        self._waiting.append((rkeys, fut))
-        if idle and len(self._waiting) == 1 and not self.others_waiting():
-            self._leading = True
-            try:
-                await self._send_waiting()
-            except BaseException:
-                if fut.done() and not fut.cancelled():
-                    fut.exception()  # retrieved: what stopped this read is raised instead
-                raise
-            finally:
-                self._leading = False
-                if self._waiting:
-                    self._task = loop.create_task(self._run())
-        elif idle:
-            self._task = loop.create_task(self._run())
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.mget_soon(rkeys, settles(fut))
         return await fut
+
+    def mget_soon(self, rkeys: list[str], done: ReadDone) -> None:
+        """What :meth:`mget` answers, handed to ``done``: once, and never from this call."""
+        self._waiting.append((rkeys, done))
+        self._wake()
+
+    def _wake(self) -> None:
+        if (self._scheduled or self._in_flight or not self._waiting
+                or (self._task is not None and not self._task.done())):
+            return
+        self._scheduled = True
+        asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """Send the waiting reads: from this callback if the lane is idle, else from the task."""
+        self._scheduled = False
+        if not self._waiting or self._in_flight or (self._task is not None and not self._task.done()):
+            return
+        if self.others_waiting():  # requests of this turn yet to start: a turn more, for their reads
+            self._wake()
+            return
+        lane = self._lane
+        if self._layout.sharded or not isinstance(lane, Lane) or not lane.ready():
+            self._task = task = asyncio.get_running_loop().create_task(self._step())
+            task.add_done_callback(lambda _: self._wake())
+            return
+        waiting, self._waiting = self._waiting, []
+        self.batches += 1
+        batch = Batch()
+        batch.command("MGET", *[key for keys, _ in waiting for key in keys], self._layout.floors()[0])
+        self._in_flight = True
+
+        def answered(outcome: list[Any] | BaseException) -> None:
+            self._in_flight = False
+            if not isinstance(outcome, BaseException):
+                outcome = outcome[0] if isinstance(outcome[0], Exception) else list(outcome[0])
+            self._answer(waiting, outcome)
+            self._wake()
+
+        lane.submit(batch, answered)
+
+    async def _step(self) -> None:
+        """The task's part: read every waiting caller's keys in one round trip and answer each caller, whatever
+        failed (a cancellation of the round trip is re-raised)."""
+        waiting, self._waiting = self._waiting, []
+        self.batches += 1
+        try:
+            replies = await self._read([key for keys, _ in waiting for key in keys])
+        except BaseException as exc:  # every waiting caller gets an answer, whatever failed
+            self._answer(waiting, exc if isinstance(exc, Exception) else L2Error("the coordinator is stopping"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._answer(waiting, replies)
 
     async def _read(self, rkeys: list[str]) -> list[Any]:
         """``MGET *rkeys floor`` on one Redis; on a cluster, the same answer from one ``MGET record floor``
@@ -918,34 +777,23 @@ class _Reads:
         floors = [floor for _, floor in pairs if floor is not None]
         return [data for data, _ in pairs] + [max(floors) if floors else None]
 
-    async def _run(self) -> None:
-        while self._waiting:
-            await self._send_waiting()
-
-    async def _send_waiting(self) -> None:
-        """Read every waiting caller's keys in one round trip and answer each caller, whatever failed (a
-        cancellation of the round trip is re-raised)."""
-        waiting, self._waiting = self._waiting, []
-        self.batches += 1
-        try:
-            replies = await self._read([key for keys, _ in waiting for key in keys])
-        except BaseException as exc:  # every waiting caller gets an answer, whatever failed
-            error = exc if isinstance(exc, Exception) else L2Error("the coordinator is stopping")
-            for _, fut in waiting:
-                if not fut.done():
-                    fut.set_exception(error)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        start, floor = 0, replies[-1]
-        for keys, fut in waiting:
-            if not fut.done():  # a caller whose own deadline passed is gone
-                fut.set_result([*replies[start : start + len(keys)], floor])
+    @staticmethod
+    def _answer(waiting: list[tuple[list[str], ReadDone]], outcome: list[Any] | BaseException) -> None:
+        """Hand each waiting read its keys' part of ``outcome`` (with the floor), or the exception."""
+        start = 0
+        for keys, done in waiting:
+            try:
+                if isinstance(outcome, BaseException):
+                    done(outcome)
+                else:
+                    done([*outcome[start : start + len(keys)], outcome[-1]])
+            except Exception:  # a bug there must not leave the other readers unanswered
+                _log.exception("answering an L2 read failed")
             start += len(keys)
 
     async def drop_connection(self) -> None:
         """Close the connection (a read on it is sent again on a new one)."""
-        await self._lane.aclose()
+        await self._lane.drop()
 
     async def aclose(self) -> None:
         """Stop reading (waiting callers fail) and close the connection."""
@@ -953,6 +801,8 @@ class _Reads:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        waiting, self._waiting = self._waiting, []
+        self._answer(waiting, L2Error("the coordinator is stopping"))
         await self._lane.aclose()
 
 
@@ -1034,6 +884,8 @@ class L2Tier:
         self._gets = self._hits = self._misses = self._sets = self._errors = self._corrupt = 0
         #: why the last ping failed (None after a ping that succeeded)
         self.last_failure: RedisFailure | None = None
+        #: deletions of malformed records found by reads answered by a callback
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"L2Tier(url={self._url!r}, prefix={self.prefix!r})"
@@ -1078,6 +930,40 @@ class L2Tier:
         if not rkeys:
             return []
         replies: list[Any] = await self._run(op, self._reads.mget(rkeys))
+        found, corrupt = self._found(rkeys, replies)
+        if corrupt:
+            # A cache may always drop an entry: at worst a value written since the read is recomputed.
+            await self._run(op, self.redis.unlink(*dict.fromkeys(corrupt)))
+        return found
+
+    def get_soon(self, key: str, done: Callable[[Envelope | L2Error | None], None]) -> None:
+        """What :meth:`get` answers (or the :class:`L2Error` it would raise), handed to ``done`` once, never from
+        this call: the read goes with the others of this loop turn, and costs its caller no task. A malformed
+        record is deleted in the background.
+
+        :raises TypeError, ValueError: ``key`` is invalid.
+        """
+        rkey = self.key(key)
+
+        def answered(outcome: list[Any] | BaseException) -> None:
+            if isinstance(outcome, BaseException):
+                done(self._failure("get", outcome))
+                return
+            found, corrupt = self._found([rkey], outcome)
+            if corrupt:
+                task = asyncio.get_running_loop().create_task(self._unlink_quietly(corrupt))
+                self._cleanups.add(task)
+                task.add_done_callback(self._cleanups.discard)
+            done(found[0])
+
+        self._reads.mget_soon([rkey], answered)
+
+    async def _unlink_quietly(self, rkeys: list[str]) -> None:
+        with contextlib.suppress(L2Error):
+            await self._run("get", self.redis.unlink(*rkeys))
+
+    def _found(self, rkeys: list[str], replies: list[Any]) -> tuple[list[Envelope | None], list[str]]:
+        """The records an ``MGET *rkeys floor`` answered (counted), and the keys of the malformed ones."""
         *datas, floor = replies
         self._note_floor(floor)
         found: list[Envelope | None] = []
@@ -1088,10 +974,7 @@ class L2Tier:
         hits = sum(entry is not None and not entry.tombstone for entry in found)
         self._hits += hits
         self._misses += len(found) - hits
-        if corrupt:
-            # A cache may always drop an entry: at worst a value written since the read is recomputed.
-            await self._run(op, self.redis.unlink(*dict.fromkeys(corrupt)))
-        return found
+        return found, corrupt
 
     def _note_floor(self, data: bytes | None) -> None:
         if data is None:
@@ -1255,11 +1138,41 @@ class L2Tier:
 
     async def pipeline(self, op: str, build: Callable[[Batch], None]) -> list[Any]:
         """Run the commands ``build(batch)`` queues in one non-transactional round trip on the tier's own
-        connection (see :class:`_Lane`), in the order calls come, under the deadline, failures translated
+        connection (see :class:`Lane`), in the order calls come, under the deadline, failures translated
         into :class:`L2Error`."""
         batch = Batch()
         build(batch)
         return await self._run(op, self._lane.run(batch), bounded=True)
+
+    def can_send_now(self) -> bool:
+        """Whether :meth:`send_now` would send a batch at once: the tier's lane is idle on an open connection
+        (not on a cluster, whose pipelines take their own round trips)."""
+        lane = self._lane
+        return isinstance(lane, Lane) and lane.ready()
+
+    def send_now(self, op: str, build: Callable[[Batch], None], done: Callable[[list[Any] | L2Error], None]) -> None:
+        """What :meth:`pipeline` does, from this call, without a task or a loop turn (:meth:`can_send_now` must be
+        true): the commands ``build(batch)`` queues are written to Redis before this returns, and ``done`` gets
+        their replies or the :class:`L2Error` of their failure, once, later.
+
+        :raises TypeError, ValueError: ``build`` raised it (nothing was sent).
+        """
+        lane = self._lane
+        assert isinstance(lane, Lane)
+        batch = Batch()
+        build(batch)
+
+        def answered(outcome: Any) -> None:
+            if isinstance(outcome, BaseException):
+                done(self._failure(op, outcome))
+                return
+            for reply in outcome:
+                if isinstance(reply, Exception):
+                    done(self._failure(op, reply))
+                    return
+            done(outcome)
+
+        lane.submit(batch, answered)
 
     def share_reads_while(self, others_waiting: Callable[[], bool]) -> None:
         """A read that finds no round trip in flight sends its own at once, but not while
@@ -1344,7 +1257,7 @@ class L2Tier:
     async def drop_connections(self) -> None:
         """Close every connection now, the lanes' too (a batch on one is sent again on a new one): the next
         calls connect again, to the master the sentinels name now (see :mod:`mtcache.coordinator.sentinel`)."""
-        await self._lane.aclose()
+        await self._lane.drop()
         await self._reads.drop_connection()
         await self._disconnect()
 
@@ -1360,6 +1273,9 @@ class L2Tier:
         """Close the client and its connections. The tier cannot be used afterwards."""
         await self._lane.aclose()
         await self._reads.aclose()
+        for task in list(self._cleanups):
+            task.cancel()
+        await asyncio.gather(*self._cleanups, return_exceptions=True)
         await self.redis.aclose()
 
     def stats(self) -> dict[str, int]:
@@ -1390,13 +1306,19 @@ class L2Tier:
             async with _deadline(self._bound):
                 return await call
         except _CALL_FAILURES as exc:
-            self._errors += 1
             if isinstance(exc, RuntimeError):
                 # redis-py does not drop a connection on this error: drop them all, or the pool
                 # hands out the dead one again
                 await self._disconnect()
-            if isinstance(exc, RedisError) or str(exc):
-                detail = f"{type(exc).__name__}: {exc}"
-            else:
-                detail = f"no answer within {self._bound:g} s"
-            raise L2Error(f"L2 {op} failed on {self._url}: {detail}") from exc
+            raise self._failure(op, exc) from exc
+
+    def _failure(self, op: str, exc: BaseException) -> L2Error:
+        """The :class:`L2Error` of a call ``op`` that failed with ``exc`` (counted)."""
+        self._errors += 1
+        if isinstance(exc, RedisError) or str(exc):
+            detail = f"{type(exc).__name__}: {exc}"
+        else:
+            detail = f"no answer within {self._bound:g} s"
+        error = L2Error(f"L2 {op} failed on {self._url}: {detail}")
+        error.__cause__ = exc
+        return error

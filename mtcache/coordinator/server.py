@@ -288,6 +288,9 @@ class _Connection(asyncio.Protocol):
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.server.unstarted.discard(task)  # cancelled before its first step
+        self._request_done()
+
+    def _request_done(self) -> None:
         self.inflight -= 1
         if self.held and not self.write_paused:
             self.held = False
@@ -347,6 +350,8 @@ class _Connection(asyncio.Protocol):
             if reply is not None:
                 self._send(rid, reply)
                 metrics.latency["l1"].record_ns(time.perf_counter_ns() - started)
+            elif engine.reads_now():
+                engine.get_miss_now(args[0], reply=self._answer_later(rid, metrics.latency["l2"], started))
             else:
                 self._spawn(rid, engine.get_miss(args[0]), timed=(metrics.latency["l2"], started))
         elif op == Op.LEASE:
@@ -359,7 +364,10 @@ class _Connection(asyncio.Protocol):
             else:
                 self._spawn(rid, engine.lease_miss(self, *args), timed=(metrics.latency["lease"], started))
         elif op == Op.SET:
-            self._spawn(rid, engine.set(*args), write=True)
+            if engine.writes_now():
+                engine.set_now(*args, reply=self._answer_later(rid, metrics.latency["write"], write=True))
+            else:
+                self._spawn(rid, engine.set(*args), write=True)
         elif op == Op.SET_BEHIND:
             self._send(rid, engine.set_behind(*args))
         elif op == Op.DELETE_BEHIND:
@@ -373,7 +381,10 @@ class _Connection(asyncio.Protocol):
         elif op == Op.RELEASE:
             self._send(rid, engine.release(*args))
         elif op == Op.DELETE:
-            self._spawn(rid, engine.delete(args[0]), write=True)
+            if engine.writes_now():
+                engine.delete_now(args[0], reply=self._answer_later(rid, metrics.latency["write"], write=True))
+            else:
+                self._spawn(rid, engine.delete(args[0]), write=True)
         elif op == Op.CLEAR:
             self._spawn(rid, engine.clear(), write=True)
         elif op == Op.GET_MANY:
@@ -439,6 +450,29 @@ class _Connection(asyncio.Protocol):
             self.held = True
         task.add_done_callback(self._task_done)
 
+    def _answer_later(self, rid: int, histogram: LatencyHistogram, started: int | None = None, *,
+                      write: bool = False) -> Callable[[list[Any]], None]:
+        """What answers a request that is not a task (``CacheEngine.set_now``, ``get_miss_now``...): it counts
+        against this connection's MAX_TASKS_PER_CONNECTION (a ``write``, also as a write in flight) until it is
+        answered, and ``histogram`` times it from ``started`` (perf_counter_ns; default: now)."""
+        server = self.server
+        if started is None:
+            started = time.perf_counter_ns()
+        if write:
+            server.writes_now += 1
+        self.inflight += 1
+        if self.inflight >= MAX_TASKS_PER_CONNECTION:
+            self.held = True
+
+        def answer(reply: list[Any]) -> None:
+            if write:
+                server.writes_now -= 1
+            self._send(rid, reply)
+            histogram.record_ns(time.perf_counter_ns() - started)
+            self._request_done()
+
+        return answer
+
     async def _run(self, rid: int, coro: Any, timed: tuple[LatencyHistogram, int] | None) -> None:
         self.server.unstarted.discard(asyncio.current_task())  # type: ignore[arg-type]
         try:
@@ -479,6 +513,8 @@ class Coordinator:
         self.connections: set[_Connection] = set()
         #: writes in flight (see _Connection._spawn)
         self.writes: set[asyncio.Task[None]] = set()
+        #: writes in flight that are not tasks (see ``_Connection._answer_later``)
+        self.writes_now = 0
         #: requests' tasks created and not yet started: requests that came in the same loop turn, which a
         #: round trip to Redis started now would leave out (see CacheEngine.share_round_trips_while)
         self.unstarted: set[asyncio.Task[None]] = set()
@@ -520,7 +556,7 @@ class Coordinator:
         engine = self.engine
         return {
             **engine.stats(), **self.counters, "connections": len(self.connections),
-            "redis": engine.redis_state, "writes_in_flight": len(self.writes),
+            "redis": engine.redis_state, "writes_in_flight": len(self.writes) + self.writes_now,
             "lease_waiters": engine.leases.waiting(), "uptime": time.monotonic() - self._started,
             **self.metrics.snapshot(workers=workers),
         }
@@ -627,7 +663,7 @@ class Coordinator:
         connection, a write in flight or a write waiting for Redis (0 while it has one):
         a write it acknowledged is never dropped by an idle exit."""
         engine = self.engine
-        if self.connections or self.writes or engine.backlog or engine.pending_tags:
+        if self.connections or self.writes or self.writes_now or engine.backlog or engine.pending_tags:
             self._idle_since = now
         return now - self._idle_since
 
