@@ -24,6 +24,8 @@ INTERNAL_ON_PURPOSE = {
                             "of every call",
     "bench/paths.py": "times the coordinator's bare round trip (PING), the floor every call is held against, "
                       "and Redis's CPU for the L2 tier's own write script",
+    "bench/lean_hop.py": "builds a lean coordinator from the coordinator's own parts (frames, record, L1, write "
+                         "script), the floor of a write in CPython",
 }
 _README_IMPORT = re.compile(r"^\s*(from\s+(mtcache[\w.]*)\s+import\s+([^#\n]+)|import\s+(mtcache[\w.]*))", re.MULTILINE)
 
