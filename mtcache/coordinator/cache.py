@@ -461,7 +461,7 @@ class CacheEngine:
         :class:`WriteResult`, or None if Redis failed (the write then waits in the backlog), later."""
         assert self.writes is not None
         self.writes.write_soon(write.key, self._build(write, publish, None), failed=self._on_failure(write, True),
-                               done=lambda replies: done(None if replies is None else int(replies[0])))
+                               done=lambda outcome: done(None if isinstance(outcome, L2Error) else int(outcome[0])))
 
     def _start_reconnect(self) -> None:
         if self._reconnect_task is None or self._reconnect_task.done():
@@ -685,8 +685,11 @@ class CacheEngine:
 
     async def get_miss(self, key: str) -> Reply:
         """After an L1 miss (see :meth:`get_l1`): L2, promoting a hit, else a miss."""
-        reply = await self._read_l2(key)
-        return reply if reply is not None else [Status.MISS, self.local.version_of(key)]
+        return self._hit_or_miss(key, await self._read_l2(key))
+
+    def _hit_or_miss(self, key: str, hit: Reply | None) -> Reply:
+        """``hit``, or the reply to a miss of ``key`` (with its version)."""
+        return hit if hit is not None else [Status.MISS, self.local.version_of(key)]
 
     def reads_now(self) -> bool:
         """Whether an L1 miss is read from L2 by its request's own call and answered by a callback
@@ -699,35 +702,26 @@ class CacheEngine:
         task (their stamps take a round trip of their own)."""
         l2 = self.l2
         assert l2 is not None
-
-        def miss() -> None:
-            reply([Status.MISS, self.local.version_of(key)])
-
         if not self._l2_readable(key):
-            asyncio.get_running_loop().call_soon(miss)
+            asyncio.get_running_loop().call_soon(lambda: reply(self._hit_or_miss(key, None)))
             return
         before = self._read_marks(key)
 
         def found(env: Envelope | L2Error | None) -> None:
             if isinstance(env, L2Error):
                 self.l2_failed(env)
-                miss()
+                reply(self._hit_or_miss(key, None))
             elif env is not None and self.tag_stamps.unknown(env.tags):
                 self._spawn(self._promote_with_tags(key, before, env, reply))
             else:
-                promoted = self._promote(key, before, env, count_miss=True)
-                if promoted is None:
-                    miss()
-                else:
-                    reply(promoted)
+                reply(self._hit_or_miss(key, self._promote(key, before, env, count_miss=True)))
 
         l2.get_soon(key, found)
 
     async def _promote_with_tags(self, key: str, before: tuple[int, int], env: Envelope,
                                  reply: Callable[[Reply], None]) -> None:
         await self._know_tags(env.tags)
-        promoted = self._promote(key, before, env, count_miss=True)
-        reply(promoted if promoted is not None else [Status.MISS, self.local.version_of(key)])
+        reply(self._hit_or_miss(key, self._promote(key, before, env, count_miss=True)))
 
     # -- writes -------------------------------------------------------------
 
@@ -748,17 +742,8 @@ class CacheEngine:
         """Store in L1 (moving the version before the ack) and in L2, and tell the
         other hosts, in one round trip. The reply says whether the worker may keep a
         near copy (not if a newer write from another host already replaced it)."""
-        self.counters["sets"] += 1
-        stamp = self.clock.now()
-        l1_ttl, l2_ttl = self.lifetimes(ttl)
-        self.local.put(key, value, l1_ttl, stamp, tags=tuple(tags))
-        result = await self._write(Write(key, value, l2_ttl, stamp, tags=tuple(tags)), publish="set")
-        kept = True
-        if result is not None and result <= WriteResult.OLDER:
-            self.counters["writes_superseded"] += 1
-            self.local.drop_if(key, stamp)
-            kept = False
-        return [Status.OK, self.local.version_of(key), kept]
+        write = self._setting(key, value, ttl, tags)
+        return self._set_reply(write, await self._write(write, publish="set"))
 
     def set_now(
         self, key: str, value: bytes, ttl: float | None, tags: list[str] | tuple[str, ...],
@@ -766,32 +751,50 @@ class CacheEngine:
     ) -> None:
         """:meth:`set` (:meth:`writes_now` must be true) from this call, without a task: L1 holds the value
         when this returns, and ``reply`` gets the answer once Redis holds it too."""
+        write = self._setting(key, value, ttl, tags)
+        self._write_now(write, "set", lambda result: reply(self._set_reply(write, result)))
+
+    def _setting(self, key: str, value: bytes, ttl: float | None, tags: list[str] | tuple[str, ...]) -> Write:
+        """A set's part before Redis (counted, stamped, in L1 with its version moved); the write for L2."""
         self.counters["sets"] += 1
         stamp = self.clock.now()
         l1_ttl, l2_ttl = self.lifetimes(ttl)
         tags = tuple(tags)
         self.local.put(key, value, l1_ttl, stamp, tags=tags)
+        return Write(key, value, l2_ttl, stamp, tags=tags)
 
-        def done(result: int | None) -> None:
-            kept = True
-            if result is not None and result <= WriteResult.OLDER:
-                self.counters["writes_superseded"] += 1
-                self.local.drop_if(key, stamp)
-                kept = False
-            reply([Status.OK, self.local.version_of(key), kept])
+    def _set_reply(self, write: Write, result: int | None) -> Reply:
+        """The reply to a set once L2 answered ``result`` (see :meth:`_stands`)."""
+        kept = self._stands(write, result)
+        return [Status.OK, self.local.version_of(write.key), kept]
 
-        self._write_now(Write(key, value, l2_ttl, stamp, tags=tags), "set", done)
+    def _stands(self, write: Write, result: int | None) -> bool:
+        """Whether ``write`` of a value stands once L2 answered ``result`` (None: Redis failed, the write
+        waits in the backlog): one Redis found older than what it holds is dropped from L1 (counted), and
+        no near copy of it may be kept."""
+        if result is not None and result <= WriteResult.OLDER:
+            self.counters["writes_superseded"] += 1
+            self.local.drop_if(write.key, write.stamp)
+            return False
+        return True
 
     def delete_now(self, key: str, *, reply: Callable[[Reply], None]) -> None:
         """:meth:`delete` (:meth:`writes_now` must be true) from this call, as :meth:`set_now` does a set."""
+        write, existed = self._deleting(key)
+        self._write_now(write, "del", lambda result: reply(self._delete_reply(existed, result)))
+
+    def _deleting(self, key: str) -> tuple[Write, bool]:
+        """A delete's part before Redis (counted, stamped, gone from L1); its tombstone for L2, and whether L1
+        held a value."""
         self.counters["deletes"] += 1
         stamp = self.clock.now()
         existed = self.local.delete(key)
+        return Write(key, None, self.settings.tombstone_ttl, stamp), existed
 
-        def done(result: int | None) -> None:
-            reply([Status.OK, bool(existed or result == WriteResult.REPLACED)])
-
-        self._write_now(Write(key, None, self.settings.tombstone_ttl, stamp), "del", done)
+    @staticmethod
+    def _delete_reply(existed: bool, result: int | None) -> Reply:
+        """The reply to a delete once L2 answered ``result``: whether either tier held a value."""
+        return [Status.OK, bool(existed or result == WriteResult.REPLACED)]
 
     def set_behind(
         self, key: str, value: bytes, ttl: float | None, delay: float, tags: list[str] | tuple[str, ...] = ()
@@ -800,22 +803,16 @@ class CacheEngine:
         stream entry through the write queue within ``delay`` seconds (sooner with other writes). Ordered
         with every other write by its stamp; if Redis turns out to hold a newer write, L1 drops this one
         (its version moves, so near copies die). Redis down: it goes to the backlog like any write."""
-        self.counters["sets"] += 1
         self.counters["writes_behind"] += 1
-        stamp = self.clock.now()
-        l1_ttl, l2_ttl = self.lifetimes(ttl)
-        self.local.put(key, value, l1_ttl, stamp, tags=tuple(tags))
-        self._send_behind(Write(key, value, l2_ttl, stamp, tags=tuple(tags)), "set", delay)
+        self._send_behind(self._setting(key, value, ttl, tags), "set", delay)
         return [Status.OK, self.local.version_of(key), True]
 
     def delete_behind(self, key: str, delay: float) -> Reply:
         """A delete-behind: remove from L1 and answer at once (whether L1 held it); the tombstone and
         stream entry follow as in :meth:`set_behind`."""
-        self.counters["deletes"] += 1
         self.counters["writes_behind"] += 1
-        stamp = self.clock.now()
-        existed = self.local.delete(key)
-        self._send_behind(Write(key, None, self.settings.tombstone_ttl, stamp), "del", delay)
+        write, existed = self._deleting(key)
+        self._send_behind(write, "del", delay)
         return [Status.OK, bool(existed)]
 
     def _send_behind(self, write: Write, publish: str, delay: float) -> None:
@@ -825,18 +822,14 @@ class CacheEngine:
 
     async def _write_behind(self, write: Write, publish: str, delay: float) -> None:
         result = await self._write(write, publish=publish, delay=delay)
-        if result is not None and result <= WriteResult.OLDER and write.value is not None:
-            self.counters["writes_superseded"] += 1
-            self.local.drop_if(write.key, write.stamp)
+        if write.value is not None:
+            self._stands(write, result)
 
     async def delete(self, key: str) -> Reply:
         """Remove from L1, write a tombstone to L2 and tell the other hosts; the reply
         says whether either tier held a value."""
-        self.counters["deletes"] += 1
-        stamp = self.clock.now()
-        existed = self.local.delete(key)
-        result = await self._write(Write(key, None, self.settings.tombstone_ttl, stamp), publish="del")
-        return [Status.OK, bool(existed or result == WriteResult.REPLACED)]
+        write, existed = self._deleting(key)
+        return self._delete_reply(existed, await self._write(write, publish="del"))
 
     async def clear(self) -> Reply:
         """Empty L1 and this namespace in L2, tell the other hosts; every version

@@ -42,7 +42,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mtcache.config import redact_url
-from mtcache.coordinator.lane import Batch, Lane, _sha, settles
+from mtcache.coordinator.lane import Batch, Lane, _sha, first_error, settles
 from mtcache.coordinator.stamps import format_stamp, parse_stamp
 from mtcache.errors import L2Error
 from mtcache.redis_urls import async_client
@@ -638,9 +638,9 @@ class _ClusterLane:
                                                *batch.commands[i][2]) for i in missing])
                     for i, reply in zip(missing, again, strict=True):
                         replies[i] = reply
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
+            error = first_error(replies)
+            if error is not None:
+                raise error
             return replies
 
     async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -1163,14 +1163,8 @@ class L2Tier:
         build(batch)
 
         def answered(outcome: Any) -> None:
-            if isinstance(outcome, BaseException):
-                done(self._failure(op, outcome))
-                return
-            for reply in outcome:
-                if isinstance(reply, Exception):
-                    done(self._failure(op, reply))
-                    return
-            done(outcome)
+            error = outcome if isinstance(outcome, BaseException) else first_error(outcome)
+            done(outcome if error is None else self._failure(op, error))
 
         lane.submit(batch, answered)
 

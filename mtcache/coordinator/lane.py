@@ -55,7 +55,7 @@ else:
     # asyncio.timeout misbehaves before 3.11.3 (redis-py issue #2633); redis-py requires async-timeout there
     from async_timeout import timeout as _deadline  # type: ignore[no-redef, import-not-found, unused-ignore]
 
-__all__ = ["Batch", "Lane", "ensure_connected", "pack_commands", "settles"]
+__all__ = ["Batch", "Lane", "ensure_connected", "first_error", "pack_commands", "settles"]
 
 log = logging.getLogger("mtcache.coordinator")
 
@@ -151,10 +151,19 @@ def settles(fut: asyncio.Future[list[Any]]) -> Done:
             return
         if isinstance(outcome, BaseException):
             fut.set_exception(outcome)
+            fut.exception()  # retrieved here: its caller may go before it looks (a closed connection)
         else:
             fut.set_result(outcome)
 
     return done
+
+
+def first_error(replies: list[Any]) -> Exception | None:
+    """The first error reply among ``replies`` (each read whole: the connection is in step), if any."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            return reply
+    return None
 
 
 def _call(done: Done, outcome: Outcome) -> None:
@@ -359,9 +368,9 @@ class Lane:
         answer: asyncio.Future[list[Any]] = loop.create_future()
         self._start(batch, settles(answer))
         replies = await answer
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+        error = first_error(replies)
+        if error is not None:
+            raise error
         return replies
 
     def _start(self, batch: Batch, done: Done) -> None:
@@ -426,20 +435,12 @@ class Lane:
         try:
             async with _deadline(max(0.0, (self._due or loop.time()) - loop.time())):
                 pipe = await self._open()
-                answer: asyncio.Future[Outcome] = loop.create_future()
-
-                def done(outcome: Outcome) -> None:
-                    if not answer.done():
-                        answer.set_result(outcome)
-
-                pipe.send(data, count, done)
-                outcome = await answer
+                answer: asyncio.Future[list[Any]] = loop.create_future()
+                pipe.send(data, count, settles(answer))
+                return await answer
         except asyncio.TimeoutError:
             await self.drop()  # replies read later would be out of step
             raise
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
 
     async def _open(self) -> _Replies | _Calls:
         """The lane's connection, a new one if it has none open."""

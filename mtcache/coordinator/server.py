@@ -290,6 +290,13 @@ class _Connection(asyncio.Protocol):
         self.server.unstarted.discard(task)  # cancelled before its first step
         self._request_done()
 
+    def _request_started(self) -> None:
+        """A request runs on past its own call (a task, or a callback that answers it): it counts against
+        MAX_TASKS_PER_CONNECTION until :meth:`_request_done`."""
+        self.inflight += 1
+        if self.inflight >= MAX_TASKS_PER_CONNECTION:
+            self.held = True
+
     def _request_done(self) -> None:
         self.inflight -= 1
         if self.held and not self.write_paused:
@@ -445,9 +452,7 @@ class _Connection(asyncio.Protocol):
         self.server.unstarted.add(task)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-        self.inflight += 1
-        if self.inflight >= MAX_TASKS_PER_CONNECTION:
-            self.held = True
+        self._request_started()
         task.add_done_callback(self._task_done)
 
     def _answer_later(self, rid: int, histogram: LatencyHistogram, started: int | None = None, *,
@@ -460,9 +465,7 @@ class _Connection(asyncio.Protocol):
             started = time.perf_counter_ns()
         if write:
             server.writes_now += 1
-        self.inflight += 1
-        if self.inflight >= MAX_TASKS_PER_CONNECTION:
-            self.held = True
+        self._request_started()
 
         def answer(reply: list[Any]) -> None:
             if write:

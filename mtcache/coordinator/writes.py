@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mtcache.coordinator.l2 import L2Tier, nobody_waiting
+from mtcache.coordinator.lane import settles
 from mtcache.errors import L2Error
 
 __all__ = ["WriteQueue"]
@@ -48,6 +49,8 @@ __all__ = ["WriteQueue"]
 log = logging.getLogger("mtcache.coordinator")
 
 Build = Callable[[Any], None]
+#: What a write is answered with: its replies, or the L2Error of the round trip that carried it.
+Done = Callable[[list[Any] | L2Error], None]
 
 #: writes-behind held for a shared round trip go at once when this many are queued
 HOLD_MAX = 256
@@ -60,10 +63,9 @@ class _Item:
     clear: int | None  # the stamp of a clear
     due: float | None = None  # a write-behind: the loop time by which it must be sent
     failed: Callable[[L2Error], None] | None = None  # told of a failure before the key is released
-    #: the replies of a write its caller awaits (write(), clear())
-    fut: asyncio.Future[list[Any]] | None = None
-    #: what answers a write no caller awaits (write_soon()): its replies, or the L2Error of its round trip
-    done: Callable[[list[Any] | L2Error], None] | None = None
+    #: what answers the write: its replies, or the L2Error of its round trip (for write() and clear(), what
+    #: settles the future their caller awaits)
+    done: Done | None = None
 
 
 def _l2_error(exc: Exception) -> L2Error:
@@ -116,25 +118,20 @@ class WriteQueue:
         :raises L2Error: the round trip that carried them failed.
         """
         loop = asyncio.get_running_loop()
-        due = loop.time() + delay if delay > 0 else None
         fut: asyncio.Future[list[Any]] = loop.create_future()
-        if key is not None:
-            self._pending[key] += 1
-        self._append(_Item(build, key, clear=None, due=due, failed=failed, fut=fut))
+        self.write_soon(key, build, failed=failed, done=settles(fut), due=loop.time() + delay if delay > 0 else None)
         return await fut
 
     def write_soon(
-        self, key: str, build: Build, *, failed: Callable[[L2Error], None], done: Callable[[list[Any] | None], None]
+        self, key: str | None, build: Build, *, failed: Callable[[L2Error], None] | None, done: Done,
+        due: float | None = None,
     ) -> None:
         """Queue the commands ``build(pipe)`` adds, as :meth:`write` does, for a caller that does not wait:
-        ``done`` gets their replies once Redis has run them, or None after ``failed`` got the error of a round
-        trip that failed; once, and never from this call."""
-
-        def answered(outcome: list[Any] | L2Error) -> None:
-            done(None if isinstance(outcome, L2Error) else outcome)
-
-        self._pending[key] += 1
-        self._append(_Item(build, key, clear=None, failed=failed, done=answered))
+        ``done`` gets their replies once Redis has run them, or the error of a round trip that failed (after
+        ``failed``); once, and never from this call. ``due``: a write-behind's loop time to be sent by."""
+        if key is not None:
+            self._pending[key] += 1
+        self._append(_Item(build, key, clear=None, due=due, failed=failed, done=done))
 
     def send_now(self) -> None:
         """Stop holding writes-behind: send what is queued at once."""
@@ -149,7 +146,7 @@ class WriteQueue:
         """
         self._clearing += 1
         fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._append(_Item(build, None, clear=stamp, fut=fut))
+        self._append(_Item(build, None, clear=stamp, done=settles(fut)))
         return (await fut)[0]
 
     def _append(self, item: _Item) -> None:
@@ -300,11 +297,3 @@ class WriteQueue:
                     item.done(error if error is not None else replies or [])
                 except Exception:  # a bug there must not leave the rest unsettled
                     log.exception("answering an L2 write failed")
-            fut = item.fut
-            if fut is None or fut.done():
-                continue
-            if error is not None:
-                fut.set_exception(error)
-                fut.exception()  # retrieved here: its caller may have gone (a closed connection)
-            else:
-                fut.set_result(replies or [])
